@@ -1,0 +1,81 @@
+"""The ``tandem`` command: one entry point, one module per subcommand.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and
+sets ``func`` to a handler returning an exit code. A module whose extra is not
+installed (an edge box has no torch or onnx) is left out, so its command does
+not exist there rather than failing half-way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tandem import __version__
+from tandem.config import ConfigError
+
+__all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "build_parser", "main"]
+
+COMMAND_MODULES = (
+    "tandem.commands.check_config",
+    "tandem.commands.keys",
+)
+
+
+def _loopback_schema() -> Any:
+    from tandem.commands.loopback import LoopbackConfig
+
+    return LoopbackConfig
+
+
+# Config kinds by name (also the stem of the example file in configs/).
+CONFIG_SCHEMAS: dict[str, Callable[[], Any]] = {
+    "loopback": _loopback_schema,
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    """The top-level parser, and the command modules that could not be loaded."""
+    parser = argparse.ArgumentParser(prog="tandem", description="Edge-cloud split inference.")
+    parser.add_argument("--version", action="version", version=f"tandem {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    missing = []
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name} ({exc.name} is not installed)")
+            continue
+        module.register(subparsers)
+    return parser, missing
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tandem`` with ``argv``; returns the process exit code."""
+    parser, missing = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        if missing:
+            print("\nnot available in this install: " + "; ".join(missing), file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"tandem {args.command}: config error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,294 @@
+"""Tensor codecs: how an array becomes bytes on the wire and back.
+
+A codec is a quantiser followed by an optional lossless compressor:
+
+- ``raw``: the array's own bytes, any supported dtype, no copy.
+- ``fp16``: floating tensors sent as IEEE half (values clipped to +-65504).
+- ``int8``: affine quantisation ``q = round(x / scale) + zero_point``, with one
+  scale per tensor (``int8``) or one per channel along an axis (``int8@1``).
+
+Then ``+lz4`` or ``+zstd`` compresses the quantised bytes. A codec is written
+as text in configs and benchmarks: ``raw``, ``fp16+lz4``, ``int8@1+zstd``.
+Quantising codecs apply to floating tensors only; integer and boolean tensors
+(token ids, attention masks) always travel ``raw``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import lz4.block
+import numpy as np
+import zstandard
+
+from transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
+
+__all__ = [
+    "COMPRESSIONS",
+    "DTYPES",
+    "QUANTISERS",
+    "CodecSpec",
+    "TensorSpec",
+    "decode_tensor",
+    "encode_tensor",
+]
+
+QUANTISERS = ("raw", "fp16", "int8")
+COMPRESSIONS = ("none", "lz4", "zstd")
+DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+_FLOAT_DTYPES = ("float16", "float32", "float64")
+_FP16_MAX = float(np.finfo(np.float16).max)
+_ZSTD_LEVEL = 3
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """What to do to floating tensors before they go on the wire."""
+
+    quantiser: str = "raw"
+    compression: str = "none"
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantiser not in QUANTISERS:
+            raise ValueError(f"unknown codec {self.quantiser!r}: expected one of {', '.join(QUANTISERS)}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(
+                f"unknown compression {self.compression!r}: expected one of {', '.join(COMPRESSIONS)}"
+            )
+        if self.axis is not None and self.quantiser != "int8":
+            raise ValueError(f"a channel axis only applies to int8, not {self.quantiser!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> CodecSpec:
+        """Read ``raw``, ``fp16+lz4``, ``int8@1+zstd`` and the like."""
+        quant, _, compression = text.strip().partition("+")
+        name, _, axis_text = quant.partition("@")
+        axis: int | None = None
+        if axis_text:
+            try:
+                axis = int(axis_text)
+            except ValueError:
+                raise ValueError(f"codec {text!r}: channel axis {axis_text!r} is not an integer") from None
+        return cls(quantiser=name, compression=compression or "none", axis=axis)
+
+    def __str__(self) -> str:
+        text = self.quantiser if self.axis is None else f"{self.quantiser}@{self.axis}"
+        return text if self.compression == "none" else f"{text}+{self.compression}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor's entry in an envelope header.
+
+    ``dtype`` and ``shape`` describe the decoded array. ``raw_nbytes`` is the
+    size of the quantised bytes before compression; ``nbytes`` the size of the
+    frame on the wire.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    codec: str = "raw"
+    compression: str = "none"
+    nbytes: int = 0
+    raw_nbytes: int = 0
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis: int | None = None
+
+    @property
+    def wire_dtype(self) -> np.dtype:
+        """The little-endian dtype of the quantised bytes."""
+        name = {"raw": self.dtype, "fp16": "float16", "int8": "int8"}[self.codec]
+        return np.dtype(name).newbyteorder("<")
+
+    def validate(self, *, max_bytes: int) -> None:
+        """Check every field against the others before any byte is trusted."""
+        where = f"tensors[{self.name!r}]"
+        if self.codec not in QUANTISERS:
+            raise UnknownCodec(f"{where}.codec: unknown codec {self.codec!r}", field=f"{where}.codec")
+        if self.compression not in COMPRESSIONS:
+            raise UnknownCodec(
+                f"{where}.compression: unknown compression {self.compression!r}", field=f"{where}.compression"
+            )
+        if self.dtype not in DTYPES:
+            raise TensorSpecError(f"{where}.dtype: unsupported dtype {self.dtype!r}", field=f"{where}.dtype")
+        if self.codec != "raw" and self.dtype not in _FLOAT_DTYPES:
+            raise TensorSpecError(
+                f"{where}.codec: {self.codec} only encodes floating tensors, not {self.dtype}", field=f"{where}.codec"
+            )
+        if any(dim < 0 for dim in self.shape):
+            raise TensorSpecError(f"{where}.shape: negative dimension in {list(self.shape)}", field=f"{where}.shape")
+        expected = math.prod(self.shape) * self.wire_dtype.itemsize
+        if expected > max_bytes or self.raw_nbytes > max_bytes:
+            raise MessageTooLarge(
+                f"{where}: {max(expected, self.raw_nbytes)} bytes decoded is over the limit of {max_bytes}",
+                field=f"{where}.raw_nbytes",
+            )
+        if self.raw_nbytes != expected:
+            raise TensorSpecError(
+                f"{where}.raw_nbytes: {self.raw_nbytes} does not match {self.wire_dtype.name} x "
+                f"{list(self.shape)} = {expected} bytes",
+                field=f"{where}.raw_nbytes",
+            )
+        if self.compression == "none" and self.nbytes != self.raw_nbytes:
+            raise TensorSpecError(
+                f"{where}.nbytes: {self.nbytes} differs from raw_nbytes {self.raw_nbytes} without compression",
+                field=f"{where}.nbytes",
+            )
+        if self.codec == "int8":
+            self._validate_quantisation(where)
+
+    def _validate_quantisation(self, where: str) -> None:
+        channels = 1
+        if self.axis is not None:
+            if not -len(self.shape) <= self.axis < len(self.shape):
+                raise TensorSpecError(
+                    f"{where}.axis: {self.axis} is out of range for shape {list(self.shape)}", field=f"{where}.axis"
+                )
+            channels = self.shape[self.axis]
+        if len(self.scale) != channels or len(self.zero_point) != channels:
+            raise TensorSpecError(
+                f"{where}.scale: expected {channels} scale and zero_point values, got "
+                f"{len(self.scale)} and {len(self.zero_point)}",
+                field=f"{where}.scale",
+            )
+        if not all(math.isfinite(s) and s > 0 for s in self.scale):
+            raise TensorSpecError(f"{where}.scale: every scale must be finite and positive", field=f"{where}.scale")
+        if not all(-128 <= z <= 127 for z in self.zero_point):
+            raise TensorSpecError(f"{where}.zero_point: values must lie in [-128, 127]", field=f"{where}.zero_point")
+
+
+def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[TensorSpec, memoryview | bytes]:
+    """Quantise and compress ``array``; return its header entry and its frame."""
+    array = np.asarray(array)
+    dtype = array.dtype.name
+    if dtype not in DTYPES:
+        raise TypeError(f"tensor {name!r}: dtype {dtype} cannot be sent; supported: {', '.join(DTYPES)}")
+    quantiser = spec.quantiser if dtype in _FLOAT_DTYPES else "raw"
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis = spec.axis if quantiser == "int8" else None
+    if quantiser == "raw":
+        wire = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    elif quantiser == "fp16":
+        wire = np.clip(array, -_FP16_MAX, _FP16_MAX).astype("<f2")
+    else:
+        wire, scale, zero_point = _quantise_int8(name, array, axis)
+    raw = _as_bytes(wire)
+    frame = _compress(raw, spec.compression)
+    header = TensorSpec(
+        name=name,
+        dtype=dtype,
+        shape=tuple(int(d) for d in array.shape),
+        codec=quantiser,
+        compression=spec.compression,
+        nbytes=len(frame),
+        raw_nbytes=len(raw),
+        scale=scale,
+        zero_point=zero_point,
+        axis=axis,
+    )
+    return header, frame
+
+
+def decode_tensor(spec: TensorSpec, frame: memoryview | bytes, *, max_bytes: int = 1 << 31) -> np.ndarray:
+    """Validate ``spec`` against ``frame`` and rebuild the array (zero-copy for ``raw``)."""
+    spec.validate(max_bytes=max_bytes)
+    if len(frame) != spec.nbytes:
+        raise _truncated(spec, len(frame))
+    raw = _decompress(spec, frame)
+    wire = np.frombuffer(raw, dtype=spec.wire_dtype).reshape(spec.shape)
+    if spec.codec == "raw":
+        return wire if wire.dtype.isnative else wire.astype(wire.dtype.newbyteorder("="))
+    if spec.codec == "fp16":
+        return wire.astype(spec.dtype)
+    return _dequantise_int8(spec, wire)
+
+
+def _truncated(spec: TensorSpec, got: int) -> TruncatedMessage:
+    where = f"tensors[{spec.name!r}].nbytes"
+    return TruncatedMessage(f"{where}: header promises {spec.nbytes} bytes, frame holds {got}", field=where)
+
+
+def _as_bytes(array: np.ndarray) -> memoryview:
+    contiguous = np.ascontiguousarray(array)
+    return memoryview(contiguous.reshape(-1).view(np.uint8))
+
+
+def _quantise_int8(
+    name: str, array: np.ndarray, axis: int | None
+) -> tuple[np.ndarray, tuple[float, ...], tuple[int, ...]]:
+    x = array.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise ValueError(f"tensor {name!r}: int8 cannot encode NaN or infinite values")
+    if axis is not None and not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"tensor {name!r}: int8 channel axis {axis} is out of range for shape {list(x.shape)}")
+    reduce_axes = tuple(i for i in range(x.ndim) if axis is None or i != axis % x.ndim)
+    if x.size:
+        lo = np.minimum(x.min(axis=reduce_axes, keepdims=True), 0.0)
+        hi = np.maximum(x.max(axis=reduce_axes, keepdims=True), 0.0)
+    else:
+        keep = [1] * x.ndim if axis is None else [1 if i != axis % x.ndim else x.shape[i] for i in range(x.ndim)]
+        lo = hi = np.zeros(keep, np.float32)
+    scale = ((hi.astype(np.float64) - lo) / 255.0).astype(np.float32)
+    scale[scale == 0] = 1.0
+    zero = np.clip(np.round(-128.0 - lo / scale), -128, 127)
+    q = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+    return q, tuple(float(s) for s in scale.reshape(-1)), tuple(int(z) for z in zero.reshape(-1))
+
+
+def _dequantise_int8(spec: TensorSpec, wire: np.ndarray) -> np.ndarray:
+    shape = [1] * wire.ndim
+    if spec.axis is not None:
+        shape[spec.axis] = wire.shape[spec.axis]
+    scale = np.asarray(spec.scale, np.float32).reshape(shape)
+    zero = np.asarray(spec.zero_point, np.float32).reshape(shape)
+    return ((wire.astype(np.float32) - zero) * scale).astype(spec.dtype, copy=False)
+
+
+def _compress(raw: memoryview, compression: str) -> memoryview | bytes:
+    if compression == "none":
+        return raw
+    if compression == "lz4":
+        return lz4.block.compress(raw, store_size=False)
+    return _zstd_compressor().compress(raw)
+
+
+def _decompress(spec: TensorSpec, frame: memoryview | bytes) -> memoryview | bytes:
+    where = f"tensors[{spec.name!r}].compression"
+    if spec.compression == "none":
+        return frame
+    try:
+        if spec.compression == "lz4":
+            raw = lz4.block.decompress(frame, uncompressed_size=spec.raw_nbytes)
+        else:
+            declared = zstandard.frame_content_size(frame)
+            if declared != spec.raw_nbytes:
+                raise TensorSpecError(
+                    f"{where}: zstd frame declares {declared} bytes, header says {spec.raw_nbytes}", field=where
+                )
+            raw = _zstd_decompressor().decompress(frame, max_output_size=spec.raw_nbytes)
+    except (lz4.block.LZ4BlockError, zstandard.ZstdError) as exc:
+        raise TensorSpecError(f"{where}: {spec.compression} data is corrupt: {exc}", field=where) from exc
+    if len(raw) != spec.raw_nbytes:
+        raise TensorSpecError(
+            f"{where}: decompressed to {len(raw)} bytes, header says {spec.raw_nbytes}", field=where
+        )
+    return raw
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_local, "zc"):
+        _local.zc = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return _local.zc
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "zd"):
+        _local.zd = zstandard.ZstdDecompressor()
+    return _local.zd

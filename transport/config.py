@@ -1,0 +1,128 @@
+"""Config sections for channels, message limits and the link emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from tandem.config import StrictModel
+from transport.envelope import Kind, Limits
+
+__all__ = [
+    "DEFAULT_QOS",
+    "ChannelConfig",
+    "CurveConfig",
+    "InProcConfig",
+    "LimitsConfig",
+    "LinkConfig",
+    "MqttConfig",
+    "TlsConfig",
+    "ZmqConfig",
+]
+
+DEFAULT_QOS: dict[Kind, int] = {
+    Kind.ACTIVATION: 0,
+    Kind.RESULT: 0,
+    Kind.ERROR: 1,
+    Kind.HELLO: 1,
+    Kind.HEARTBEAT: 0,
+    Kind.TELEMETRY: 1,
+    Kind.RECORD: 1,
+    Kind.SAMPLE: 1,
+    Kind.ACK: 1,
+    Kind.PLAN: 1,
+    Kind.ARTIFACT: 1,
+}
+
+
+class LimitsConfig(StrictModel):
+    """What a receiver accepts before it allocates anything."""
+
+    max_message_bytes: int = Field(64 << 20, gt=0)
+    max_header_bytes: int = Field(1 << 20, gt=0)
+    max_tensors: int = Field(256, gt=0)
+
+    def to_limits(self) -> Limits:
+        """The runtime form used by ``transport.envelope.decode``."""
+        return Limits(self.max_message_bytes, self.max_header_bytes, self.max_tensors)
+
+
+class CurveConfig(StrictModel):
+    """ZeroMQ CURVE keys, as files made by ``tandem keys``.
+
+    A server names its own secret key file and, optionally, a folder of the
+    public keys of the clients it accepts. A client names its own secret key
+    file and the server's public key file.
+    """
+
+    secret_key_file: Path
+    server_public_key_file: Path | None = None
+    authorized_clients_dir: Path | None = None
+
+
+class ZmqConfig(StrictModel):
+    """ZeroMQ DEALER (edge) / ROUTER (hub) over TCP."""
+
+    type: Literal["zmq"] = "zmq"
+    address: str = "tcp://127.0.0.1:5555"
+    curve: CurveConfig | None = None
+    send_hwm: int = Field(1000, gt=0)
+    recv_hwm: int = Field(1000, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _tcp_or_ipc(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError("expected a ZeroMQ endpoint such as 'tcp://127.0.0.1:5555'")
+        return value
+
+
+class TlsConfig(StrictModel):
+    """TLS towards the MQTT broker."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip the broker hostname check (tests only)")
+
+
+class MqttConfig(StrictModel):
+    """MQTT 5 through a broker; docs/protocol.md gives the topic layout."""
+
+    type: Literal["mqtt"] = "mqtt"
+    host: str = "127.0.0.1"
+    port: int = Field(1883, gt=0, lt=65536)
+    topic_prefix: str = "tandem/v1"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = Field(30, gt=0)
+    tls: TlsConfig | None = None
+    qos: dict[Kind, Literal[0, 1, 2]] = Field(default_factory=dict)
+    max_payload_bytes: int = Field(256 << 10, ge=1024)
+    shared_group: str | None = Field(None, description="server side: consume through $share/<group>/...")
+    session_expiry_s: int = Field(3600, ge=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+    def qos_for(self, kind: Kind) -> int:
+        """The QoS for ``kind``: this config's override or the default."""
+        return self.qos.get(kind, DEFAULT_QOS[kind])
+
+
+class InProcConfig(StrictModel):
+    """Both ends in one process (tests and single-box deployments)."""
+
+    type: Literal["inproc"] = "inproc"
+
+
+ChannelConfig = Annotated[ZmqConfig | MqttConfig | InProcConfig, Field(discriminator="type")]
+
+
+class LinkConfig(StrictModel):
+    """An emulated link wrapped around a channel: uplink/downlink rate and RTT."""
+
+    bandwidth_mbps: float | None = Field(None, gt=0, description="uplink Mbit/s; none means unlimited")
+    downlink_mbps: float | None = Field(None, gt=0, description="downlink Mbit/s; none means unlimited")
+    rtt_ms: float = Field(0.0, ge=0)

@@ -1,0 +1,413 @@
+"""The envelope: one msgpack header frame, then one raw frame per tensor.
+
+``encode`` turns an :class:`Envelope` into frames (ZeroMQ sends them as a
+multipart message); ``pack`` joins them into one buffer for MQTT payloads and
+files. ``decode`` and ``unpack`` validate every header field, and every length
+against dtype x shape, before a single tensor byte is used. docs/protocol.md
+is the normative description of this format.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
+from transport.errors import (
+    MalformedHeader,
+    MessageTooLarge,
+    ProtocolError,
+    TruncatedMessage,
+    UnknownKind,
+    VersionMismatch,
+)
+
+__all__ = [
+    "PACKED_MAGIC",
+    "PROTOCOL_VERSION",
+    "Envelope",
+    "Kind",
+    "Limits",
+    "decode",
+    "encode",
+    "new_request_id",
+    "pack",
+    "stamp",
+    "unpack",
+]
+
+PROTOCOL_VERSION = 1
+PACKED_MAGIC = b"TDM1"
+_PACKED_PREFIX = struct.Struct("<4sI")
+Buffer = bytes | bytearray | memoryview
+
+
+class Kind(str, Enum):
+    """What a message is; docs/protocol.md says who sends each kind."""
+
+    ACTIVATION = "activation"
+    RESULT = "result"
+    ERROR = "error"
+    HELLO = "hello"
+    HEARTBEAT = "heartbeat"
+    TELEMETRY = "telemetry"
+    RECORD = "record"
+    SAMPLE = "sample"
+    ACK = "ack"
+    PLAN = "plan"
+    ARTIFACT = "artifact"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a receiver enforces before it allocates anything."""
+
+    max_message_bytes: int = 64 << 20
+    max_header_bytes: int = 1 << 20
+    max_tensors: int = 256
+
+
+def new_request_id() -> str:
+    """A fresh, unique request id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Envelope:
+    """One message: routing and timing fields, free-form ``meta``, and tensors.
+
+    ``tensors[i]`` describes ``frames[i]``. ``sender`` is set by the channel
+    that received the envelope (the peer to answer); it never goes on the wire. Build one with :meth:`with_arrays`
+    and read its tensors back with :meth:`arrays`.
+    """
+
+    kind: Kind
+    request_id: str = field(default_factory=new_request_id)
+    device_id: str = ""
+    plan_id: str = ""
+    plan_version: int = 0
+    split_id: str = ""
+    deadline: float | None = None
+    timestamps: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: list[TensorSpec] = field(default_factory=list)
+    frames: list[Buffer] = field(default_factory=list)
+    sender: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def with_arrays(
+        cls,
+        kind: Kind,
+        arrays: Mapping[str, np.ndarray],
+        codec: CodecSpec | None = None,
+        **fields: Any,
+    ) -> Envelope:
+        """An envelope carrying ``arrays`` encoded with ``codec`` (raw by default)."""
+        envelope = cls(kind=kind, **fields)
+        envelope.add_arrays(arrays, codec)
+        return envelope
+
+    def add_arrays(self, arrays: Mapping[str, np.ndarray], codec: CodecSpec | None = None) -> None:
+        """Encode ``arrays`` with ``codec`` and append them to this envelope."""
+        spec = codec or CodecSpec()
+        for name, array in arrays.items():
+            header, frame = encode_tensor(name, array, spec)
+            self.tensors.append(header)
+            self.frames.append(frame)
+
+    def arrays(self, *, max_bytes: int = Limits.max_message_bytes) -> dict[str, np.ndarray]:
+        """Decode every tensor; raw tensors are zero-copy views of the frames."""
+        try:
+            return {
+                spec.name: decode_tensor(spec, frame, max_bytes=max_bytes)
+                for spec, frame in zip(self.tensors, self.frames)
+            }
+        except ProtocolError as exc:
+            raise _with_ids(exc, self)
+
+    def reply(self, kind: Kind, **fields: Any) -> Envelope:
+        """A reply that keeps this message's request, device, plan and split ids."""
+        base = replace(self, kind=kind, timestamps=dict(self.timestamps), meta={}, tensors=[], frames=[], sender=None)
+        return replace(base, **fields)
+
+    def error_reply(self, code: str, message: str, *, field_name: str = "") -> Envelope:
+        """An ERROR reply naming what was wrong and which field."""
+        return self.reply(Kind.ERROR, meta={"code": code, "field": field_name, "message": message})
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes of tensor data on the wire (headers excluded)."""
+        return sum(spec.nbytes for spec in self.tensors)
+
+
+def encode(envelope: Envelope) -> list[Buffer]:
+    """Header frame followed by the tensor frames (no copies of tensor data)."""
+    return [msgpack.packb(_header_dict(envelope), use_bin_type=True), *envelope.frames]
+
+
+def pack(envelope: Envelope) -> bytes:
+    """One contiguous buffer: magic, header length, header, tensor bytes."""
+    header, *frames = encode(envelope)
+    return b"".join([_PACKED_PREFIX.pack(PACKED_MAGIC, len(header)), header, *frames])
+
+
+def decode(frames: Sequence[Buffer], limits: Limits = Limits()) -> Envelope:
+    """Validate and rebuild an envelope from a header frame and tensor frames."""
+    if not frames:
+        raise TruncatedMessage("message has no frames: expected a header frame", field="frames")
+    total = sum(len(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise MessageTooLarge(
+            f"message is {total} bytes, over the limit of {limits.max_message_bytes}", field="message"
+        )
+    envelope = _parse_header(frames[0], limits)
+    try:
+        _attach_frames(envelope, list(frames[1:]))
+    except ProtocolError as exc:
+        raise _with_ids(exc, envelope)
+    return envelope
+
+
+def unpack(payload: Buffer, limits: Limits = Limits()) -> Envelope:
+    """Validate and rebuild an envelope from :func:`pack`'s single buffer."""
+    view = memoryview(payload)
+    if len(view) > limits.max_message_bytes:
+        raise MessageTooLarge(
+            f"message is {len(view)} bytes, over the limit of {limits.max_message_bytes}", field="message"
+        )
+    if len(view) < _PACKED_PREFIX.size:
+        raise TruncatedMessage(f"payload is {len(view)} bytes, shorter than its 8-byte prefix", field="magic")
+    magic, header_len = _PACKED_PREFIX.unpack_from(view)
+    if magic != PACKED_MAGIC:
+        raise MalformedHeader(f"payload starts with {bytes(magic)!r}, expected {PACKED_MAGIC!r}", field="magic")
+    start = _PACKED_PREFIX.size
+    if start + header_len > len(view):
+        raise TruncatedMessage(
+            f"header length {header_len} runs past the end of a {len(view)}-byte payload", field="header_length"
+        )
+    envelope = _parse_header(view[start : start + header_len], limits)
+    offset = start + header_len
+    frames: list[Buffer] = []
+    for spec in envelope.tensors:
+        frames.append(view[offset : offset + spec.nbytes])
+        offset += spec.nbytes
+    try:
+        if offset != len(view):
+            raise TruncatedMessage(
+                f"tensors promise {offset - start - header_len} bytes, payload holds "
+                f"{len(view) - start - header_len}",
+                field="tensors",
+            )
+        _attach_frames(envelope, frames)
+    except ProtocolError as exc:
+        raise _with_ids(exc, envelope)
+    return envelope
+
+
+def _header_dict(envelope: Envelope) -> dict[str, Any]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "kind": envelope.kind.value,
+        "id": envelope.request_id,
+        "device": envelope.device_id,
+        "plan": envelope.plan_id,
+        "plan_version": envelope.plan_version,
+        "split": envelope.split_id,
+        "deadline": envelope.deadline,
+        "ts": envelope.timestamps,
+        "meta": envelope.meta,
+        "tensors": [_tensor_dict(spec) for spec in envelope.tensors],
+    }
+
+
+def _tensor_dict(spec: TensorSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "dtype": spec.dtype,
+        "shape": list(spec.shape),
+        "codec": spec.codec,
+        "compression": spec.compression,
+        "nbytes": spec.nbytes,
+        "raw_nbytes": spec.raw_nbytes,
+    }
+    if spec.codec == "int8":
+        entry.update(scale=list(spec.scale), zero_point=list(spec.zero_point), axis=spec.axis)
+    return entry
+
+
+def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
+    if len(frame) > limits.max_header_bytes:
+        raise MessageTooLarge(
+            f"header is {len(frame)} bytes, over the limit of {limits.max_header_bytes}", field="header"
+        )
+    try:
+        header = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise MalformedHeader(f"header is not valid msgpack: {exc}", field="header") from exc
+    if not isinstance(header, dict):
+        raise MalformedHeader(f"header is a {type(header).__name__}, expected a map", field="header")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"v: protocol version {version!r} is not supported; this build speaks {PROTOCOL_VERSION}", field="v"
+        )
+    fields = _HeaderReader(header)
+    envelope = Envelope(
+        kind=Kind.ACTIVATION,
+        request_id=fields.text("id", required=True),
+        device_id=fields.text("device"),
+    )
+    try:
+        envelope.kind = _kind(header.get("kind"))
+        envelope.plan_id = fields.text("plan")
+        envelope.plan_version = fields.integer("plan_version")
+        envelope.split_id = fields.text("split")
+        envelope.deadline = fields.optional_number("deadline")
+        envelope.timestamps = fields.timestamps("ts")
+        envelope.meta = fields.mapping("meta")
+        envelope.tensors = [_parse_tensor(entry, i) for i, entry in enumerate(fields.tensor_list("tensors", limits))]
+        decoded = sum(spec.raw_nbytes for spec in envelope.tensors)
+        for spec in envelope.tensors:
+            spec.validate(max_bytes=limits.max_message_bytes)
+        if decoded > limits.max_message_bytes:
+            raise MessageTooLarge(
+                f"tensors decode to {decoded} bytes, over the limit of {limits.max_message_bytes}",
+                field="tensors",
+            )
+    except ProtocolError as exc:
+        raise _with_ids(exc, envelope)
+    return envelope
+
+
+def _attach_frames(envelope: Envelope, frames: list[Buffer]) -> None:
+    if len(frames) != len(envelope.tensors):
+        raise TruncatedMessage(
+            f"header lists {len(envelope.tensors)} tensors but {len(frames)} tensor frames arrived", field="frames"
+        )
+    for spec, frame in zip(envelope.tensors, frames):
+        if len(frame) != spec.nbytes:
+            where = f"tensors[{spec.name!r}].nbytes"
+            raise TruncatedMessage(f"{where}: header promises {spec.nbytes} bytes, frame holds {len(frame)}", field=where)
+    envelope.frames = frames
+
+
+def _kind(value: object) -> Kind:
+    try:
+        return Kind(value)
+    except ValueError:
+        known = ", ".join(k.value for k in Kind)
+        raise UnknownKind(f"kind: unknown message kind {value!r}; known kinds: {known}", field="kind") from None
+
+
+def _with_ids(exc: ProtocolError, envelope: Envelope) -> ProtocolError:
+    exc.request_id = exc.request_id or envelope.request_id or None
+    exc.device_id = exc.device_id or envelope.device_id or None
+    return exc
+
+
+class _HeaderReader:
+    """Typed access to header fields; each failure names its field."""
+
+    def __init__(self, header: dict[str, Any], prefix: str = "") -> None:
+        self.header = header
+        self.prefix = prefix
+
+    def _bad(self, key: str, expected: str) -> MalformedHeader:
+        value = self.header.get(key)
+        name = f"{self.prefix}{key}"
+        return MalformedHeader(f"{name}: expected {expected}, got {value!r:.80}", field=name)
+
+    def text(self, key: str, *, required: bool = False) -> str:
+        value = self.header.get(key, None if required else "")
+        if not isinstance(value, str):
+            raise self._bad(key, "a string")
+        return value
+
+    def integer(self, key: str, *, default: int | None = 0) -> int:
+        value = self.header.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._bad(key, "an integer")
+        return value
+
+    def optional_number(self, key: str) -> float | None:
+        value = self.header.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise self._bad(key, "a number or nil")
+        return float(value)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.header.get(key, {})
+        if not isinstance(value, dict):
+            raise self._bad(key, "a map")
+        return value
+
+    def timestamps(self, key: str) -> dict[str, float]:
+        value = self.mapping(key)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+            raise self._bad(key, "a map of names to numbers")
+        return {k: float(v) for k, v in value.items()}
+
+    def tensor_list(self, key: str, limits: Limits) -> list[Any]:
+        value = self.header.get(key, [])
+        if not isinstance(value, list):
+            raise self._bad(key, "a list")
+        if len(value) > limits.max_tensors:
+            raise MessageTooLarge(f"{key}: {len(value)} tensors, over the limit of {limits.max_tensors}", field=key)
+        return value
+
+    def numbers(self, key: str, kind: type) -> tuple[Any, ...]:
+        value = self.header.get(key, [])
+        ok = isinstance(value, list) and all(
+            isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) for v in value
+        )
+        if not ok:
+            raise self._bad(key, f"a list of {'numbers' if kind is float else 'integers'}")
+        return tuple(kind(v) for v in value)
+
+
+def _parse_tensor(entry: object, index: int) -> TensorSpec:
+    if not isinstance(entry, dict):
+        raise MalformedHeader(f"tensors[{index}]: expected a map, got {type(entry).__name__}", field=f"tensors[{index}]")
+    name = entry.get("name")
+    prefix = f"tensors[{name!r}]." if isinstance(name, str) else f"tensors[{index}]."
+    fields = _HeaderReader(entry, prefix)
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise fields._bad("shape", "a list of integers")
+    axis = entry.get("axis")
+    if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)):
+        raise fields._bad("axis", "an integer or nil")
+    return TensorSpec(
+        name=fields.text("name", required=True),
+        dtype=fields.text("dtype", required=True),
+        shape=tuple(shape),
+        codec=fields.text("codec", required=True),
+        compression=fields.text("compression", required=True),
+        nbytes=_non_negative(fields, "nbytes"),
+        raw_nbytes=_non_negative(fields, "raw_nbytes"),
+        scale=fields.numbers("scale", float),
+        zero_point=fields.numbers("zero_point", int),
+        axis=axis,
+    )
+
+
+def _non_negative(fields: _HeaderReader, key: str) -> int:
+    value = fields.integer(key, default=None)
+    if value < 0:
+        raise fields._bad(key, "a non-negative integer")
+    return value
+
+
+def stamp(envelope: Envelope, name: str) -> None:
+    """Record ``time.time()`` under ``name`` in the envelope's timestamps."""
+    envelope.timestamps[name] = time.time()
