@@ -23,6 +23,7 @@ __all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "build_parser", "main"]
 COMMAND_MODULES = (
     "tandem.commands.check_config",
     "tandem.commands.keys",
+    "tandem.commands.loopback",
 )
 
 

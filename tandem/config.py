@@ -78,7 +78,8 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
         return f"{key}: required key is missing"
     if error["type"] == "union_tag_invalid":
         ctx = error["ctx"]
-        return f"{key}.{ctx['discriminator'].strip(chr(39))}: value {ctx['tag']!r} is not valid: expected one of {ctx['expected_tags']}"
+        tag_key = ctx["discriminator"].strip("'")
+        return f"{key}.{tag_key}: value {ctx['tag']!r} is not valid: expected one of {ctx['expected_tags']}"
     message = error["msg"].removeprefix("Value error, ")
     message = message[0].lower() + message[1:]
     return f"{key}: value {error.get('input')!r} is not valid: {message}"

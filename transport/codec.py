@@ -56,9 +56,7 @@ class CodecSpec:
         if self.quantiser not in QUANTISERS:
             raise ValueError(f"unknown codec {self.quantiser!r}: expected one of {', '.join(QUANTISERS)}")
         if self.compression not in COMPRESSIONS:
-            raise ValueError(
-                f"unknown compression {self.compression!r}: expected one of {', '.join(COMPRESSIONS)}"
-            )
+            raise ValueError(f"unknown compression {self.compression!r}: expected one of {', '.join(COMPRESSIONS)}")
         if self.axis is not None and self.quantiser != "int8":
             raise ValueError(f"a channel axis only applies to int8, not {self.quantiser!r}")
 
@@ -276,9 +274,7 @@ def _decompress(spec: TensorSpec, frame: memoryview | bytes) -> memoryview | byt
     except (lz4.block.LZ4BlockError, zstandard.ZstdError) as exc:
         raise TensorSpecError(f"{where}: {spec.compression} data is corrupt: {exc}", field=where) from exc
     if len(raw) != spec.raw_nbytes:
-        raise TensorSpecError(
-            f"{where}: decompressed to {len(raw)} bytes, header says {spec.raw_nbytes}", field=where
-        )
+        raise TensorSpecError(f"{where}: decompressed to {len(raw)} bytes, header says {spec.raw_nbytes}", field=where)
     return raw
 
 

@@ -128,10 +128,11 @@ class Envelope:
         try:
             return {
                 spec.name: decode_tensor(spec, frame, max_bytes=max_bytes)
-                for spec, frame in zip(self.tensors, self.frames)
+                for spec, frame in zip(self.tensors, self.frames, strict=True)
             }
         except ProtocolError as exc:
-            raise _with_ids(exc, self)
+            _with_ids(exc, self)
+            raise
 
     def reply(self, kind: Kind, **fields: Any) -> Envelope:
         """A reply that keeps this message's request, device, plan and split ids."""
@@ -172,7 +173,8 @@ def decode(frames: Sequence[Buffer], limits: Limits = Limits()) -> Envelope:
     try:
         _attach_frames(envelope, list(frames[1:]))
     except ProtocolError as exc:
-        raise _with_ids(exc, envelope)
+        _with_ids(exc, envelope)
+        raise
     return envelope
 
 
@@ -202,13 +204,13 @@ def unpack(payload: Buffer, limits: Limits = Limits()) -> Envelope:
     try:
         if offset != len(view):
             raise TruncatedMessage(
-                f"tensors promise {offset - start - header_len} bytes, payload holds "
-                f"{len(view) - start - header_len}",
+                f"tensors promise {offset - start - header_len} bytes, payload holds {len(view) - start - header_len}",
                 field="tensors",
             )
         _attach_frames(envelope, frames)
     except ProtocolError as exc:
-        raise _with_ids(exc, envelope)
+        _with_ids(exc, envelope)
+        raise
     return envelope
 
 
@@ -283,7 +285,8 @@ def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
                 field="tensors",
             )
     except ProtocolError as exc:
-        raise _with_ids(exc, envelope)
+        _with_ids(exc, envelope)
+        raise
     return envelope
 
 
@@ -292,10 +295,12 @@ def _attach_frames(envelope: Envelope, frames: list[Buffer]) -> None:
         raise TruncatedMessage(
             f"header lists {len(envelope.tensors)} tensors but {len(frames)} tensor frames arrived", field="frames"
         )
-    for spec, frame in zip(envelope.tensors, frames):
+    for spec, frame in zip(envelope.tensors, frames, strict=True):
         if len(frame) != spec.nbytes:
             where = f"tensors[{spec.name!r}].nbytes"
-            raise TruncatedMessage(f"{where}: header promises {spec.nbytes} bytes, frame holds {len(frame)}", field=where)
+            raise TruncatedMessage(
+                f"{where}: header promises {spec.nbytes} bytes, frame holds {len(frame)}", field=where
+            )
     envelope.frames = frames
 
 
@@ -307,10 +312,9 @@ def _kind(value: object) -> Kind:
         raise UnknownKind(f"kind: unknown message kind {value!r}; known kinds: {known}", field="kind") from None
 
 
-def _with_ids(exc: ProtocolError, envelope: Envelope) -> ProtocolError:
+def _with_ids(exc: ProtocolError, envelope: Envelope) -> None:
     exc.request_id = exc.request_id or envelope.request_id or None
     exc.device_id = exc.device_id or envelope.device_id or None
-    return exc
 
 
 class _HeaderReader:
@@ -377,7 +381,9 @@ class _HeaderReader:
 
 def _parse_tensor(entry: object, index: int) -> TensorSpec:
     if not isinstance(entry, dict):
-        raise MalformedHeader(f"tensors[{index}]: expected a map, got {type(entry).__name__}", field=f"tensors[{index}]")
+        raise MalformedHeader(
+            f"tensors[{index}]: expected a map, got {type(entry).__name__}", field=f"tensors[{index}]"
+        )
     name = entry.get("name")
     prefix = f"tensors[{name!r}]." if isinstance(name, str) else f"tensors[{index}]."
     fields = _HeaderReader(entry, prefix)

@@ -26,7 +26,9 @@ def roundtrip(array: np.ndarray, codec: str) -> tuple[TensorSpec, np.ndarray]:
 @settings(max_examples=60, deadline=None)
 @given(
     array=hnp.arrays(
-        st.sampled_from([np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64]),
+        st.sampled_from(
+            [np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64]
+        ),
         shapes,
     ),
     compression=st.sampled_from(COMPRESSIONS),
@@ -55,7 +57,9 @@ def test_fp16_error_is_within_half_precision(array: np.ndarray, compression: str
 @settings(max_examples=60, deadline=None)
 @given(
     array=hnp.arrays(
-        np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=6), elements=st.floats(-1e4, 1e4, width=32, **finite)
+        np.float32,
+        hnp.array_shapes(min_dims=1, max_dims=4, max_side=6),
+        elements=st.floats(-1e4, 1e4, width=32, **finite),
     ),
     per_channel=st.booleans(),
     compression=st.sampled_from(COMPRESSIONS),

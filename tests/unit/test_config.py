@@ -68,12 +68,16 @@ def test_bad_value_names_the_key_the_value_and_what_was_expected(tmp_path: Path)
 def test_bad_channel_type_and_address(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"channel\.type: value 'carrier-pigeon' is not valid: expected one of 'zmq'"):
         load_config(write(tmp_path, "channel: {type: carrier-pigeon}\n"), Section)
-    with pytest.raises(ConfigError, match=r"channel\.address: value 'localhost:5555' is not valid: expected a ZeroMQ endpoint"):
+    with pytest.raises(
+        ConfigError, match=r"channel\.address: value 'localhost:5555' is not valid: expected a ZeroMQ endpoint"
+    ):
         load_config(write(tmp_path, "channel: {type: zmq, address: 'localhost:5555'}\n"), Section)
 
 
 def test_unknown_qos_kind_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"channel\.qos\.telegram: value 'telegram' is not valid: input should be 'activation'"):
+    with pytest.raises(
+        ConfigError, match=r"channel\.qos\.telegram: value 'telegram' is not valid: input should be 'activation'"
+    ):
         load_config(write(tmp_path, "channel: {type: mqtt, qos: {telegram: 1}}\n"), Section)
 
 

@@ -93,7 +93,11 @@ def test_reply_keeps_ids_and_error_reply_names_the_problem() -> None:
         "s2",
     )
     assert error.sender is None and error.tensors == []
-    assert decode(encode(error)).meta == {"code": "tensor_spec", "field": "tensors['feat'].shape", "message": "bad shape"}
+    assert decode(encode(error)).meta == {
+        "code": "tensor_spec",
+        "field": "tensors['feat'].shape",
+        "message": "bad shape",
+    }
 
 
 @pytest.mark.parametrize(
@@ -170,7 +174,7 @@ def test_size_limits_are_enforced_before_allocating() -> None:
     sent = activation()
     with pytest.raises(MessageTooLarge, match="over the limit of 100"):
         decode(encode(sent), Limits(max_message_bytes=100))
-    with pytest.raises(MessageTooLarge, match="header is .* bytes, over the limit of 10"):
+    with pytest.raises(MessageTooLarge, match=r"header is .* bytes, over the limit of 10"):
         decode(encode(sent), Limits(max_header_bytes=10))
     with pytest.raises(MessageTooLarge, match="tensors: 3 tensors, over the limit of 2"):
         decode(encode(sent), Limits(max_tensors=2))
@@ -198,8 +202,29 @@ def test_unpack_rejects_damaged_payloads(mutate: Any, error: type[ProtocolError]
 def test_header_uses_the_documented_keys() -> None:
     header = header_of(activation())
     assert header["v"] == PROTOCOL_VERSION
-    assert set(header) == {"v", "kind", "id", "device", "plan", "plan_version", "split", "deadline", "ts", "meta", "tensors"}
+    assert set(header) == {
+        "v",
+        "kind",
+        "id",
+        "device",
+        "plan",
+        "plan_version",
+        "split",
+        "deadline",
+        "ts",
+        "meta",
+        "tensors",
+    }
     assert set(header["tensors"][0]) == {
-        "name", "dtype", "shape", "codec", "compression", "nbytes", "raw_nbytes", "scale", "zero_point", "axis"
+        "name",
+        "dtype",
+        "shape",
+        "codec",
+        "compression",
+        "nbytes",
+        "raw_nbytes",
+        "scale",
+        "zero_point",
+        "axis",
     }
     assert set(header["tensors"][2]) == {"name", "dtype", "shape", "codec", "compression", "nbytes", "raw_nbytes"}
