@@ -1,0 +1,54 @@
+"""``hub.yaml``: what the cloud hub loads, where it listens, how it batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from tandem.config import StrictModel
+from transport.codec import CodecSpec
+from transport.config import ChannelConfig, LimitsConfig, ZmqConfig
+
+__all__ = ["BatchingConfig", "ExecutorConfig", "HubConfig", "MetricsConfig"]
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching per (plan, split): wait at most ``max_queue_delay_ms`` to fill a batch."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(16, ge=1)
+    max_queue_delay_ms: float = Field(4.0, ge=0)
+
+
+class ExecutorConfig(StrictModel):
+    """Which executor runs the cloud parts (``auto``, ``onnxruntime``, ``tensorrt``)."""
+
+    name: str = "auto"
+    providers: list[str] | None = Field(None, description="onnxruntime only: execution providers, in order")
+    threads: int = Field(0, ge=0, description="onnxruntime only: intra-op threads, 0 = its default")
+
+
+class MetricsConfig(StrictModel):
+    """Prometheus metrics over HTTP; ``port: null`` turns them off."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(9464, ge=0, lt=65536)
+
+
+class HubConfig(StrictModel):
+    """The cloud hub's whole config."""
+
+    plans: list[Path] = Field(..., min_length=1, description="plan directories written by `tandem partition`")
+    channels: list[ChannelConfig] = Field(default_factory=lambda: [ZmqConfig(address="tcp://127.0.0.1:5555")])
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    reply_codec: str = Field("raw", description="codec for results sent back to the edge")
+
+    @field_validator("reply_codec")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        CodecSpec.parse(value)
+        return value

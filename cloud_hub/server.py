@@ -1,0 +1,258 @@
+"""The cloud hub: hears edges on every configured channel, batches, replies.
+
+One receive thread per channel validates each message and routes activations
+to the batcher of their (plan, version, split). Anything wrong with a message
+becomes an ``error`` reply to its sender naming the problem; the hub keeps
+serving everyone else. Replies never block: an edge that is gone or slow costs
+a counted, dropped reply, not a stalled thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from cloud_hub.batcher import Batcher, Pending, Tail
+from cloud_hub.config import HubConfig
+from cloud_hub.metrics import HubMetrics
+from transport.channel import Channel
+from transport.codec import CodecSpec
+from transport.envelope import Envelope, Kind
+from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+from transport.factory import open_server
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger("tandem.hub")
+
+
+class Hub:
+    """Serve the cloud parts in ``tails`` on the channels in ``config``."""
+
+    def __init__(self, config: HubConfig, tails: Iterable[Tail]) -> None:
+        self.config = config
+        self.metrics = HubMetrics()
+        self.tails = {tail.key: tail for tail in tails}
+        self._reply_codec = CodecSpec.parse(config.reply_codec)
+        batching = config.batching
+        self._batchers = {
+            key: Batcher(
+                tail,
+                max_batch_size=batching.max_batch_size if batching.enabled else 1,
+                max_delay_s=batching.max_queue_delay_ms / 1000 if batching.enabled else 0.0,
+                finish=self._finish,
+            )
+            for key, tail in self.tails.items()
+        }
+        self.channels: list[Channel] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.metrics_port: int | None = None
+
+    def start(self) -> None:
+        """Open the channels and the metrics endpoint, start the threads."""
+        limits = self.config.limits.to_limits()
+        for batcher in self._batchers.values():
+            batcher.start()
+        for channel_config in self.config.channels:
+            channel = open_server(channel_config, limits=limits)
+            self.channels.append(channel)
+            thread = threading.Thread(target=self._receive, args=(channel,), name="hub-recv", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.config.metrics.port is not None:
+            self.metrics_port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+
+    def stop(self) -> None:
+        """Stop receiving, finish the batches in progress, close everything."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for batcher in self._batchers.values():
+            batcher.stop()
+        for channel in self.channels:
+            channel.close()
+        self.metrics.close()
+
+    def __enter__(self) -> Hub:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where each channel listens (the bound ZeroMQ endpoint, or the channel type)."""
+        return [str(getattr(c, "address", type(c).__name__)) for c in self.channels]
+
+    def _receive(self, channel: Channel) -> None:
+        while not self._stop.is_set():
+            try:
+                envelope = channel.recv(timeout=0.2)
+            except ChannelTimeout:
+                continue
+            except ProtocolError as exc:
+                self._reject_malformed(channel, exc)
+                continue
+            except ChannelClosed:
+                return
+            except ChannelError as exc:
+                logger.warning("receive failed: %s", exc)
+                continue
+            try:
+                self._handle(channel, envelope)
+            except Exception:  # one bad message must never end the receive loop
+                logger.exception("unexpected failure handling %s from %s", envelope.kind.value, envelope.sender)
+                self._error(channel, envelope, "internal", "the hub failed on this message; see its log")
+
+    def _handle(self, channel: Channel, envelope: Envelope) -> None:
+        self.metrics.last_seen.labels(envelope.device_id or str(envelope.sender)).set(time.time())
+        if envelope.kind is Kind.ACTIVATION:
+            self._route(channel, envelope)
+        elif envelope.kind is Kind.HEARTBEAT:
+            reply = envelope.reply(Kind.HEARTBEAT, meta={"hub_time": time.time()})
+            self._send(channel, envelope.sender, reply)
+        elif envelope.kind is Kind.HELLO:
+            self._send(channel, envelope.sender, envelope.reply(Kind.ACK, meta={"serving": self._serving()}))
+        elif envelope.kind is Kind.TELEMETRY:
+            self._record_telemetry(envelope)
+        else:
+            self._error(
+                channel, envelope, "unsupported_kind", f"the hub does not accept {envelope.kind.value!r}", "kind"
+            )
+
+    def _route(self, channel: Channel, envelope: Envelope) -> None:
+        tail = self._find_tail(channel, envelope)
+        if tail is None:
+            return
+        started = time.perf_counter()
+        try:
+            feeds = envelope.arrays(max_bytes=self.config.limits.max_message_bytes)
+        except ProtocolError as exc:
+            self._error(channel, envelope, exc.code, str(exc), exc.field)
+            return
+        problem, field = _check_feeds(tail, feeds)
+        if problem:
+            self._error(channel, envelope, "bad_input", problem, field)
+            return
+        pending = Pending(envelope, feeds, received=started, decode_s=time.perf_counter() - started, channel=channel)
+        self._batchers[tail.key].submit(pending)
+
+    def _find_tail(self, channel: Channel, envelope: Envelope) -> Tail | None:
+        key = (envelope.plan_id, envelope.plan_version, envelope.split_id)
+        if key in self.tails:
+            return self.tails[key]
+        held = self._serving()
+        if envelope.plan_id not in held:
+            known = ", ".join(sorted(held)) or "none"
+            self._error(
+                channel, envelope, "unknown_plan", f"plan {envelope.plan_id!r} is not loaded; loaded: {known}", "plan"
+            )
+        elif str(envelope.plan_version) not in held[envelope.plan_id]:
+            versions = ", ".join(sorted(held[envelope.plan_id]))
+            message = f"plan {envelope.plan_id!r} version {envelope.plan_version} is not loaded; loaded: {versions}"
+            self._error(channel, envelope, "unknown_plan_version", message, "plan_version")
+        else:
+            splits = ", ".join(held[envelope.plan_id][str(envelope.plan_version)])
+            message = f"plan {envelope.plan_id!r} has no split {envelope.split_id!r}; its splits: {splits}"
+            self._error(channel, envelope, "unknown_split", message, "split")
+        return None
+
+    def _finish(self, pending: Pending) -> None:
+        channel, request = pending.channel, pending.envelope
+        if pending.error:
+            self._error(channel, request, "execution_failed", pending.error)
+            return
+        if request.deadline is not None and time.time() > request.deadline:
+            self._error(
+                channel, request, "deadline_exceeded", "the request's deadline passed before it ran", "deadline"
+            )
+            return
+        started = time.perf_counter()
+        reply = request.reply(Kind.RESULT)
+        reply.add_arrays(pending.outputs, self._reply_codec)
+        encode_s = time.perf_counter() - started
+        reply.meta["timing"] = {
+            "queue_ms": 1000 * pending.queue_s,
+            "decode_ms": 1000 * pending.decode_s,
+            "compute_ms": 1000 * pending.compute_s,
+            "encode_ms": 1000 * encode_s,
+            "batch_size": pending.batch_size,
+        }
+        reply.timestamps["hub_sent"] = time.time()
+        self._observe(pending, encode_s)
+        self._send(channel, request.sender, reply)
+
+    def _observe(self, pending: Pending, encode_s: float) -> None:
+        request = pending.envelope
+        for stage, seconds in (
+            ("queue", pending.queue_s),
+            ("decode", pending.decode_s),
+            ("compute", pending.compute_s),
+            ("encode", encode_s),
+        ):
+            self.metrics.latency.labels(stage).observe(seconds)
+        self.metrics.latency.labels("total").observe(time.perf_counter() - pending.received)
+        self.metrics.batch_size.labels(request.plan_id, request.split_id).observe(pending.batch_size)
+        self.metrics.requests.labels(request.device_id, request.plan_id, request.split_id, "ok").inc()
+
+    def _reject_malformed(self, channel: Channel, exc: ProtocolError) -> None:
+        device = exc.device_id or exc.sender or "unknown"
+        logger.info("rejected a message from %s: %s", device, exc)
+        self.metrics.errors.labels(device, exc.code).inc()
+        if exc.sender is None:
+            return
+        reply = Envelope(
+            kind=Kind.ERROR,
+            request_id=exc.request_id or "",
+            device_id=exc.device_id or "",
+            meta={"code": exc.code, "field": exc.field, "message": str(exc)},
+        )
+        self._send(channel, exc.sender, reply)
+
+    def _error(self, channel: Channel, request: Envelope, code: str, message: str, field: str = "") -> None:
+        logger.info("error %s for %s request %s: %s", code, request.device_id, request.request_id, message)
+        self.metrics.errors.labels(request.device_id or str(request.sender), code).inc()
+        self.metrics.requests.labels(request.device_id, request.plan_id, request.split_id, code).inc()
+        self._send(channel, request.sender, request.error_reply(code, message, field_name=field))
+
+    def _send(self, channel: Channel, to: str | None, envelope: Envelope) -> None:
+        try:
+            channel.send(envelope, to=to)
+        except ChannelError as exc:
+            self.metrics.dropped_replies.labels(envelope.device_id or str(to)).inc()
+            logger.debug("reply to %s dropped: %s", to, exc)
+
+    def _serving(self) -> dict[str, dict[str, list[str]]]:
+        held: dict[str, dict[str, list[str]]] = {}
+        for plan_id, version, split_id in self.tails:
+            held.setdefault(plan_id, {}).setdefault(str(version), []).append(split_id)
+        return held
+
+    def _record_telemetry(self, envelope: Envelope) -> None:
+        for name, value in envelope.meta.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.metrics.telemetry.labels(envelope.device_id, name).set(value)
+
+
+def _check_feeds(tail: Tail, feeds: dict[str, Any]) -> tuple[str, str]:
+    """Why ``feeds`` cannot run on ``tail`` (message, field), or ("", "")."""
+    expected = {info.name: info for info in tail.executor.inputs}
+    missing = sorted(set(expected) - set(feeds))
+    if missing:
+        return f"missing input tensor(s) {missing}; split {tail.split_id!r} takes {sorted(expected)}", "tensors"
+    extra = sorted(set(feeds) - set(expected))
+    if extra:
+        return f"unexpected tensor(s) {extra}; split {tail.split_id!r} takes {sorted(expected)}", "tensors"
+    rows = {array.shape[0] if array.ndim else None for array in feeds.values()}
+    for name, array in feeds.items():
+        why = expected[name].accepts(array)
+        if why:
+            return f"tensor {name!r} has {why}", f"tensors[{name!r}]"
+    if len(rows) != 1:
+        return "input tensors disagree on the batch size", "tensors"
+    return "", ""

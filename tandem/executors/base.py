@@ -1,0 +1,78 @@
+"""The executor interface and the registry that picks one by name."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "TensorInfo", "open_executor"]
+
+# name -> "module:Class"; add a line (and a file) to add an executor.
+EXECUTORS = {
+    "onnxruntime": "tandem.executors.onnxruntime_executor:OnnxRuntimeExecutor",
+    "tensorrt": "tandem.executors.tensorrt_executor:TensorRTExecutor",
+}
+
+
+class ExecutorError(Exception):
+    """A model could not be loaded or run; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An input or output: name, numpy dtype name, shape (None for a dynamic dim)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    def accepts(self, array: np.ndarray) -> str | None:
+        """Why ``array`` does not fit this input, or None when it does."""
+        if array.dtype.name != self.dtype:
+            return f"dtype {array.dtype.name}, expected {self.dtype}"
+        if len(array.shape) != len(self.shape) or any(
+            want is not None and want != got for want, got in zip(self.shape, array.shape, strict=True)
+        ):
+            expected = ["?" if d is None else d for d in self.shape]
+            return f"shape {list(array.shape)}, expected {expected}"
+        return None
+
+
+class Executor(ABC):
+    """One loaded model: its inputs and outputs, and ``run``."""
+
+    name: str = ""
+    path: Path
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on ``feeds`` (input name -> array); returns output name -> array."""
+
+    @property
+    def batchable(self) -> bool:
+        """True when every input and output has a dynamic first (batch) dimension."""
+        return all(t.shape and t.shape[0] is None for t in (*self.inputs, *self.outputs))
+
+    def describe(self) -> str:
+        """One line for logs: executor, file, and where it runs."""
+        return f"{self.name} {self.path.name}"
+
+
+def open_executor(name: str, path: str | Path, **options: Any) -> Executor:
+    """Load ``path`` with the executor called ``name`` (``auto``, ``onnxruntime``, ``tensorrt``)."""
+    if name == "auto":
+        from tandem.executors.tensorrt_executor import tensorrt_ready
+
+        name = "tensorrt" if tensorrt_ready() and Path(path).suffix in (".engine", ".plan") else "onnxruntime"
+    if name not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {name!r}; known: auto, {', '.join(EXECUTORS)}")
+    module_name, class_name = EXECUTORS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(Path(path), **options)
