@@ -114,7 +114,7 @@ class Hub:
         if envelope.kind is Kind.ACTIVATION:
             self._route(channel, envelope)
         elif envelope.kind is Kind.HEARTBEAT:
-            reply = envelope.reply(Kind.HEARTBEAT, meta={"hub_time": time.time()})
+            reply = envelope.reply(Kind.HEARTBEAT, meta={"hub_time": time.time(), "probe_bytes": envelope.wire_bytes})
             self._send(channel, envelope.sender, reply)
         elif envelope.kind is Kind.HELLO:
             self._send(channel, envelope.sender, envelope.reply(Kind.ACK, meta={"serving": self._serving()}))

@@ -1,0 +1,358 @@
+"""The edge agent: run the head, ship the cut, take the hub's answer or answer locally.
+
+``EdgeAgent.infer(inputs)`` always returns exactly one result:
+
+- ``source="hub"``: the edge part ran here, the hub ran the rest in time;
+- ``source="edge"``: the chosen split is edge-only (the link makes that fastest);
+- ``source="fallback"``, ``degraded=True``: the hub was down, late, or refused,
+  so the full model ran here. A hub answer arriving after that is dropped.
+
+A maintenance thread sends heartbeats (RTT), bandwidth probes when no
+activation has gone up lately, telemetry, and, while the hub is down, retries
+with exponential backoff; the first answer marks the hub up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import EdgeConfig
+from edge_agent.link_estimator import LinkEstimator
+from edge_agent.plan_view import AgentPlan, SplitOption
+from edge_agent.selector import SplitSelector
+from edge_agent.telemetry import system_telemetry
+from tandem.executors import Executor, open_executor
+from transport.channel import Channel
+from transport.codec import CodecSpec
+from transport.envelope import Envelope, Kind
+from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+
+__all__ = ["EdgeAgent", "InferenceResult"]
+
+logger = logging.getLogger("tandem.edge")
+
+
+@dataclass
+class InferenceResult:
+    """One answer: outputs, where they came from, and how long each part took."""
+
+    outputs: dict[str, np.ndarray]
+    request_id: str
+    split_id: str
+    source: str
+    degraded: bool
+    latency_ms: float
+    timing: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reply: Envelope | None = None
+
+
+class EdgeAgent:
+    """Serves ``infer`` with the plan's splits over ``channel`` (see module docstring)."""
+
+    def __init__(self, config: EdgeConfig, plan: AgentPlan, channel: Channel) -> None:
+        self.config = config
+        self.plan = plan
+        self.channel = channel
+        self.codec = CodecSpec.parse(config.codec)
+        self.estimator = LinkEstimator()
+        self.selector = SplitSelector(plan, config.objective, config.hysteresis)
+        self.full = open_executor(config.executor, plan.full_model)
+        self._heads: dict[str, Executor] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._waiters_lock = threading.Lock()
+        self._hub_up = True
+        self._failures = 0
+        self._last_upload = 0.0
+        self._recent: deque[tuple[float, float]] = deque(maxlen=256)  # (time, latency_ms)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.counters = {"hub": 0, "edge": 0, "fallback": 0, "late_replies": 0, "hub_errors": 0}
+        logger.info(
+            "plan %s v%d: %d splits, fallback %s", plan.plan_id, plan.version, len(plan.splits), self.full.describe()
+        )
+
+    def start(self) -> None:
+        """Start the receiver and maintenance threads."""
+        for target, name in ((self._receive, "edge-recv"), (self._maintain, "edge-maintain")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop the threads and close the channel."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.channel.close()
+
+    def __enter__(self) -> EdgeAgent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def hub_up(self) -> bool:
+        """Whether the agent currently believes the hub answers."""
+        return self._hub_up
+
+    def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> InferenceResult:
+        """Answer one request; see the module docstring for where the answer comes from."""
+        started = time.perf_counter()
+        feeds = self._feeds(inputs)
+        split = self.selector.choose(self.estimator.snapshot(), self._request_rate())
+        if split.edge_only:
+            return self._local(feeds, split, started, source="edge", reason="")
+        if not self._hub_up:
+            return self._local(feeds, split, started, source="fallback", reason="hub unreachable")
+        timing: dict[str, float] = {}
+        head = self._run_timed(self._head(split), feeds, timing, "edge_ms") if split.edge_path else {}
+        available = {**feeds, **head}  # model inputs used past the cut (masks, skips) cross it too
+        request = self._activation(split, {name: available[name] for name in split.crossing}, timing)
+        reply, reason = self._exchange(request)
+        if reply is None or reply.kind is not Kind.RESULT:
+            return self._local(feeds, split, started, source="fallback", reason=reason, timing=timing)
+        return self._from_hub(request, reply, split, started, timing)
+
+    def _activation(self, split: SplitOption, tensors: dict[str, np.ndarray], timing: dict[str, float]) -> Envelope:
+        t0 = time.perf_counter()
+        request = Envelope.with_arrays(
+            Kind.ACTIVATION,
+            tensors,
+            self.codec,
+            device_id=self.config.device_id,
+            plan_id=self.plan.plan_id,
+            plan_version=self.plan.version,
+            split_id=split.split_id,
+            deadline=time.time() + self.config.deadline_ms / 1000,
+        )
+        timing["encode_ms"] = 1000 * (time.perf_counter() - t0)
+        return request
+
+    def _exchange(self, request: Envelope) -> tuple[Envelope | None, str]:
+        """Send and wait until the deadline; (reply, "") or (None / error reply, reason)."""
+        waiter = _Waiter()
+        with self._waiters_lock:
+            self._waiters[request.request_id] = waiter
+        request.timestamps["edge_sent"] = time.time()
+        sent = time.perf_counter()
+        try:
+            self.channel.send(request)
+        except ChannelError as exc:
+            self._forget(request.request_id)
+            self._mark_down(f"send failed: {exc}")
+            return None, f"hub unreachable: {exc}"
+        self._last_upload = time.monotonic()
+        arrived = waiter.event.wait(max(0.0, request.deadline - time.time()) if request.deadline else None)
+        self._forget(request.request_id)
+        if not arrived or waiter.reply is None:
+            self._count_failure()
+            return None, f"no hub answer within {self.config.deadline_ms:.0f} ms"
+        reply = waiter.reply
+        reply.timestamps["edge_round_trip_ms"] = 1000 * (time.perf_counter() - sent)
+        self._failures = 0
+        if reply.kind is Kind.ERROR:
+            self.counters["hub_errors"] += 1
+            logger.warning(
+                "hub refused %s: %s (%s)", request.request_id, reply.meta.get("message"), reply.meta.get("code")
+            )
+            return reply, f"hub error {reply.meta.get('code')}: {reply.meta.get('message')}"
+        return reply, ""
+
+    def _from_hub(
+        self, request: Envelope, reply: Envelope, split: SplitOption, started: float, timing: dict[str, float]
+    ) -> InferenceResult:
+        t0 = time.perf_counter()
+        outputs = {name: np.array(value) for name, value in reply.arrays().items()}
+        timing["decode_ms"] = 1000 * (time.perf_counter() - t0)
+        hub = reply.meta.get("timing", {})
+        hub_ms = sum(float(hub.get(k, 0.0)) for k in ("queue_ms", "decode_ms", "compute_ms", "encode_ms"))
+        round_trip = reply.timestamps["edge_round_trip_ms"]
+        self.estimator.observe_transfer(request.wire_bytes, round_trip, hub_ms)
+        timing.update({f"hub_{k}": float(v) for k, v in hub.items()}, round_trip_ms=round_trip)
+        self.counters["hub"] += 1
+        return self._result(outputs, request.request_id, split, "hub", False, started, timing)
+
+    def _local(
+        self,
+        feeds: dict[str, np.ndarray],
+        split: SplitOption,
+        started: float,
+        *,
+        source: str,
+        reason: str,
+        timing: dict[str, float] | None = None,
+    ) -> InferenceResult:
+        timing = dict(timing or {})
+        outputs = self._run_timed(self.full, feeds, timing, "local_ms")
+        self.counters[source] += 1
+        request_id = f"local-{time.monotonic_ns()}"
+        return self._result(outputs, request_id, split, source, source == "fallback", started, timing, reason)
+
+    def _result(
+        self,
+        outputs: dict[str, np.ndarray],
+        request_id: str,
+        split: SplitOption,
+        source: str,
+        degraded: bool,
+        started: float,
+        timing: dict[str, float],
+        reason: str = "",
+    ) -> InferenceResult:
+        latency = 1000 * (time.perf_counter() - started)
+        self._recent.append((time.monotonic(), latency))
+        return InferenceResult(outputs, request_id, split.split_id, source, degraded, latency, timing, reason)
+
+    def _run_timed(
+        self, executor: Executor, feeds: dict[str, np.ndarray], timing: dict[str, float], key: str
+    ) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        outputs = executor.run(feeds)
+        elapsed = time.perf_counter() - t0
+        slowdown = self.config.emulation.edge_slowdown
+        if slowdown > 1:
+            time.sleep(elapsed * (slowdown - 1))  # emulate the slower edge device this box stands in for
+        timing[key] = 1000 * (time.perf_counter() - t0)
+        return outputs
+
+    def _head(self, split: SplitOption) -> Executor:
+        if split.split_id not in self._heads:
+            if split.edge_path is None:
+                raise ValueError(f"split {split.split_id} has no edge part")
+            self._heads[split.split_id] = open_executor(self.config.executor, split.edge_path)
+            logger.info("loaded edge part of split %s: %s", split.split_id, self._heads[split.split_id].describe())
+        return self._heads[split.split_id]
+
+    def _feeds(self, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(inputs, dict):
+            missing = set(self.plan.input_names) - set(inputs)
+            if missing:
+                raise ValueError(
+                    f"missing model input(s) {sorted(missing)}; the model takes {list(self.plan.input_names)}"
+                )
+            return {name: inputs[name] for name in self.plan.input_names}
+        if len(self.plan.input_names) != 1:
+            raise ValueError(f"the model takes {list(self.plan.input_names)}: pass a dict of arrays")
+        return {self.plan.input_names[0]: inputs}
+
+    def _request_rate(self) -> float | None:
+        if len(self._recent) < 2:
+            return None
+        span = self._recent[-1][0] - self._recent[0][0]
+        return (len(self._recent) - 1) / span if span > 0 else None
+
+    def _forget(self, request_id: str) -> None:
+        with self._waiters_lock:
+            self._waiters.pop(request_id, None)
+
+    def _count_failure(self) -> None:
+        self._failures += 1
+        if self._failures >= self.config.retry.failures_to_mark_down:
+            self._mark_down(f"{self._failures} requests without an answer")
+
+    def _mark_down(self, why: str) -> None:
+        if self._hub_up:
+            logger.warning("hub marked down (%s); answering locally, retrying in the background", why)
+        self._hub_up = False
+
+    def _mark_up(self) -> None:
+        if not self._hub_up:
+            logger.info("hub reachable again; back to split inference")
+        self._hub_up = True
+        self._failures = 0
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                envelope = self.channel.recv(timeout=0.2)
+            except ChannelTimeout:
+                continue
+            except ChannelClosed:
+                return
+            except (ProtocolError, ChannelError) as exc:
+                logger.warning("dropped a message from the hub: %s", exc)
+                continue
+            self._dispatch(envelope)
+
+    def _dispatch(self, envelope: Envelope) -> None:
+        if envelope.kind is Kind.HEARTBEAT:
+            self._on_heartbeat(envelope)
+            return
+        with self._waiters_lock:
+            waiter = self._waiters.pop(envelope.request_id, None)
+        if waiter is None:
+            self.counters["late_replies"] += 1  # already answered locally
+            return
+        waiter.reply = envelope
+        waiter.event.set()
+
+    def _on_heartbeat(self, envelope: Envelope) -> None:
+        sent = envelope.timestamps.get("edge_sent")
+        if sent is not None:
+            round_trip_ms = 1000 * (time.time() - sent)
+            probe = int(envelope.meta.get("probe_bytes", 0) or 0)
+            if probe:
+                self.estimator.observe_transfer(probe, round_trip_ms, 0.0)
+            else:
+                self.estimator.observe_rtt(round_trip_ms)
+        self._mark_up()
+
+    def _maintain(self) -> None:
+        next_beat = next_telemetry = time.monotonic()
+        backoff = self.config.retry.initial_s
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            if now >= next_telemetry and self._hub_up:
+                self._send_quietly(self._telemetry())
+                next_telemetry = now + self.config.telemetry_interval_s
+            if now < next_beat:
+                continue
+            self._send_quietly(self._heartbeat(probe=False))
+            if self._hub_up:
+                backoff = self.config.retry.initial_s
+                if now - self._last_upload > self.config.probe_interval_s and self.config.probe_bytes:
+                    self._send_quietly(self._heartbeat(probe=True))
+                next_beat = now + self.config.probe_interval_s
+            else:
+                next_beat = now + backoff
+                backoff = min(backoff * 2, self.config.retry.max_s)
+
+    def _heartbeat(self, *, probe: bool) -> Envelope:
+        beat = Envelope(kind=Kind.HEARTBEAT, device_id=self.config.device_id, timestamps={"edge_sent": time.time()})
+        if probe:
+            beat.add_arrays({"probe": np.zeros(self.config.probe_bytes, np.uint8)})
+            beat.meta["probe_bytes"] = self.config.probe_bytes
+        return beat
+
+    def _telemetry(self) -> Envelope:
+        latencies = sorted(latency for _, latency in self._recent)
+        meta: dict[str, Any] = dict(system_telemetry())
+        if latencies:
+            meta["latency_p50_ms"] = latencies[len(latencies) // 2]
+            meta["latency_p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        link = self.estimator.snapshot()
+        meta.update({k: v for k, v in (("rtt_ms", link.rtt_ms), ("bandwidth_mbps", link.bandwidth_mbps)) if v})
+        meta["split"] = self.selector.current.split_id if self.selector.current else ""
+        meta.update({f"count_{k}": v for k, v in self.counters.items()})
+        return Envelope(kind=Kind.TELEMETRY, device_id=self.config.device_id, meta=meta)
+
+    def _send_quietly(self, envelope: Envelope) -> None:
+        try:
+            self.channel.send(envelope)
+        except ChannelError as exc:
+            self._mark_down(f"send failed: {exc}")

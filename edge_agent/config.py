@@ -1,0 +1,105 @@
+"""``edge.yaml``: the edge agent's plan, hub link, objective and fallback behaviour."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tandem.config import StrictModel
+from transport.codec import CodecSpec
+from transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig
+
+__all__ = ["EdgeConfig", "EmulationConfig", "EndpointConfig", "HysteresisConfig", "ObjectiveConfig", "RetryConfig"]
+
+
+class ObjectiveConfig(StrictModel):
+    """What the split choice optimises.
+
+    ``min_latency``: the lowest predicted end-to-end latency. ``bandwidth_cap``:
+    the lowest latency among splits whose uplink use (bytes x request rate)
+    stays under ``bandwidth_cap_mbps``. ``latency_slo``: the split that meets
+    ``latency_slo_ms`` with the fewest bytes on the uplink (lowest latency when
+    none meets it).
+    """
+
+    mode: Literal["min_latency", "bandwidth_cap", "latency_slo"] = "min_latency"
+    bandwidth_cap_mbps: float | None = Field(None, gt=0)
+    latency_slo_ms: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_its_number(self) -> ObjectiveConfig:
+        if self.mode == "bandwidth_cap" and self.bandwidth_cap_mbps is None:
+            raise ValueError("mode 'bandwidth_cap' needs bandwidth_cap_mbps")
+        if self.mode == "latency_slo" and self.latency_slo_ms is None:
+            raise ValueError("mode 'latency_slo' needs latency_slo_ms")
+        return self
+
+
+class HysteresisConfig(StrictModel):
+    """Switch split only for a clear gain, and not more often than ``min_dwell_s``."""
+
+    min_gain: float = Field(0.15, ge=0, description="relative predicted-latency improvement needed to switch")
+    min_dwell_s: float = Field(2.0, ge=0)
+
+
+class RetryConfig(StrictModel):
+    """How the agent probes an unreachable hub: exponential backoff with a ceiling."""
+
+    initial_s: float = Field(0.5, gt=0)
+    max_s: float = Field(8.0, gt=0)
+    failures_to_mark_down: int = Field(2, ge=1, description="consecutive timeouts before the hub counts as down")
+
+
+class EndpointConfig(StrictModel):
+    """The local endpoint other processes on the box call (same envelope protocol over ZeroMQ)."""
+
+    address: str | None = "tcp://127.0.0.1:5600"
+    workers: int = Field(4, ge=1)
+
+
+class EmulationConfig(StrictModel):
+    """Make this machine behave like the real edge: a slower device and a shaped link."""
+
+    edge_slowdown: float = Field(1.0, ge=1.0, description="edge compute is stretched by this factor")
+    link: LinkConfig | None = None
+    schedule: list[LinkStep] = Field(default_factory=list, description="link changes over time (demo, tests)")
+
+
+class LinkStep(StrictModel):
+    """At ``at_s`` seconds after start, set the emulated link to these values."""
+
+    at_s: float = Field(..., ge=0)
+    bandwidth_mbps: float | None = Field(None, gt=0)
+    rtt_ms: float | None = Field(None, ge=0)
+
+
+EmulationConfig.model_rebuild()
+
+
+class EdgeConfig(StrictModel):
+    """The edge agent's whole config."""
+
+    device_id: str = Field(default_factory=socket.gethostname)
+    plan: Path = Field(..., description="plan directory written by `tandem partition` (or synced by the hub)")
+    codec: str = "fp16+lz4"
+    channel: ChannelConfig = Field(default_factory=lambda: ZmqConfig(address="tcp://127.0.0.1:5555"))
+    executor: str = Field("auto", description="auto (TensorRT when available, else onnxruntime), onnxruntime, tensorrt")
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
+    deadline_ms: float = Field(1000.0, gt=0, description="a hub answer later than this is replaced by a local one")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    telemetry_interval_s: float = Field(5.0, gt=0)
+    probe_interval_s: float = Field(2.0, gt=0, description="bandwidth probe period while no activation goes up")
+    probe_bytes: int = Field(32_768, ge=0)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    emulation: EmulationConfig = Field(default_factory=EmulationConfig)
+
+    @field_validator("codec")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        CodecSpec.parse(value)
+        return value

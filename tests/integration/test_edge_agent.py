@@ -1,0 +1,167 @@
+"""Edge agent against a real hub over ZeroMQ: split inference, fallback, recovery."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cloud_hub.batcher import Tail
+from cloud_hub.config import HubConfig, MetricsConfig
+from cloud_hub.server import Hub
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import EdgeConfig
+from edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.executors import open_executor
+from transport.config import ZmqConfig
+from transport.zmq_channel import ZmqClient
+
+A = (np.arange(16, dtype=np.float32).reshape(4, 4) - 8) / 10
+W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+
+
+def _model(path: Path, nodes: list, inputs: list[str], outputs: list[str], weights: dict[str, np.ndarray]) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4 if n != "logits" else 3]) for n in outputs],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+HEAD = [helper.make_node("MatMul", ["x", "A"], ["xa"]), helper.make_node("Relu", ["xa"], ["feat"])]
+TAIL = [helper.make_node("Add", ["feat", "x"], ["sum"]), helper.make_node("MatMul", ["sum", "W"], ["logits"])]
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    return (np.maximum(x @ A, 0) + x) @ W
+
+
+@pytest.fixture
+def toy_plan(tmp_path: Path) -> tuple[AgentPlan, Path]:
+    """A two-split plan: cloud-only (x goes up) and s1 (feat and the skip x go up)."""
+    full = _model(tmp_path / "model.onnx", HEAD + TAIL, ["x"], ["logits"], {"A": A, "W": W})
+    head = _model(tmp_path / "edge.onnx", HEAD, ["x"], ["feat"], {"A": A})
+    tail = _model(tmp_path / "cloud.onnx", TAIL, ["feat", "x"], ["logits"], {"W": W})
+    splits = (
+        SplitOption("s1", head, ("feat", "x"), edge_ms=1, cloud_ms=1, wire_bytes=32),
+        SplitOption("edge_only", None, (), edge_ms=500, cloud_ms=0, wire_bytes=0, edge_only=True),
+    )
+    return AgentPlan("toy", 1, ("x",), ("logits",), full, splits), tail
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_hub(tail_path: Path, port: int) -> Hub:
+    config = HubConfig(
+        plans=[tail_path.parent],
+        channels=[ZmqConfig(address=f"tcp://127.0.0.1:{port}")],
+        metrics=MetricsConfig(port=None),
+    )
+    hub = Hub(config, [Tail("toy", 1, "s1", open_executor("onnxruntime", tail_path))])
+    hub.start()
+    return hub
+
+
+def agent_for(plan: AgentPlan, port: int, **overrides: object) -> EdgeAgent:
+    config = EdgeConfig(
+        device_id="cam-1",
+        plan=plan.full_model.parent,
+        codec="raw",
+        channel=ZmqConfig(address=f"tcp://127.0.0.1:{port}"),
+        deadline_ms=500,
+        retry={"initial_s": 0.1, "max_s": 0.4, "failures_to_mark_down": 1},
+        probe_interval_s=0.2,
+        **overrides,
+    )
+    channel = ZmqClient(address=config.channel.address, device_id=config.device_id, connect_timeout_s=None)
+    return EdgeAgent(config, plan, channel)
+
+
+@pytest.fixture
+def running(toy_plan: tuple[AgentPlan, Path]) -> Iterator[tuple[EdgeAgent, Hub, int]]:
+    plan, tail = toy_plan
+    port = free_port()
+    hub = start_hub(tail, port)
+    agent = agent_for(plan, port)
+    agent.start()
+    yield agent, hub, port
+    agent.stop()
+    hub.stop()
+
+
+def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def test_split_inference_equals_the_full_model(running: tuple[EdgeAgent, Hub, int]) -> None:
+    agent, _, _ = running
+    x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+    result = agent.infer(x)
+    assert (result.source, result.degraded, result.split_id) == ("hub", False, "s1")
+    np.testing.assert_allclose(result.outputs["logits"], reference(x), rtol=1e-5, atol=1e-6)
+    assert {"edge_ms", "encode_ms", "round_trip_ms", "hub_compute_ms"} <= set(result.timing)
+
+
+def test_hub_down_means_local_degraded_answers_then_recovery(
+    toy_plan: tuple[AgentPlan, Path], running: tuple[EdgeAgent, Hub, int]
+) -> None:
+    agent, hub, port = running
+    x = np.ones((1, 4), np.float32)
+    assert agent.infer(x).source == "hub"
+    hub.stop()
+    answers = [agent.infer(x) for _ in range(5)]
+    assert all(a.source == "fallback" and a.degraded for a in answers[1:])
+    for answer in answers:
+        np.testing.assert_allclose(answer.outputs["logits"], reference(x), rtol=1e-5)
+    assert not agent.hub_up
+    restarted = start_hub(toy_plan[1], port)
+    try:
+        wait_until(lambda: agent.hub_up)
+        assert agent.infer(x).source == "hub"
+    finally:
+        restarted.stop()
+
+
+def test_hub_refusal_falls_back_and_names_the_reason(toy_plan: tuple[AgentPlan, Path]) -> None:
+    plan, tail = toy_plan
+    port = free_port()
+    hub = start_hub(tail, port)
+    wrong = AgentPlan("other-plan", 1, plan.input_names, plan.output_names, plan.full_model, plan.splits)
+    agent = agent_for(wrong, port)
+    with agent:
+        result = agent.infer(np.ones((1, 4), np.float32))
+    hub.stop()
+    assert result.source == "fallback" and result.degraded
+    assert "unknown_plan" in result.reason and "'other-plan' is not loaded" in result.reason
+
+
+def test_link_estimates_come_from_heartbeats_and_probes(running: tuple[EdgeAgent, Hub, int]) -> None:
+    agent, _, _ = running
+    wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
+    assert agent.estimator.snapshot().rtt_ms < 100  # loopback
+
+
+def test_bad_inputs_name_what_the_model_takes(running: tuple[EdgeAgent, Hub, int]) -> None:
+    agent, _, _ = running
+    with pytest.raises(ValueError, match=r"missing model input\(s\) \['x'\]; the model takes \['x'\]"):
+        agent.infer({"y": np.ones((1, 4), np.float32)})

@@ -1,0 +1,99 @@
+"""Split choice: objective, constraints, hysteresis; and the link estimator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import HysteresisConfig, ObjectiveConfig
+from edge_agent.link_estimator import LinkEstimate, LinkEstimator
+from edge_agent.plan_view import AgentPlan, SplitOption
+from edge_agent.selector import SplitSelector
+
+# A ResNet-like cost table: the deeper the cut, the more edge time and the fewer bytes.
+SPLITS = (
+    SplitOption("cloud_only", None, ("input",), edge_ms=0, cloud_ms=5, wire_bytes=600_000),
+    SplitOption("s1", Path("s1.onnx"), ("a",), edge_ms=20, cloud_ms=4, wire_bytes=200_000),
+    SplitOption("s2", Path("s2.onnx"), ("b", "skip"), edge_ms=60, cloud_ms=2, wire_bytes=40_000),
+    SplitOption("edge_only", None, (), edge_ms=150, cloud_ms=0, wire_bytes=0, edge_only=True),
+)
+PLAN = AgentPlan("toy", 1, ("input",), ("logits",), Path("model.onnx"), SPLITS)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def selector(objective: ObjectiveConfig | None = None, **hysteresis: float) -> tuple[SplitSelector, Clock]:
+    clock = Clock()
+    return SplitSelector(PLAN, objective or ObjectiveConfig(), HysteresisConfig(**hysteresis), clock=clock), clock
+
+
+def brute_force_best(bandwidth: float, rtt: float) -> str:
+    return min(SPLITS, key=lambda s: s.predicted_ms(bandwidth, rtt)).split_id
+
+
+@pytest.mark.parametrize("bandwidth", [0.5, 2, 5, 20, 100, 1000])
+def test_min_latency_picks_the_fastest_predicted_split(bandwidth: float) -> None:
+    chosen, _ = selector()
+    assert chosen.choose(LinkEstimate(20, bandwidth)).split_id == brute_force_best(bandwidth, 20)
+
+
+def test_split_moves_deeper_when_bandwidth_drops_and_back_when_it_recovers() -> None:
+    chosen, clock = selector(min_dwell_s=2, min_gain=0.1)
+    assert chosen.choose(LinkEstimate(20, 1000)).split_id == "cloud_only"
+    clock.now = 1.0  # within the dwell time: stay, even though s2 is now far better
+    assert chosen.choose(LinkEstimate(20, 5)).split_id == "cloud_only"
+    clock.now = 3.0
+    assert chosen.choose(LinkEstimate(20, 5)).split_id == "s2"
+    clock.now = 10.0
+    assert chosen.choose(LinkEstimate(20, 1000)).split_id == "cloud_only"
+    assert chosen.switches == 2
+
+
+def test_hysteresis_ignores_small_gains() -> None:
+    chosen, clock = selector(min_dwell_s=0, min_gain=0.5)
+    first = chosen.choose(LinkEstimate(20, 12)).split_id
+    clock.now = 5
+    # At 10 Mbit/s another split may be slightly better, but not 50 % better.
+    assert chosen.choose(LinkEstimate(20, 10)).split_id == first
+    assert chosen.switches == 0
+
+
+def test_bandwidth_cap_excludes_splits_that_would_exceed_it() -> None:
+    objective = ObjectiveConfig(mode="bandwidth_cap", bandwidth_cap_mbps=2.0)
+    chosen, _ = selector(objective)
+    # 10 requests/s: cloud_only needs 48 Mbit/s, s1 16, s2 3.2: only edge_only fits under 2 Mbit/s.
+    assert chosen.choose(LinkEstimate(20, 1000), request_rate_hz=10).split_id == "edge_only"
+    relaxed, _ = selector(ObjectiveConfig(mode="bandwidth_cap", bandwidth_cap_mbps=5.0))
+    assert relaxed.choose(LinkEstimate(20, 1000), request_rate_hz=10).split_id == "s2"
+
+
+def test_latency_slo_prefers_fewest_bytes_among_splits_that_meet_it() -> None:
+    chosen, _ = selector(ObjectiveConfig(mode="latency_slo", latency_slo_ms=160))
+    # At 1000 Mbit/s every split meets 160 ms; edge_only sends nothing.
+    assert chosen.choose(LinkEstimate(20, 1000)).split_id == "edge_only"
+    tight, _ = selector(ObjectiveConfig(mode="latency_slo", latency_slo_ms=60))
+    assert tight.choose(LinkEstimate(20, 1000)).split_id == "s1"  # meets 60 ms with fewer bytes than cloud_only
+
+
+def test_objective_config_needs_its_number() -> None:
+    with pytest.raises(ValueError, match="mode 'bandwidth_cap' needs bandwidth_cap_mbps"):
+        ObjectiveConfig(mode="bandwidth_cap")
+
+
+def test_estimator_separates_rtt_from_serialisation() -> None:
+    estimator = LinkEstimator(alpha=1.0)
+    estimator.observe_rtt(40.0)
+    # 100 kB up in 40 ms RTT + 5 ms hub + 160 ms on the wire -> 5 Mbit/s.
+    estimator.observe_transfer(100_000, round_trip_ms=205.0, hub_ms=5.0)
+    snapshot = estimator.snapshot()
+    assert snapshot.rtt_ms == 40.0
+    assert snapshot.bandwidth_mbps == pytest.approx(5.0)
+    estimator.observe_transfer(100, round_trip_ms=40.1, hub_ms=0.0)  # too small to measure: ignored
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(5.0)
