@@ -1,0 +1,668 @@
+"""MQTT 5 channels through a broker: :class:`MqttServer` (hub) and :class:`MqttClient` (edge).
+
+Both implement :class:`transport.channel.Channel` on paho-mqtt 2.x (MQTT v5,
+paho's ``loop_start`` network thread).
+
+Topic layout
+------------
+``{prefix}`` is ``MqttConfig.topic_prefix`` (default ``tandem/v1``), ``{kind}``
+is the envelope's :class:`~transport.envelope.Kind` value (``activation``,
+``result``, ``error``, ``hello``, ``heartbeat``, ``telemetry``, ``record``,
+``sample``, ``ack``, ``plan``, ``artifact``)::
+
+    {prefix}/{device_id}/up/{kind}     edge -> hub
+    {prefix}/{device_id}/down/{kind}   hub -> edge
+
+The prefix must not be empty, start or end with ``/``, or hold ``+``/``#``.
+A device id must not be empty or hold ``/``, ``+``, ``#``. The hub subscribes
+to ``{prefix}/+/up/+``; an edge to ``{prefix}/{device_id}/down/+``. The hub
+answers a device with ``send(reply, to=device_id)``, which publishes on that
+device's ``down`` topic; a hub ``send`` without ``to`` is a ``ValueError``.
+
+Who sent it
+-----------
+On the hub, a received envelope's ``sender`` is the device id taken from the
+topic, never from the payload. The header's ``device`` must equal it (a
+message on a topic the device does not own) and the header's ``kind`` must
+equal the topic's kind; otherwise ``recv`` raises
+:class:`~transport.errors.MalformedHeader` with ``field`` ``"device"`` or
+``"kind"`` and ``sender`` set to the topic's device. On an edge, ``sender``
+is ``"server"``; the kind must match the topic and a non-empty header
+``device`` must be the edge's own id. ``send`` fills in an empty
+``device_id`` (the edge's own id, or the hub's ``to``) and refuses one that
+names another device.
+
+QoS per kind
+------------
+Each message is published at ``MqttConfig.qos_for(kind)``; by default
+(``transport.config.DEFAULT_QOS``) ``activation``, ``result`` and
+``heartbeat`` use QoS 0 and every other kind QoS 1. Both sides subscribe at
+QoS 2, so a message reaches its receiver at the QoS its publisher chose.
+A QoS 0 ``send`` while the connection is down raises
+:class:`~transport.errors.ConnectError`. A QoS 1/2 ``send`` while it is down
+is queued by paho (at most ``max_queued_messages``) and published once paho
+has reconnected.
+
+Payloads and chunks
+-------------------
+A payload is :func:`transport.envelope.pack` output, starting with ``b"TDM1"``,
+when it fits in the effective limit: ``max_payload_bytes``, lowered to the
+broker's Maximum Packet Size (from CONNACK, if the broker sends one) minus the
+PUBLISH header and topic. Mosquitto advertises ``max_packet_size`` in CONNACK
+but not the older ``message_size_limit``: keep ``max_payload_bytes`` at or below
+that one. A larger message is split into chunks, each one PUBLISH on the same
+topic at the same QoS, in order::
+
+    offset  size  field (little-endian)
+    0       4     magic       b"TDC1"
+    4       16    message id  random, shared by the chunks of one message
+    20      4     index       u32, 0 .. count-1
+    24      4     count       u32
+    28      8     total       u64, bytes of the whole packed message
+    36      ...   data        chunks 0 .. count-2 carry equal slices, the last the rest
+
+The receiver reassembles per (device, message id) in any order, ignores
+repeated chunks (QoS 1 redelivery), rejects a ``total`` over
+``Limits.max_message_bytes`` before buffering (``MessageTooLarge``, field
+``chunk.total``) and chunks that disagree on ``count``/``total``
+(``ChunkError``, field ``chunk.count``/``chunk.total``); it keeps at most 4
+partial messages per device and drops a partial message that gets no chunk
+for ``chunk_timeout_s`` (30 s). At QoS 0, one lost chunk loses the message.
+See :mod:`transport.chunking`.
+
+Sessions and reconnects
+-----------------------
+With ``session_expiry_s > 0`` the client connects with ``clean_start=False``
+and that Session Expiry Interval: while it is away the broker keeps its
+subscriptions and queues QoS 1/2 messages for it, and delivers them when it
+returns within the interval with the same client id. A generated client id
+(``tandem-hub-<hex>``, ``tandem-edge-<device>-<hex>``) lasts as long as the
+channel object, so it covers reconnects; set ``client_id`` to resume a session
+after a restart. paho reconnects with exponential backoff
+(``reconnect_min_s`` doubling up to ``reconnect_max_s``) and the channel
+subscribes again in ``on_connect``.
+
+Shared subscriptions
+--------------------
+With ``shared_group`` set, the hub subscribes to
+``$share/{group}/{prefix}/+/up/+``: several hub replicas share the load and the
+broker hands each message to exactly one member of the group. Replies are
+unaffected (they go to the device's ``down`` topic). Chunks of one message may
+be handed to different replicas, which could then never complete it: give the
+hubs of a shared group a ``max_payload_bytes`` large enough that their edges'
+messages are not chunked, or have edges send within that size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import secrets
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from transport.channel import Channel
+from transport.chunking import CHUNK_MAGIC, Reassembler, split
+from transport.config import MqttConfig, TlsConfig
+from transport.envelope import Buffer, Envelope, Kind, Limits, pack, unpack
+from transport.errors import (
+    ChannelClosed,
+    ChannelError,
+    ChannelTimeout,
+    ConnectError,
+    MalformedHeader,
+    ProtocolError,
+)
+
+__all__ = ["SERVER_SENDER", "MqttClient", "MqttServer"]
+
+SERVER_SENDER = "server"
+_PUBLISH_OVERHEAD = 16  # fixed header, topic length, packet id, properties length
+_FORBIDDEN_IN_NAMES = ("/", "+", "#", "\x00")
+_CLOSED = object()
+
+log = logging.getLogger("tandem.transport.mqtt")
+_paho_log = logging.getLogger("tandem.transport.mqtt.paho")
+
+
+class _QuietNotConnected(logging.Filter):
+    """paho 2.2 logs an ERROR on every loop pass without a socket, which includes each normal disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_paho_log.addFilter(_QuietNotConnected())
+
+
+def _check_name(what: str, value: str) -> str:
+    if not value or any(ch in value for ch in _FORBIDDEN_IN_NAMES):
+        raise ValueError(f"{what} {value!r} cannot be used in an MQTT topic: it must be non-empty, without / + # NUL")
+    return value
+
+
+def _check_prefix(prefix: str) -> str:
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "+#\x00"):
+        raise ValueError(f"topic_prefix {prefix!r}: expected levels such as 'tandem/v1', without + # or outer slashes")
+    return prefix
+
+
+class _MqttChannel(Channel):
+    """What hub and edge share: the paho client, connect, publish and the inbox."""
+
+    _role = "channel"
+    _subscription = ""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        client_id: str,
+        limits: Limits,
+        reconnect_min_s: float,
+        reconnect_max_s: float,
+        max_queued_messages: int,
+        chunk_timeout_s: float,
+    ) -> None:
+        self._config = config
+        self._prefix = config.topic_prefix
+        self._where = f"{config.host}:{config.port}"
+        self._limits = limits
+        self.client_id = client_id
+        self._qos = {kind: config.qos_for(kind) for kind in Kind}
+        self._max_payload = config.max_payload_bytes
+        self._broker_max_packet: int | None = None
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reassembler = Reassembler(limits, timeout_s=chunk_timeout_s)
+        self._connack = threading.Event()
+        self._subscribed = threading.Event()
+        self._refused: str | None = None
+        self._subscribe_refused: str | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._client = self._make_client(reconnect_min_s, reconnect_max_s, max_queued_messages)
+        self._connect()
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up right now."""
+        return self._client.is_connected()
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest payload published unchunked (on a topic of 64 characters)."""
+        return self._payload_limit(64)
+
+    @property
+    def chunks_dropped(self) -> int:
+        """Partial chunked messages abandoned (timeout or too many in flight)."""
+        return self._reassembler.dropped
+
+    def recv(self, timeout: float | None = None) -> Envelope:
+        """The next envelope; ``ChannelTimeout`` after ``timeout`` s; ``ProtocolError`` (``sender`` set) if bad."""
+        self._check_open()
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise ChannelTimeout(f"nothing received from the MQTT broker at {self._where} in {timeout} s") from None
+        if item is _CLOSED:
+            self._inbox.put(_CLOSED)  # wake any other waiting reader too
+            raise ChannelClosed(f"{type(self).__name__} is closed")
+        if isinstance(item, ProtocolError):
+            raise item
+        device, kind, payload = item
+        try:
+            envelope = unpack(payload, self._limits)
+            self._check_routing(envelope, device, kind)
+        except ProtocolError as exc:
+            exc.sender = self._sender_name(device)
+            raise
+        envelope.sender = self._sender_name(device)
+        return envelope
+
+    def close(self) -> None:
+        """Disconnect from the broker and stop paho's network thread; idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._shutdown()
+        self._inbox.put(_CLOSED)
+        log.info("MQTT %s %s disconnected from %s", self._role, self.client_id, self._where)
+
+    # -- sending ------------------------------------------------------------------------------------------------
+
+    def _publish_envelope(self, envelope: Envelope, topic: str) -> None:
+        qos = self._qos[envelope.kind]
+        if qos == 0 and not self._client.is_connected():
+            raise ConnectError(
+                f"not connected to the MQTT broker at {self._where}: QoS 0 {envelope.kind.value} message for "
+                f"{topic} not sent (paho is reconnecting)"
+            )
+        payload = pack(envelope)
+        limit = self._payload_limit(len(topic))
+        if len(payload) <= limit:
+            self._publish(topic, payload, qos)
+            return
+        for chunk in split(payload, limit):
+            self._publish(topic, chunk, qos)
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+        try:
+            info = self._client.publish(topic, payload, qos)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ChannelError(f"publishing {len(payload)} bytes to {topic} on {self._where} failed: {exc}") from exc
+        rc = info.rc
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0):
+            return  # QoS > 0 while disconnected: paho keeps it and publishes it after reconnecting
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            raise ConnectError(f"not connected to the MQTT broker at {self._where}: message for {topic} not sent")
+        raise ChannelError(f"publishing to {topic} on {self._where} failed: {paho.error_string(rc)}")
+
+    def _payload_limit(self, topic_len: int) -> int:
+        broker_max = self._broker_max_packet
+        if broker_max is None:
+            return self._max_payload
+        return min(self._max_payload, broker_max - _PUBLISH_OVERHEAD - topic_len)
+
+    def _own_device(self, envelope: Envelope, device: str) -> Envelope:
+        if envelope.device_id == device:
+            return envelope
+        if envelope.device_id:
+            raise ValueError(
+                f"envelope device_id {envelope.device_id!r} does not match the topic's device {device!r}; "
+                "a device may only publish on (and be sent on) its own topics"
+            )
+        return dataclasses.replace(envelope, device_id=device)
+
+    # -- receiving (paho's network thread) ----------------------------------------------------------------------
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        device = "?"
+        try:
+            device, kind = self._parse_topic(message.topic)
+            payload: Buffer = message.payload
+            if payload[:4] == CHUNK_MAGIC:
+                self._on_chunk()
+                whole = self._reassembler.feed(device, payload)
+                if whole is None:
+                    return
+                payload = whole
+            self._inbox.put((device, kind, payload))
+        except ProtocolError as exc:
+            exc.sender = self._sender_name(device)
+            self._inbox.put(exc)
+        except Exception:  # an exception here would end paho's network thread
+            log.exception("MQTT %s %s: dropped a message on %r", self._role, self.client_id, message.topic)
+
+    def _parse_topic(self, topic: str) -> tuple[str, str]:
+        """(device, kind) from a topic of this channel's subscription."""
+        raise NotImplementedError
+
+    def _on_chunk(self) -> None:
+        """Called for each chunk received, before reassembly."""
+
+    def _check_routing(self, envelope: Envelope, device: str, kind: str) -> None:
+        if envelope.kind.value != kind:
+            raise MalformedHeader(
+                f"kind: header says {envelope.kind.value!r} but the message came on a {kind!r} topic",
+                field="kind",
+                request_id=envelope.request_id,
+                device_id=envelope.device_id or None,
+            )
+
+    def _sender_name(self, device: str) -> str:
+        return device
+
+    # -- connection ---------------------------------------------------------------------------------------------
+
+    def _make_client(self, reconnect_min_s: float, reconnect_max_s: float, max_queued: int) -> paho.Client:
+        config = self._config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        client.enable_logger(_paho_log)
+        client.connect_timeout = config.connect_timeout_s
+        client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]  # floats work
+        client.max_queued_messages_set(max_queued)
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls is not None:
+            self._set_tls(client, config.tls)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _set_tls(self, client: paho.Client, tls: TlsConfig) -> None:
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file),
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+            )
+            client.tls_insecure_set(tls.insecure)
+        except (OSError, ValueError) as exc:
+            raise ConnectError(f"TLS setup for the MQTT broker at {self._where} failed: {exc}") from exc
+
+    def _connect(self) -> None:
+        config = self._config
+        properties = Properties(PacketTypes.CONNECT)
+        if config.session_expiry_s > 0:
+            properties.SessionExpiryInterval = config.session_expiry_s
+        scheme = "mqtts" if config.tls else "mqtt"
+        log.info(
+            "MQTT %s %s connecting to %s://%s (session expiry %d s)",
+            self._role, self.client_id, scheme, self._where, config.session_expiry_s,
+        )
+        try:
+            self._client.connect(
+                config.host,
+                config.port,
+                keepalive=config.keepalive_s,
+                clean_start=config.session_expiry_s == 0,
+                properties=properties,
+            )
+        except (OSError, ValueError) as exc:
+            _close_sockets_in(exc)
+            self._shutdown()
+            raise ConnectError(f"cannot connect to the MQTT broker at {self._where}: {_describe(exc)}") from exc
+        self._client.loop_start()
+        timeout = config.connect_timeout_s
+        if not self._connack.wait(timeout):
+            self._shutdown()
+            raise ConnectError(f"no CONNACK from the MQTT broker at {self._where} within {timeout} s")
+        if self._refused is not None:
+            self._shutdown()
+            raise ConnectError(f"the MQTT broker at {self._where} refused the connection: {self._refused}")
+        if not self._subscribed.wait(timeout):
+            self._shutdown()
+            raise ConnectError(f"no SUBACK for {self._subscription} from the MQTT broker at {self._where}")
+        if self._subscribe_refused is not None:
+            self._shutdown()
+            raise ConnectError(
+                f"the MQTT broker at {self._where} refused the subscription {self._subscription}: "
+                f"{self._subscribe_refused}"
+            )
+
+    def _shutdown(self) -> None:
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._client._reset_sockets()  # close paho's socket pair now rather than at garbage collection
+
+    def _on_connect(
+        self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, properties: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.error("MQTT %s %s: broker at %s refused the connection: %s", self._role, self.client_id,
+                      self._where, reason)  # fmt: skip
+            self._connack.set()
+            return
+        self._broker_max_packet = getattr(properties, "MaximumPacketSize", None)
+        again = "re" if self._connack.is_set() else ""
+        log.info(
+            "MQTT %s %s %sconnected to %s (session present: %s, broker max packet: %s); subscribing to %s",
+            self._role, self.client_id, again, self._where, flags.session_present,
+            self._broker_max_packet or "unlimited", self._subscription,
+        )  # fmt: skip
+        rc, _ = client.subscribe(self._subscription, options=SubscribeOptions(qos=2))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.error("MQTT %s %s: subscribing to %s failed: %s", self._role, self.client_id, self._subscription,
+                      paho.error_string(rc))  # fmt: skip
+        self._connack.set()
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: object, mid: int, reasons: list[ReasonCode], properties: Properties | None
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            self._subscribe_refused = ", ".join(failed)
+            log.error("MQTT %s %s: broker refused subscription %s: %s", self._role, self.client_id,
+                      self._subscription, self._subscribe_refused)  # fmt: skip
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, properties: Properties | None
+    ) -> None:
+        if not self._closed and self._refused is None:
+            log.warning("MQTT %s %s lost the broker at %s (%s); paho reconnects with backoff",
+                        self._role, self.client_id, self._where, reason)  # fmt: skip
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChannelClosed(f"{type(self).__name__} is closed")
+
+
+class MqttServer(_MqttChannel):
+    """The hub side: hears every device's ``up`` topics and answers on their ``down`` topics.
+
+    Keyword arguments mirror :class:`~transport.config.MqttConfig`; besides them, ``limits`` bound what is
+    accepted, ``reconnect_min_s``/``reconnect_max_s`` set paho's reconnect backoff, ``max_queued_messages``
+    caps QoS > 0 messages paho holds while disconnected, and ``chunk_timeout_s`` ends partial chunked messages.
+    Connects (and subscribes) before returning; ``ConnectError`` otherwise.
+    """
+
+    _role = "hub"
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        topic_prefix: str = "tandem/v1",
+        shared_group: str | None = None,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive_s: int = 30,
+        tls: TlsConfig | None = None,
+        qos: Mapping[Kind, int] | None = None,
+        max_payload_bytes: int = 256 << 10,
+        session_expiry_s: int = 3600,
+        connect_timeout_s: float = 10.0,
+        limits: Limits = Limits(),
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+        max_queued_messages: int = 10000,
+        chunk_timeout_s: float = 30.0,
+    ) -> None:
+        config = MqttConfig(
+            host=host, port=port, topic_prefix=_check_prefix(topic_prefix), client_id=client_id, username=username,
+            password=password, keepalive_s=keepalive_s, tls=tls, qos=_qos_overrides(qos),
+            max_payload_bytes=max_payload_bytes, shared_group=shared_group, session_expiry_s=session_expiry_s,
+            connect_timeout_s=connect_timeout_s,
+        )  # fmt: skip
+        subscription = f"{topic_prefix}/+/up/+"
+        if shared_group is not None:
+            subscription = f"$share/{_check_name('shared_group', shared_group)}/{subscription}"
+        self._subscription = subscription
+        self._shared_group = shared_group
+        self._warned_shared_chunks = False
+        self._up_start = len(topic_prefix) + 1
+        super().__init__(
+            config,
+            client_id=client_id or f"tandem-hub-{secrets.token_hex(4)}",
+            limits=limits,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+            max_queued_messages=max_queued_messages,
+            chunk_timeout_s=chunk_timeout_s,
+        )
+
+    @classmethod
+    def from_config(cls, config: MqttConfig, *, device_id: str | None = None, limits: Limits = Limits()) -> MqttServer:
+        """A hub channel as ``config`` says (``device_id`` is not used by the hub)."""
+        return cls(**_config_kwargs(config), shared_group=config.shared_group, limits=limits)
+
+    def send(self, envelope: Envelope, *, to: str | None = None) -> None:
+        """Publish ``envelope`` on ``{prefix}/{to}/down/{kind}``; ``to`` is required."""
+        self._check_open()
+        if to is None:
+            raise ValueError(
+                f"MqttServer.send needs to=<device id>: the hub publishes on {self._prefix}/<device>/down/<kind>"
+            )
+        _check_name("device id", to)
+        envelope = self._own_device(envelope, to)
+        self._publish_envelope(envelope, f"{self._prefix}/{to}/down/{envelope.kind.value}")
+
+    def _parse_topic(self, topic: str) -> tuple[str, str]:
+        parts = topic[self._up_start :].split("/")
+        if len(parts) != 3 or parts[1] != "up":
+            raise MalformedHeader(f"topic {topic!r} is not {self._prefix}/<device>/up/<kind>", field="topic")
+        return parts[0], parts[2]
+
+    def _on_chunk(self) -> None:
+        if self._shared_group is not None and not self._warned_shared_chunks:
+            self._warned_shared_chunks = True
+            log.warning(
+                "MQTT hub %s gets chunked messages through shared group %r: the broker may hand chunks of one "
+                "message to different replicas, which then cannot complete it; raise max_payload_bytes on the edges",
+                self.client_id, self._shared_group,
+            )  # fmt: skip
+
+    def _check_routing(self, envelope: Envelope, device: str, kind: str) -> None:
+        if envelope.device_id != device:
+            raise MalformedHeader(
+                f"device: header says {envelope.device_id!r} but the message came on a topic of device {device!r}: "
+                "a message on a topic the device does not own",
+                field="device",
+                request_id=envelope.request_id,
+                device_id=envelope.device_id or None,
+            )
+        super()._check_routing(envelope, device, kind)
+
+
+class MqttClient(_MqttChannel):
+    """The edge side: publishes on its ``up`` topics and hears its ``down`` topics.
+
+    Keyword arguments are those of :class:`MqttServer` (less ``shared_group``) plus the ``device_id`` that
+    names this edge's topics.
+    """
+
+    _role = "edge"
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        topic_prefix: str = "tandem/v1",
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive_s: int = 30,
+        tls: TlsConfig | None = None,
+        qos: Mapping[Kind, int] | None = None,
+        max_payload_bytes: int = 256 << 10,
+        session_expiry_s: int = 3600,
+        connect_timeout_s: float = 10.0,
+        limits: Limits = Limits(),
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+        max_queued_messages: int = 10000,
+        chunk_timeout_s: float = 30.0,
+    ) -> None:
+        self.device_id = _check_name("device id", device_id)
+        config = MqttConfig(
+            host=host, port=port, topic_prefix=_check_prefix(topic_prefix), client_id=client_id, username=username,
+            password=password, keepalive_s=keepalive_s, tls=tls, qos=_qos_overrides(qos),
+            max_payload_bytes=max_payload_bytes, shared_group=None, session_expiry_s=session_expiry_s,
+            connect_timeout_s=connect_timeout_s,
+        )  # fmt: skip
+        self._subscription = f"{topic_prefix}/{device_id}/down/+"
+        self._down_start = len(self._subscription) - 1
+        self._up_topics = {kind: f"{topic_prefix}/{device_id}/up/{kind.value}" for kind in Kind}
+        super().__init__(
+            config,
+            client_id=client_id or f"tandem-edge-{device_id}-{secrets.token_hex(4)}",
+            limits=limits,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+            max_queued_messages=max_queued_messages,
+            chunk_timeout_s=chunk_timeout_s,
+        )
+
+    @classmethod
+    def from_config(cls, config: MqttConfig, *, device_id: str | None = None, limits: Limits = Limits()) -> MqttClient:
+        """An edge channel for ``device_id`` as ``config`` says."""
+        if not device_id:
+            raise ValueError("MqttClient.from_config needs device_id: the edge publishes on <prefix>/<device>/up/...")
+        return cls(device_id=device_id, **_config_kwargs(config), limits=limits)
+
+    def send(self, envelope: Envelope, *, to: str | None = None) -> None:
+        """Publish ``envelope`` on ``{prefix}/{device_id}/up/{kind}`` (``to`` is ignored: the hub is the peer)."""
+        self._check_open()
+        envelope = self._own_device(envelope, self.device_id)
+        self._publish_envelope(envelope, self._up_topics[envelope.kind])
+
+    def _parse_topic(self, topic: str) -> tuple[str, str]:
+        kind = topic[self._down_start :]
+        if not topic.startswith(self._subscription[:-1]) or "/" in kind:
+            raise MalformedHeader(f"topic {topic!r} is not {self._subscription[:-1]}<kind>", field="topic")
+        return self.device_id, kind
+
+    def _check_routing(self, envelope: Envelope, device: str, kind: str) -> None:
+        if envelope.device_id and envelope.device_id != device:
+            raise MalformedHeader(
+                f"device: header says {envelope.device_id!r} but the message came on the topics of device {device!r}",
+                field="device",
+                request_id=envelope.request_id,
+                device_id=envelope.device_id,
+            )
+        super()._check_routing(envelope, device, kind)
+
+    def _sender_name(self, device: str) -> str:
+        return SERVER_SENDER
+
+
+def _qos_overrides(qos: Mapping[Kind, int] | None) -> dict[Kind, Literal[0, 1, 2]]:
+    return cast("dict[Kind, Literal[0, 1, 2]]", dict(qos or {}))  # MqttConfig validates the values
+
+
+def _config_kwargs(config: MqttConfig) -> dict[str, Any]:
+    return {
+        "host": config.host,
+        "port": config.port,
+        "topic_prefix": config.topic_prefix,
+        "client_id": config.client_id,
+        "username": config.username,
+        "password": config.password,
+        "keepalive_s": config.keepalive_s,
+        "tls": config.tls,
+        "qos": config.qos,
+        "max_payload_bytes": config.max_payload_bytes,
+        "session_expiry_s": config.session_expiry_s,
+        "connect_timeout_s": config.connect_timeout_s,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if isinstance(exc, OSError) and not str(exc).startswith("[") else text
+
+
+def _close_sockets_in(exc: BaseException) -> None:
+    """Close sockets a failed connect left behind (paho does not close a socket whose TLS handshake failed)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next
