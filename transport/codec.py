@@ -15,6 +15,7 @@ Quantising codecs apply to floating tensors only; integer and boolean tensors
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -101,11 +102,17 @@ class TensorSpec:
     @property
     def wire_dtype(self) -> np.dtype:
         """The little-endian dtype of the quantised bytes."""
-        name = {"raw": self.dtype, "fp16": "float16", "int8": "int8"}[self.codec]
-        return np.dtype(name).newbyteorder("<")
+        return _WIRE_DTYPES[self.dtype if self.codec == "raw" else self.codec]
 
     def validate(self, *, max_bytes: int) -> None:
-        """Check every field against the others before any byte is trusted."""
+        """Check every field against the others before any byte is trusted.
+
+        A spec that passed once is remembered (specs are immutable), so the
+        per-message cost of a stream of same-shaped tensors is one hash.
+        """
+        _validate_cached(self, max_bytes)
+
+    def _validate(self, max_bytes: int) -> None:
         where = f"tensors[{self.name!r}]"
         if self.codec not in QUANTISERS:
             raise UnknownCodec(f"{where}.codec: unknown codec {self.codec!r}", field=f"{where}.codec")
@@ -159,6 +166,17 @@ class TensorSpec:
             raise TensorSpecError(f"{where}.scale: every scale must be finite and positive", field=f"{where}.scale")
         if not all(-128 <= z <= 127 for z in self.zero_point):
             raise TensorSpecError(f"{where}.zero_point: values must lie in [-128, 127]", field=f"{where}.zero_point")
+
+
+_WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES} | {
+    "fp16": np.dtype("<f2"),
+    "int8": np.dtype("i1"),
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _validate_cached(spec: TensorSpec, max_bytes: int) -> None:
+    spec._validate(max_bytes)
 
 
 def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[TensorSpec, memoryview | bytes]:

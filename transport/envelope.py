@@ -261,6 +261,92 @@ def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
         raise VersionMismatch(
             f"v: protocol version {version!r} is not supported; this build speaks {PROTOCOL_VERSION}", field="v"
         )
+    envelope = _read_fields_fast(header, limits) or _read_fields_checked(header, limits)
+    try:
+        decoded = sum(spec.raw_nbytes for spec in envelope.tensors)
+        for spec in envelope.tensors:
+            spec.validate(max_bytes=limits.max_message_bytes)
+        if decoded > limits.max_message_bytes:
+            raise MessageTooLarge(
+                f"tensors decode to {decoded} bytes, over the limit of {limits.max_message_bytes}",
+                field="tensors",
+            )
+    except ProtocolError as exc:
+        _with_ids(exc, envelope)
+        raise
+    return envelope
+
+
+_KINDS = {kind.value: kind for kind in Kind}
+_NUMBER = (int, float)
+
+
+def _read_fields_fast(header: dict[str, Any], limits: Limits) -> Envelope | None:
+    """The common case, with cheap exact-type checks; None sends the header to the checked path."""
+    get = header.get
+    request_id, device, plan, split = get("id"), get("device", ""), get("plan", ""), get("split", "")
+    version, deadline, ts, meta = get("plan_version", 0), get("deadline"), get("ts", {}), get("meta", {})
+    entries, kind = get("tensors", []), _KINDS.get(get("kind"))  # type: ignore[arg-type]
+    if (
+        kind is None
+        or type(request_id) is not str
+        or type(device) is not str
+        or type(plan) is not str
+        or type(split) is not str
+        or type(version) is not int
+        or not (deadline is None or type(deadline) in _NUMBER)
+        or type(ts) is not dict
+        or type(meta) is not dict
+        or type(entries) is not list
+        or len(entries) > limits.max_tensors
+        or any(type(v) not in _NUMBER for v in ts.values())
+    ):
+        return None
+    tensors = []
+    for entry in entries:
+        spec = _tensor_fast(entry)
+        if spec is None:
+            return None
+        tensors.append(spec)
+    timestamps = {k: float(v) for k, v in ts.items()}
+    when = None if deadline is None else float(deadline)
+    return Envelope(kind, request_id, device, plan, version, split, when, timestamps, meta, tensors)
+
+
+def _tensor_fast(entry: object) -> TensorSpec | None:
+    if type(entry) is not dict:
+        return None
+    get = entry.get
+    name, dtype, shape, codec, compression = get("name"), get("dtype"), get("shape"), get("codec"), get("compression")
+    nbytes, raw_nbytes, scale, zero, axis = (
+        get("nbytes"),
+        get("raw_nbytes"),
+        get("scale", ()),
+        get("zero_point", ()),
+        get("axis"),
+    )
+    if (
+        type(name) is not str
+        or type(dtype) is not str
+        or type(codec) is not str
+        or type(compression) is not str
+        or type(shape) is not list
+        or any(type(d) is not int for d in shape)
+        or type(nbytes) is not int
+        or type(raw_nbytes) is not int
+        or nbytes < 0
+        or raw_nbytes < 0
+        or not (axis is None or type(axis) is int)
+        or any(type(v) not in _NUMBER for v in scale)
+        or any(type(v) is not int for v in zero)
+    ):
+        return None
+    scales = tuple(float(v) for v in scale) if scale else ()
+    return TensorSpec(name, dtype, tuple(shape), codec, compression, nbytes, raw_nbytes, scales, tuple(zero), axis)
+
+
+def _read_fields_checked(header: dict[str, Any], limits: Limits) -> Envelope:
+    """Field by field, so that the first bad one is named in the error."""
     fields = _HeaderReader(header)
     envelope = Envelope(
         kind=Kind.ACTIVATION,
@@ -276,14 +362,6 @@ def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
         envelope.timestamps = fields.timestamps("ts")
         envelope.meta = fields.mapping("meta")
         envelope.tensors = [_parse_tensor(entry, i) for i, entry in enumerate(fields.tensor_list("tensors", limits))]
-        decoded = sum(spec.raw_nbytes for spec in envelope.tensors)
-        for spec in envelope.tensors:
-            spec.validate(max_bytes=limits.max_message_bytes)
-        if decoded > limits.max_message_bytes:
-            raise MessageTooLarge(
-                f"tensors decode to {decoded} bytes, over the limit of {limits.max_message_bytes}",
-                field="tensors",
-            )
     except ProtocolError as exc:
         _with_ids(exc, envelope)
         raise

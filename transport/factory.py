@@ -25,18 +25,30 @@ def open_server(config: ChannelConfig, *, limits: Limits = Limits()) -> Channel:
 
 
 def open_client(
-    config: ChannelConfig, *, device_id: str, limits: Limits = Limits(), server: Channel | None = None
+    config: ChannelConfig,
+    *,
+    device_id: str,
+    limits: Limits = Limits(),
+    server: Channel | None = None,
+    wait: bool = True,
 ) -> Channel:
     """An edge's end of the configured channel.
 
     A ZeroMQ server bound to a wildcard port (``tcp://host:*``) is reached at the
     address it reports; an in-process client needs the ``server`` it attaches to.
+    With ``wait=False`` a ZeroMQ client does not wait for the server to be up
+    (the edge agent starts, and serves locally, while the hub is down).
     """
     if isinstance(config, ZmqConfig):
         from transport.zmq_channel import ZmqClient
 
         address = getattr(server, "address", None) or config.address
-        return ZmqClient.from_config(config.model_copy(update={"address": address}), device_id=device_id, limits=limits)
+        return ZmqClient.from_config(
+            config.model_copy(update={"address": address}),
+            device_id=device_id,
+            limits=limits,
+            connect_timeout_s=10.0 if wait else None,
+        )
     if isinstance(config, MqttConfig):
         from transport.mqtt_channel import MqttClient
 
