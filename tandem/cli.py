@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "tandem.commands.check_config",
     "tandem.commands.keys",
     "tandem.commands.loopback",
+    "partitioner.engine",
 )
 
 
