@@ -1,0 +1,295 @@
+"""Hub throughput vs concurrent edges (batching on/off), and the agent round trip vs raw pyzmq.
+
+1. Throughput: a hub process serves a real cloud part (MobileNetV2 from
+   features[11] to the classifier, dynamic batch) to 1, 4, 16 and 64 simulated
+   edges, each a closed loop of activations over its own ZeroMQ connection, with
+   batching off and on. Reports inferences/s and p50/p99 latency.
+2. Round trip: ``EdgeAgent.infer`` of a 1 MiB fp32 input through a cloud-only
+   split to a hub whose tail is an Identity, against raw pyzmq REQ/REP echoing
+   the same 1 MiB, both against a separate server process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EDGE_COUNTS = (1, 4, 16, 64)
+ONE_MIB = 1 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def export_tail(path: Path) -> Path:
+    """MobileNetV2 from features[11] through the classifier, dynamic batch, random weights."""
+    import torch
+    import torchvision
+
+    class Tail(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.features = net.features[11:]
+            self.classifier = net.classifier
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+            return self.classifier(x)
+
+    torch.manual_seed(0)
+    tail = Tail(torchvision.models.mobilenet_v2(weights=None)).eval()
+    torch.onnx.export(
+        tail, (torch.randn(1, 64, 14, 14),), str(path), input_names=["feat"], output_names=["logits"],
+        dynamic_axes={"feat": {0: "N"}, "logits": {0: "N"}}, dynamo=False, opset_version=17,
+    )  # fmt: skip
+    return path
+
+
+def export_identity(path: Path) -> Path:
+    """A tail that returns its 1 MiB input: the transport cost alone."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", ONE_MIB // 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", ONE_MIB // 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _serve_hub(tail: str, port: int, max_batch: int, delay_ms: float, ready: Any, stop: Any) -> None:
+    from cloud_hub.batcher import Tail
+    from cloud_hub.config import BatchingConfig, HubConfig, MetricsConfig
+    from cloud_hub.server import Hub
+    from tandem.executors import open_executor
+    from transport.config import ZmqConfig
+
+    config = HubConfig(
+        plans=[Path(tail).parent],
+        channels=[ZmqConfig(address=f"tcp://127.0.0.1:{port}", recv_hwm=10_000, send_hwm=10_000)],
+        batching=BatchingConfig(enabled=max_batch > 1, max_batch_size=max_batch, max_queue_delay_ms=delay_ms),
+        metrics=MetricsConfig(port=None),
+    )
+    with Hub(config, [Tail("bench", 1, "s1", open_executor("onnxruntime", tail))]):
+        ready.set()
+        stop.wait()
+
+
+class _HubProcess:
+    def __init__(self, tail: Path, *, max_batch: int, delay_ms: float) -> None:
+        ctx = mp.get_context("spawn")
+        self.port = _free_port()
+        self.ready, self.stop = ctx.Event(), ctx.Event()
+        self.process = ctx.Process(
+            target=_serve_hub, args=(str(tail), self.port, max_batch, delay_ms, self.ready, self.stop), daemon=True
+        )
+
+    def __enter__(self) -> _HubProcess:
+        self.process.start()
+        if not self.ready.wait(120):
+            raise RuntimeError("hub process did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _edge_loop(port: int, name: str, until: float, latencies: list[float], errors: list[str]) -> None:
+    from transport.envelope import Envelope, Kind
+    from transport.zmq_channel import ZmqClient
+
+    feat = np.random.default_rng(abs(hash(name)) % 1000).normal(size=(1, 64, 14, 14)).astype(np.float32)
+    with ZmqClient(address=f"tcp://127.0.0.1:{port}", device_id=name) as channel:
+        while time.perf_counter() < until:
+            request = Envelope.with_arrays(
+                Kind.ACTIVATION, {"feat": feat}, device_id=name, plan_id="bench", plan_version=1, split_id="s1"
+            )
+            started = time.perf_counter()
+            channel.send(request)
+            reply = channel.recv(timeout=60)
+            if reply.kind is not Kind.RESULT:
+                errors.append(str(reply.meta))
+                continue
+            latencies.append(time.perf_counter() - started)
+
+
+def throughput(tail: Path, edges: int, batching: bool, seconds: float) -> dict[str, Any]:
+    """Closed-loop inferences/s and latency percentiles for ``edges`` concurrent edges."""
+    with _HubProcess(tail, max_batch=32 if batching else 1, delay_ms=5.0) as hub:
+        latencies: list[float] = []
+        errors: list[str] = []
+        warm = time.perf_counter() + 1.0
+        _edge_loop(hub.port, "warmup", warm, [], errors)
+        until = time.perf_counter() + seconds
+        threads = [
+            threading.Thread(target=_edge_loop, args=(hub.port, f"edge-{i}", until, latencies, errors))
+            for i in range(edges)
+        ]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "edges": edges,
+        "batching": batching,
+        "inferences": len(latencies),
+        "errors": len(errors),
+        "throughput_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(1000 * ordered[len(ordered) // 2], 2) if ordered else None,
+        "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2) if ordered else None,
+    }
+
+
+def _serve_raw(port: int, ready: Any, stop: Any) -> None:
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.REP)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    ready.set()
+    while not stop.is_set():
+        if sock.poll(100):
+            sock.send(sock.recv(copy=False), copy=False)
+    sock.close(linger=0)
+    context.term()
+
+
+def raw_round_trip(iterations: int) -> list[float]:
+    """Raw pyzmq REQ/REP echo of 1 MiB against a separate process."""
+    import zmq
+
+    ctx = mp.get_context("spawn")
+    port, ready, stop = _free_port(), ctx.Event(), ctx.Event()
+    process = ctx.Process(target=_serve_raw, args=(port, ready, stop), daemon=True)
+    process.start()
+    ready.wait(60)
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
+    times = []
+    for i in range(iterations + 20):
+        started = time.perf_counter()
+        sock.send(payload, copy=False)
+        np.frombuffer(sock.recv(copy=False).buffer, np.float32).copy()
+        if i >= 20:
+            times.append(time.perf_counter() - started)
+    sock.close(linger=0)
+    context.term()
+    stop.set()
+    process.join(10)
+    return times
+
+
+def agent_round_trip(identity: Path, iterations: int) -> list[float]:
+    """``EdgeAgent.infer`` through a cloud-only split to an Identity tail (batching off)."""
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.config import EdgeConfig
+    from edge_agent.plan_view import AgentPlan, SplitOption
+    from transport.config import ZmqConfig
+    from transport.zmq_channel import ZmqClient
+
+    with _HubProcess(identity, max_batch=1, delay_ms=0.0) as hub:
+        split = SplitOption("s1", None, ("x",), edge_ms=0, cloud_ms=0, wire_bytes=ONE_MIB)
+        plan = AgentPlan("bench", 1, ("x",), ("y",), identity, (split,))
+        config = EdgeConfig(
+            device_id="bench-edge",
+            plan=identity.parent,
+            codec="raw",
+            channel=ZmqConfig(address=f"tcp://127.0.0.1:{hub.port}"),
+            executor="onnxruntime",
+            telemetry_interval_s=3600,
+            probe_interval_s=3600,
+            endpoint={"address": None},
+        )
+        channel = ZmqClient(address=config.channel.address, device_id=config.device_id)
+        x = np.random.default_rng(0).normal(size=(1, ONE_MIB // 4)).astype(np.float32)
+        times = []
+        with EdgeAgent(config, plan, channel) as agent:
+            for i in range(iterations + 20):
+                started = time.perf_counter()
+                result = agent.infer(x)
+                if result.source != "hub":
+                    raise RuntimeError(f"round trip fell back: {result.reason}")
+                if i >= 20:
+                    times.append(time.perf_counter() - started)
+    return times
+
+
+def run(out_dir: Path, quick: bool) -> dict[str, Any]:
+    """Both measurements, side by side with their baselines."""
+    work = out_dir / "runtime-models"
+    work.mkdir(parents=True, exist_ok=True)
+    tail, identity = export_tail(work / "tail.onnx"), export_identity(work / "identity.onnx")
+    seconds = 3.0 if quick else 10.0
+    rows = []
+    for edges in EDGE_COUNTS:
+        for batching in (False, True):
+            row = throughput(tail, edges, batching, seconds)
+            rows.append(row)
+            print(f"   edges {edges:3d} batching {'on ' if batching else 'off'}: {row['throughput_per_s']:7.1f}/s "
+                  f"p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms errors {row['errors']}")  # fmt: skip
+    by = {(r["edges"], r["batching"]): r["throughput_per_s"] for r in rows}
+    iterations = 100 if quick else 400
+    raw, agent = raw_round_trip(iterations), agent_round_trip(identity, iterations)
+    raw_ms, agent_ms = 1000 * statistics.median(raw), 1000 * statistics.median(agent)
+    print(f"   1 MiB round trip: agent {agent_ms:.3f} ms vs raw REQ/REP {raw_ms:.3f} ms = {agent_ms / raw_ms:.2f}x")
+    _plot(rows, out_dir / "runtime_throughput.png")
+    return {
+        "throughput": rows,
+        "batching_gain_at_64_edges": round(by[(64, True)] / by[(64, False)], 2),
+        "target_batching_gain": 1.3,
+        "round_trip_1mib": {
+            "agent_p50_ms": round(agent_ms, 3),
+            "agent_p99_ms": round(1000 * sorted(agent)[int(0.99 * len(agent))], 3),
+            "raw_reqrep_p50_ms": round(raw_ms, 3),
+            "ratio": round(agent_ms / raw_ms, 3),
+            "target_ratio": 1.2,
+        },
+    }
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for batching in (False, True):
+        mine = [r for r in rows if r["batching"] == batching]
+        ax.plot([r["edges"] for r in mine], [r["throughput_per_s"] for r in mine], marker="o",
+                label="batching on" if batching else "batching off")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent edges")
+    ax.set_ylabel("inferences / s")
+    ax.set_title("Hub throughput (MobileNetV2 tail, CPU)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(Path("benchmarks/results"), quick=True), indent=2))

@@ -1,0 +1,120 @@
+"""The agent's local endpoint: other processes on the box call ``infer`` over ZeroMQ.
+
+Same envelope protocol as the hub link: send an ``activation`` carrying the
+model's inputs, get a ``result`` with its outputs and, in ``meta``, the split
+used, the source (hub, edge, fallback), ``degraded`` and the timings; or an
+``error`` naming what was wrong with the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from edge_agent.agent import EdgeAgent
+from tandem.executors import ExecutorError
+from transport.envelope import Envelope, Kind, Limits
+from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+from transport.zmq_channel import ZmqClient, ZmqServer
+
+__all__ = ["LocalClient", "LocalEndpoint"]
+
+logger = logging.getLogger("tandem.edge.endpoint")
+
+
+class LocalEndpoint:
+    """Serve ``agent.infer`` on ``address`` with ``workers`` requests in parallel."""
+
+    def __init__(self, agent: EdgeAgent, *, address: str, workers: int = 4, limits: Limits = Limits()) -> None:
+        self.agent = agent
+        self.server = ZmqServer(address=address, limits=limits)
+        self.address = self.server.address
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-endpoint")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="edge-endpoint", daemon=True)
+
+    def start(self) -> None:
+        """Start answering."""
+        self._thread.start()
+        logger.info("local endpoint listening on %s", self.address)
+
+    def stop(self) -> None:
+        """Stop answering and close the socket."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True)
+        self.server.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                request = self.server.recv(timeout=0.2)
+            except ChannelTimeout:
+                continue
+            except ChannelClosed:
+                return
+            except ProtocolError as exc:
+                if exc.sender:
+                    error = Envelope(kind=Kind.ERROR, request_id=exc.request_id or "")
+                    self._reply(error, exc.sender, code=exc.code, message=str(exc), field=exc.field)
+                continue
+            self._pool.submit(self._answer, request)
+
+    def _answer(self, request: Envelope) -> None:
+        if request.kind is not Kind.ACTIVATION:
+            self._reply(request, request.sender, code="unsupported_kind", message="send an 'activation'", field="kind")
+            return
+        try:
+            result = self.agent.infer(request.arrays())
+        except (ValueError, ExecutorError, ProtocolError) as exc:
+            self._reply(request, request.sender, code="bad_input", message=str(exc), field="tensors")
+            return
+        reply = request.reply(Kind.RESULT)
+        reply.add_arrays(result.outputs)
+        reply.meta = {
+            "split": result.split_id,
+            "source": result.source,
+            "degraded": result.degraded,
+            "latency_ms": result.latency_ms,
+            "timing": result.timing,
+            "reason": result.reason,
+            "hub_request_id": result.request_id,
+        }
+        self._send(reply, request.sender)
+
+    def _reply(self, request: Envelope, to: str | None, *, code: str, message: str, field: str) -> None:
+        self._send(request.error_reply(code, message, field_name=field), to)
+
+    def _send(self, envelope: Envelope, to: str | None) -> None:
+        try:
+            self.server.send(envelope, to=to)
+        except ChannelError as exc:
+            logger.info("caller %s went away before its answer: %s", to, exc)
+
+
+class LocalClient:
+    """Call a running agent's local endpoint from another process."""
+
+    def __init__(self, address: str, *, name: str = "app", timeout_s: float = 30.0) -> None:
+        self.channel = ZmqClient(address=address, device_id=name)
+        self.timeout_s = timeout_s
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Outputs and the result's meta (split, source, degraded, timing); raises on an error reply."""
+        request = Envelope.with_arrays(Kind.ACTIVATION, inputs)
+        self.channel.send(request)
+        while True:
+            reply = self.channel.recv(timeout=self.timeout_s)
+            if reply.request_id == request.request_id:
+                break
+        if reply.kind is Kind.ERROR:
+            raise ValueError(f"agent refused the request: {reply.meta.get('message')} ({reply.meta.get('code')})")
+        return reply.arrays(), reply.meta
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.channel.close()
