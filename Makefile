@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 demo: $(STAMP)
-	$(BIN)/tandem loopback --config configs/loopback.yaml
+	$(BIN)/tandem demo --config configs/demo.yaml
 
 bench: $(STAMP) broker
 	$(BIN)/python -m benchmarks.run_all

@@ -18,13 +18,16 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_agent.config import EdgeConfig
 from edge_agent.link_estimator import LinkEstimator
+from edge_agent.plan_gate import PlanGate
 from edge_agent.plan_view import AgentPlan, SplitOption
 from edge_agent.selector import SplitSelector
 from edge_agent.telemetry import system_telemetry
@@ -60,16 +63,30 @@ class _Waiter:
 
 
 class EdgeAgent:
-    """Serves ``infer`` with the plan's splits over ``channel`` (see module docstring)."""
+    """Serves ``infer`` with the plan's splits over ``channel`` (see module docstring).
 
-    def __init__(self, config: EdgeConfig, plan: AgentPlan, channel: Channel) -> None:
+    ``on_result(result, feeds)``, if set, is called after every answer (the sync
+    outbox's recorder); its failures are logged and never reach the caller.
+    ``swap_plan`` changes the plan between requests.
+    """
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        plan: AgentPlan,
+        channel: Channel,
+        *,
+        on_result: Callable[[InferenceResult, dict[str, np.ndarray]], None] | None = None,
+    ) -> None:
         self.config = config
+        self.on_result = on_result
+        self._gate = PlanGate()
         self.plan = plan
         self.channel = channel
         self.codec = CodecSpec.parse(config.codec)
         self.estimator = LinkEstimator()
         self.selector = SplitSelector(plan, config.objective, config.hysteresis)
-        self.full = open_executor(config.executor, plan.full_model)
+        self.full = self._open(plan.full_model)
         self._heads: dict[str, Executor] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._waiters_lock = threading.Lock()
@@ -113,7 +130,35 @@ class EdgeAgent:
     def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> InferenceResult:
         """Answer one request; see the module docstring for where the answer comes from."""
         started = time.perf_counter()
-        feeds = self._feeds(inputs)
+        with self._gate.serving():
+            feeds = self._feeds(inputs)
+            result = self._infer(feeds, started)
+        if self.on_result is not None:
+            try:
+                self.on_result(result, feeds)
+            except Exception:  # recording must never cost an answer
+                logger.exception("on_result hook failed for %s; serving goes on", result.request_id)
+        return result
+
+    def swap_plan(self, plan: AgentPlan) -> None:
+        """Serve ``plan`` from the next request on.
+
+        Its models are loaded first, outside the gate: a plan that does not load
+        raises here and changes nothing. The swap itself waits for the requests
+        in progress and holds new ones back for the moment it takes.
+        """
+        full = open_executor(self.config.executor, plan.full_model)
+        heads = {
+            split.split_id: open_executor(self.config.executor, split.edge_path)
+            for split in plan.splits
+            if split.edge_path is not None and not split.edge_only
+        }
+        selector = SplitSelector(plan, self.config.objective, self.config.hysteresis)
+        with self._gate.swapping():
+            self.plan, self.selector, self.full, self._heads = plan, selector, full, heads
+        logger.info("now serving plan %s v%d: %d splits", plan.plan_id, plan.version, len(plan.splits))
+
+    def _infer(self, feeds: dict[str, np.ndarray], started: float) -> InferenceResult:
         split = self.selector.choose(self.estimator.snapshot(), self._request_rate())
         if split.edge_only:
             return self._local(feeds, split, started, source="edge", reason="")
@@ -126,7 +171,7 @@ class EdgeAgent:
         reply, reason = self._exchange(request)
         if reply is None or reply.kind is not Kind.RESULT:
             return self._local(feeds, split, started, source="fallback", reason=reason, timing=timing)
-        return self._from_hub(request, reply, split, started, timing)
+        return self._from_hub(request, reply, split, started, timing, {k: head[k] for k in split.edge_outputs})
 
     def _activation(self, split: SplitOption, tensors: dict[str, np.ndarray], timing: dict[str, float]) -> Envelope:
         t0 = time.perf_counter()
@@ -174,10 +219,16 @@ class EdgeAgent:
         return reply, ""
 
     def _from_hub(
-        self, request: Envelope, reply: Envelope, split: SplitOption, started: float, timing: dict[str, float]
+        self,
+        request: Envelope,
+        reply: Envelope,
+        split: SplitOption,
+        started: float,
+        timing: dict[str, float],
+        edge_outputs: dict[str, np.ndarray],
     ) -> InferenceResult:
         t0 = time.perf_counter()
-        outputs = {name: np.array(value) for name, value in reply.arrays().items()}
+        outputs = {**edge_outputs, **{name: np.array(value) for name, value in reply.arrays().items()}}
         timing["decode_ms"] = 1000 * (time.perf_counter() - t0)
         hub = reply.meta.get("timing", {})
         hub_ms = sum(float(hub.get(k, 0.0)) for k in ("queue_ms", "decode_ms", "compute_ms", "encode_ms"))
@@ -234,9 +285,12 @@ class EdgeAgent:
         if split.split_id not in self._heads:
             if split.edge_path is None:
                 raise ValueError(f"split {split.split_id} has no edge part")
-            self._heads[split.split_id] = open_executor(self.config.executor, split.edge_path)
+            self._heads[split.split_id] = self._open(split.edge_path)
             logger.info("loaded edge part of split %s: %s", split.split_id, self._heads[split.split_id].describe())
         return self._heads[split.split_id]
+
+    def _open(self, path: Path) -> Executor:
+        return open_executor(self.config.executor, path, threads=self.config.executor_threads)
 
     def _feeds(self, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if isinstance(inputs, dict):

@@ -87,6 +87,7 @@ class EdgeConfig(StrictModel):
     codec: str = "fp16+lz4"
     channel: ChannelConfig = Field(default_factory=lambda: ZmqConfig(address="tcp://127.0.0.1:5555"))
     executor: str = Field("auto", description="auto (TensorRT when available, else onnxruntime), onnxruntime, tensorrt")
+    executor_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets it decide")
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
     deadline_ms: float = Field(1000.0, gt=0, description="a hub answer later than this is replaced by a local one")

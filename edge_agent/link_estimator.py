@@ -1,8 +1,17 @@
-"""Live estimates of the uplink: RTT from small round trips, bandwidth from big ones."""
+"""Live estimates of the uplink, robust to queueing.
+
+Queueing only ever makes a transfer look slower and a round trip look longer,
+so, as BBR does, the agent keeps the **minimum** RTT seen over a window and the
+**maximum** delivery rate seen over a shorter one. A drop in capacity shows as
+soon as the faster samples age out of the bandwidth window.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 
 __all__ = ["LinkEstimate", "LinkEstimator"]
 
@@ -20,8 +29,26 @@ class LinkEstimate:
         return f"LinkEstimate(rtt_ms={rtt}, bandwidth_mbps={bw})"
 
 
+class _Window:
+    """Samples from the last ``seconds``; the newest one survives however old it is."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.samples: deque[tuple[float, float]] = deque()
+
+    def add(self, value: float) -> None:
+        self.samples.append((self.clock(), value))
+
+    def values(self) -> list[float]:
+        horizon = self.clock() - self.seconds
+        while len(self.samples) > 1 and self.samples[0][0] < horizon:
+            self.samples.popleft()
+        return [value for _, value in self.samples]
+
+
 class LinkEstimator:
-    """Exponentially weighted estimates, fed by the agent after every exchange.
+    """Windowed min-RTT and max-bandwidth estimates, fed by the agent after every exchange.
 
     ``observe_rtt`` takes the round trip of a message too small for bandwidth to
     matter (a heartbeat). ``observe_transfer`` takes a round trip that carried
@@ -29,31 +56,35 @@ class LinkEstimator:
     RTT is serialisation on the uplink.
     """
 
-    def __init__(self, *, alpha: float = 0.3, min_transfer_ms: float = 0.5) -> None:
-        self.alpha = alpha
+    def __init__(
+        self,
+        *,
+        rtt_window_s: float = 10.0,
+        bandwidth_window_s: float = 3.0,
+        min_transfer_ms: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.min_transfer_ms = min_transfer_ms
-        self._rtt_ms: float | None = None
-        self._bandwidth_mbps: float | None = None
+        self._rtt = _Window(rtt_window_s, clock)
+        self._bandwidth = _Window(bandwidth_window_s, clock)
         self._lock = threading.Lock()
 
     def observe_rtt(self, rtt_ms: float) -> None:
         """A small message's round trip, in ms."""
         with self._lock:
-            self._rtt_ms = self._blend(self._rtt_ms, rtt_ms)
+            self._rtt.add(rtt_ms)
 
     def observe_transfer(self, nbytes: int, round_trip_ms: float, hub_ms: float) -> None:
         """A round trip that sent ``nbytes`` up and spent ``hub_ms`` in the hub."""
         with self._lock:
-            rtt = self._rtt_ms or 0.0
-            transfer_ms = round_trip_ms - hub_ms - rtt
+            rtts = self._rtt.values()
+            transfer_ms = round_trip_ms - hub_ms - (min(rtts) if rtts else 0.0)
             if transfer_ms < self.min_transfer_ms or nbytes <= 0:
                 return  # too fast to tell the link apart from noise
-            self._bandwidth_mbps = self._blend(self._bandwidth_mbps, nbytes * 8 / (transfer_ms * 1000))
+            self._bandwidth.add(nbytes * 8 / (transfer_ms * 1000))
 
     def snapshot(self) -> LinkEstimate:
         """The current estimate."""
         with self._lock:
-            return LinkEstimate(self._rtt_ms, self._bandwidth_mbps)
-
-    def _blend(self, old: float | None, new: float) -> float:
-        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+            rtts, rates = self._rtt.values(), self._bandwidth.values()
+            return LinkEstimate(min(rtts) if rtts else None, max(rates) if rates else None)

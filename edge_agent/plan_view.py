@@ -13,7 +13,8 @@ class SplitOption:
     """One kept split as the agent sees it.
 
     ``edge_path`` is None for cloud-only (the inputs themselves go up);
-    ``edge_only`` splits send nothing. ``wire_bytes`` is for the agent's codec.
+    ``edge_only`` splits send nothing. ``wire_bytes`` is for the agent's codec;
+    ``edge_outputs`` are graph outputs the edge part computes itself.
     """
 
     split_id: str
@@ -24,12 +25,14 @@ class SplitOption:
     wire_bytes: int
     codec_ms: float = 0.0
     edge_only: bool = False
+    result_bytes: int = 0
+    edge_outputs: tuple[str, ...] = ()
 
     def predicted_ms(self, bandwidth_mbps: float, rtt_ms: float) -> float:
-        """End-to-end latency on a link: edge + codec + bytes/bandwidth + RTT + cloud."""
+        """End-to-end latency on a link: edge + codec + bytes/bandwidth + RTT + cloud (+ the result back)."""
         if self.edge_only:
             return self.edge_ms
-        transfer_ms = self.wire_bytes * 8 / (bandwidth_mbps * 1000)
+        transfer_ms = (self.wire_bytes + self.result_bytes) * 8 / (bandwidth_mbps * 1000)
         return self.edge_ms + self.codec_ms + transfer_ms + rtt_ms + self.cloud_ms
 
 
@@ -50,3 +53,58 @@ class AgentPlan:
             if option.split_id == split_id:
                 return option
         raise KeyError(f"plan {self.plan_id!r} has no split {split_id!r}")
+
+
+def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
+    """The agent's view of the plan in ``plan_dir`` for ``codec`` (artifacts verified).
+
+    Splits on which ``codec`` was not verified against the full model are
+    left out, so the agent never sends what the plan could not vouch for.
+    """
+    import logging
+
+    from partitioner.plan import PlanError, load_plan
+
+    plan = load_plan(plan_dir)
+    options = []
+    for split in plan.splits:
+        if split.kind != "edge-only":
+            figures = next((c for c in split.codecs if c.codec == codec), None)
+            if figures is None or not figures.verified:
+                logging.getLogger("tandem.edge").warning("split %s: codec %s not verified; not used", split.id, codec)
+                continue
+        options.append(_option(plan_dir, split, codec))
+    if not options:
+        verified = sorted({c.codec for s in plan.splits for c in s.codecs if c.verified})
+        raise PlanError(
+            f"{plan_dir}: no split of plan {plan.plan_id} is verified for codec {codec!r}; verified: {verified}"
+        )
+    return AgentPlan(
+        plan_id=plan.plan_id,
+        version=getattr(plan, "version", 1),
+        input_names=tuple(t.name for t in plan.model.inputs),
+        output_names=tuple(t.name for t in plan.model.outputs),
+        full_model=plan_dir / plan.model.path,
+        splits=tuple(options),
+    )
+
+
+def _option(plan_dir: Path, split: object, codec: str) -> SplitOption:
+    from partitioner.plan import SplitPlan
+
+    if not isinstance(split, SplitPlan):
+        raise TypeError(split)
+    if split.kind == "edge-only":
+        return SplitOption(split.id, None, (), split.edge_ms, 0.0, 0, edge_only=True)
+    figures = split.codec(codec)
+    return SplitOption(
+        split_id=split.id,
+        edge_path=plan_dir / split.edge_model if split.edge_model else None,
+        crossing=tuple(t.name for t in split.crossing),
+        edge_ms=split.edge_ms,
+        cloud_ms=split.cloud_ms,
+        wire_bytes=figures.wire_bytes,
+        codec_ms=figures.encode_ms + figures.decode_ms,
+        result_bytes=split.result_bytes,
+        edge_outputs=tuple(split.edge_outputs),
+    )

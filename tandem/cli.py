@@ -21,22 +21,28 @@ from tandem.config import ConfigError
 __all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "build_parser", "main"]
 
 COMMAND_MODULES = (
+    "tandem.commands.demo",
+    "partitioner.cli",
+    "partitioner.engine",
+    "cloud_hub.cli",
+    "edge_agent.cli",
     "tandem.commands.check_config",
     "tandem.commands.keys",
     "tandem.commands.loopback",
-    "partitioner.engine",
 )
 
 
-def _loopback_schema() -> Any:
-    from tandem.commands.loopback import LoopbackConfig
-
-    return LoopbackConfig
+def _schema(module: str, name: str) -> Callable[[], Any]:
+    return lambda: getattr(importlib.import_module(module), name)
 
 
 # Config kinds by name (also the stem of the example file in configs/).
 CONFIG_SCHEMAS: dict[str, Callable[[], Any]] = {
-    "loopback": _loopback_schema,
+    "demo": _schema("tandem.commands.demo", "DemoConfig"),
+    "edge": _schema("edge_agent.config", "EdgeConfig"),
+    "hub": _schema("cloud_hub.config", "HubConfig"),
+    "loopback": _schema("tandem.commands.loopback", "LoopbackConfig"),
+    "partition": _schema("partitioner.config", "PartitionConfig"),
 }
 
 

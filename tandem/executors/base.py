@@ -73,6 +73,8 @@ def open_executor(name: str, path: str | Path, **options: Any) -> Executor:
         name = "tensorrt" if tensorrt_ready() and Path(path).suffix in (".engine", ".plan") else "onnxruntime"
     if name not in EXECUTORS:
         raise ExecutorError(f"unknown executor {name!r}; known: auto, {', '.join(EXECUTORS)}")
+    if name != "onnxruntime":
+        options = {}  # providers and threads are ONNX Runtime settings
     module_name, class_name = EXECUTORS[name].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(Path(path), **options)

@@ -88,7 +88,7 @@ def test_objective_config_needs_its_number() -> None:
 
 
 def test_estimator_separates_rtt_from_serialisation() -> None:
-    estimator = LinkEstimator(alpha=1.0)
+    estimator = LinkEstimator()
     estimator.observe_rtt(40.0)
     # 100 kB up in 40 ms RTT + 5 ms hub + 160 ms on the wire -> 5 Mbit/s.
     estimator.observe_transfer(100_000, round_trip_ms=205.0, hub_ms=5.0)
@@ -97,3 +97,17 @@ def test_estimator_separates_rtt_from_serialisation() -> None:
     assert snapshot.bandwidth_mbps == pytest.approx(5.0)
     estimator.observe_transfer(100, round_trip_ms=40.1, hub_ms=0.0)  # too small to measure: ignored
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(5.0)
+
+
+def test_estimator_ignores_queueing_and_follows_a_drop_once_old_samples_age_out() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(rtt_window_s=10, bandwidth_window_s=3, clock=clock)
+    estimator.observe_rtt(20.0)
+    estimator.observe_rtt(180.0)  # a heartbeat stuck behind a queue
+    estimator.observe_transfer(100_000, round_trip_ms=20 + 80, hub_ms=0)  # 10 Mbit/s
+    estimator.observe_transfer(100_000, round_trip_ms=20 + 400, hub_ms=0)  # queued behind others
+    assert estimator.snapshot().rtt_ms == 20.0
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0)
+    clock.now = 5.0  # the link dropped to 2 Mbit/s; the fast samples have aged out
+    estimator.observe_transfer(100_000, round_trip_ms=20 + 400, hub_ms=0)
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(2.0)

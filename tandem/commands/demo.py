@@ -1,0 +1,362 @@
+"""``tandem demo``: the whole runtime on loopback, as separate processes.
+
+1. Partition a reference model (``tandem partition``).
+2. Start the hub and the agents as processes (``tandem hub``, ``tandem edge``),
+   each agent behind an emulated uplink and emulating the slower edge device
+   the plan was made for.
+3. Stream real photos through the agents' local endpoints; halfway the
+   uplink bandwidth drops (the split moves), later the hub is killed for a few
+   seconds (answers turn local and degraded, then split inference resumes).
+4. Print a summary per phase, check every answer against the unsplit model,
+   and plot latency over time with the split in use and degraded periods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import Field
+
+from tandem.config import StrictModel, load_config
+
+__all__ = ["DemoConfig", "register", "run"]
+
+
+class Phase(StrictModel):
+    """From ``at_s`` on, the agents' emulated uplink has these values."""
+
+    at_s: float = Field(..., ge=0)
+    bandwidth_mbps: float = Field(..., gt=0)
+    rtt_ms: float = Field(20.0, ge=0)
+    name: str = ""
+
+
+class Outage(StrictModel):
+    """The hub is killed at ``at_s`` and restarted ``duration_s`` later."""
+
+    at_s: float = Field(..., ge=0)
+    duration_s: float = Field(..., gt=0)
+
+
+class DemoConfig(StrictModel):
+    """``configs/demo.yaml``; every key has a default, so ``tandem demo`` runs without a file."""
+
+    model: str = "mobilenet_v2"
+    workdir: Path = Path("demo-out")
+    codec: str = "int8+zstd"
+    agents: int = Field(2, ge=1, le=8)
+    rate_hz: float = Field(3.0, gt=0, description="requests per second per agent")
+    duration_s: float = Field(60.0, gt=0)
+    deadline_ms: float = Field(600.0, gt=0)
+    phases: list[Phase] = Field(
+        default_factory=lambda: [
+            Phase(at_s=0, bandwidth_mbps=50, name="good link"),
+            Phase(at_s=22, bandwidth_mbps=3, name="bandwidth drop"),
+        ]
+    )
+    outage: Outage | None = Field(default_factory=lambda: Outage(at_s=40, duration_s=8))
+    hub_port: int = Field(5755, gt=0, lt=65536)
+    endpoint_port: int = Field(5760, gt=0, lt=65536, description="agent i listens on endpoint_port + i")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` command."""
+    parser = subparsers.add_parser(
+        "demo", help="partition, start hub and agents, stream, change the link, kill the hub"
+    )
+    parser.add_argument("--config", type=Path, help="demo.yaml (default: built-in MobileNetV2 scenario)")
+    parser.add_argument("--reuse-plan", action="store_true", help="skip partitioning when WORKDIR/plan exists")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the scenario; exit 0 when every request got exactly one correct answer."""
+    config = load_config(args.config, DemoConfig) if args.config else DemoConfig()
+    work = config.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    plan_dir = work / "plan"
+    if not (args.reuse_plan and (plan_dir / "plan.yaml").exists()):
+        _partition(config, plan_dir)
+    from partitioner.plan import load_plan
+
+    plan = load_plan(plan_dir)
+    slowdown = plan.edge.emulation_factor or 1.0
+    print(f"\n== plan {plan.plan_id}: splits {[s.id for s in plan.splits]}; edge emulated x{slowdown:.2f}", flush=True)
+    inputs, references = _inputs(plan_dir / plan.model.path, plan.model.inputs[0].name)
+    processes = _Processes(work)
+    try:
+        processes.start_hub(_write_hub_config(config, work, plan_dir))
+        for i in range(config.agents):
+            processes.start_agent(i, _write_edge_config(config, work, plan_dir, i, slowdown))
+        records = _stream(config, processes, inputs, references, plan)
+    finally:
+        processes.stop_all()
+    return _report(config, work, records)
+
+
+def _partition(config: DemoConfig, plan_dir: Path) -> None:
+    print(f"== tandem partition {config.model} --out {plan_dir}", flush=True)
+    command = [sys.executable, "-m", "tandem.cli", "partition", config.model, "--out", str(plan_dir)]
+    subprocess.run(command, check=True)
+
+
+def _inputs(full_model: Path, input_name: str, count: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Crops of the photos scikit-learn ships, and the unsplit model's output on each."""
+    from sklearn.datasets import load_sample_image
+
+    from tandem.executors import open_executor
+
+    rng = np.random.default_rng(0)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    images = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
+    inputs = []
+    for i in range(count):
+        image = images[i % 2]
+        top, left = rng.integers(0, image.shape[0] - 224), rng.integers(0, image.shape[1] - 224)
+        crop = image[top : top + 224, left : left + 224].astype(np.float32) / 255
+        inputs.append(((crop - mean) / std).transpose(2, 0, 1)[None].astype(np.float32))
+    full = open_executor("onnxruntime", full_model)
+    return inputs, [next(iter(full.run({input_name: x}).values())) for x in inputs]
+
+
+def _write_hub_config(config: DemoConfig, work: Path, plan_dir: Path) -> Path:
+    hub = {
+        "plans": [str(plan_dir)],
+        "channels": [{"type": "zmq", "address": f"tcp://127.0.0.1:{config.hub_port}"}],
+        "batching": {"enabled": True, "max_batch_size": 8, "max_queue_delay_ms": 4},
+        "metrics": {"port": 0},
+        "reply_codec": "raw",
+    }
+    path = work / "hub.yaml"
+    path.write_text(yaml.safe_dump(hub, sort_keys=False))
+    return path
+
+
+def _write_edge_config(config: DemoConfig, work: Path, plan_dir: Path, index: int, slowdown: float) -> Path:
+    first, *later = sorted(config.phases, key=lambda p: p.at_s)
+    edge = {
+        "device_id": f"edge-{index}",
+        "plan": str(plan_dir),
+        "codec": config.codec,
+        "channel": {"type": "zmq", "address": f"tcp://127.0.0.1:{config.hub_port}"},
+        "executor": "onnxruntime",
+        "executor_threads": 1,  # as the partitioner measured it, so the emulation factor applies as planned
+        "deadline_ms": config.deadline_ms,
+        "hysteresis": {"min_gain": 0.15, "min_dwell_s": 2.0},
+        "retry": {"initial_s": 0.5, "max_s": 2.0, "failures_to_mark_down": 2},
+        "endpoint": {"address": f"tcp://127.0.0.1:{config.endpoint_port + index}", "workers": 2},
+        "probe_interval_s": 1.0,
+        "telemetry_interval_s": 5.0,
+        "emulation": {
+            "edge_slowdown": round(slowdown, 3),
+            "link": {"bandwidth_mbps": first.bandwidth_mbps, "rtt_ms": first.rtt_ms, "downlink_mbps": 100},
+            "schedule": [{"at_s": p.at_s, "bandwidth_mbps": p.bandwidth_mbps, "rtt_ms": p.rtt_ms} for p in later],
+        },
+    }
+    path = work / f"edge-{index}.yaml"
+    path.write_text(yaml.safe_dump(edge, sort_keys=False))
+    return path
+
+
+class _Processes:
+    """The hub and agent processes, their logs, and how to stop them."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.hub: subprocess.Popen[bytes] | None = None
+        self.hub_config: Path | None = None
+        self.agents: list[subprocess.Popen[bytes]] = []
+        self.endpoints: list[str] = []
+
+    def start_hub(self, config: Path) -> None:
+        self.hub_config = config
+        self.hub = self._spawn("hub", ["hub", "--config", str(config)], "listening on")
+
+    def start_agent(self, index: int, config: Path) -> None:
+        self.agents.append(self._spawn(f"edge-{index}", ["edge", "--config", str(config)], "local endpoint listening"))
+        settings = yaml.safe_load(config.read_text())
+        self.endpoints.append(settings["endpoint"]["address"])
+
+    def kill_hub(self) -> None:
+        if self.hub is not None:
+            self.hub.send_signal(signal.SIGKILL)
+            self.hub.wait()
+            self.hub = None
+
+    def restart_hub(self) -> None:
+        if self.hub_config is not None:
+            self.start_hub(self.hub_config)
+
+    def stop_all(self) -> None:
+        for process in [*self.agents, *([self.hub] if self.hub else [])]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [*self.agents, *([self.hub] if self.hub else [])]:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _spawn(self, name: str, args: list[str], ready: str, timeout: float = 90.0) -> subprocess.Popen[bytes]:
+        log = self.work / f"{name}.log"
+        handle = log.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen([sys.executable, "-m", "tandem.cli", *args], stdout=handle, stderr=handle, env=env)
+        handle.close()
+        deadline = time.monotonic() + timeout
+        while ready not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        print(f"   started {name} (pid {process.pid}), log {log}", flush=True)
+        return process
+
+
+def _stream(
+    config: DemoConfig, processes: _Processes, inputs: list[np.ndarray], references: list[np.ndarray], plan: Any
+) -> list[dict[str, Any]]:
+    from edge_agent.endpoint import LocalClient
+
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+    stop = threading.Event()
+    name = plan.model.inputs[0].name
+
+    def drive(index: int) -> None:
+        client = LocalClient(processes.endpoints[index], name=f"demo-app-{index}", timeout_s=30)
+        sent = 0
+        try:
+            while not stop.is_set():
+                due = started + sent / config.rate_hz
+                if stop.wait(max(0.0, due - time.monotonic())):
+                    break
+                k = (sent + index) % len(inputs)
+                t = time.monotonic() - started
+                outputs, meta = client.infer({name: inputs[k]})
+                error = float(np.abs(next(iter(outputs.values())) - references[k]).max() / np.abs(references[k]).max())
+                with lock:
+                    records.append({"agent": index, "seq": sent, "t": t, **_pick(meta), "rel_error": error})
+                sent += 1
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=drive, args=(i,), daemon=True) for i in range(config.agents)]
+    for thread in threads:
+        thread.start()
+    print(
+        f"\n== streaming: {config.agents} agent(s) x {config.rate_hz} req/s for {config.duration_s:.0f} s", flush=True
+    )
+    for phase in sorted(config.phases, key=lambda p: p.at_s)[1:]:
+        print(f"   t={phase.at_s:.0f}s: uplink -> {phase.bandwidth_mbps} Mbit/s ({phase.name})", flush=True)
+    outage = config.outage
+    killed = restarted = outage is None
+    while time.monotonic() - started < config.duration_s:
+        now = time.monotonic() - started
+        if outage and not killed and now >= outage.at_s:
+            print(f"   t={now:.0f}s: killing the hub (SIGKILL)", flush=True)
+            processes.kill_hub()
+            killed = True
+        if outage and killed and not restarted and now >= outage.at_s + outage.duration_s:
+            print(f"   t={now:.0f}s: restarting the hub", flush=True)
+            processes.restart_hub()
+            restarted = True
+        time.sleep(0.1)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    return sorted(records, key=lambda r: r["t"])
+
+
+def _pick(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "split": meta["split"],
+        "source": meta["source"],
+        "degraded": bool(meta["degraded"]),
+        "latency_ms": float(meta["latency_ms"]),
+        "reason": meta.get("reason", ""),
+        "timing": meta.get("timing", {}),
+    }
+
+
+def _phase_of(config: DemoConfig, t: float) -> str:
+    if config.outage and config.outage.at_s <= t < config.outage.at_s + config.outage.duration_s:
+        return "hub outage"
+    current = sorted(config.phases, key=lambda p: p.at_s)[0]
+    for phase in sorted(config.phases, key=lambda p: p.at_s):
+        if t >= phase.at_s:
+            current = phase
+    return current.name or f"{current.bandwidth_mbps} Mbit/s"
+
+
+def _report(config: DemoConfig, work: Path, records: list[dict[str, Any]]) -> int:
+    by_phase: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_phase[_phase_of(config, record["t"])].append(record)
+    print(
+        f"\n{'phase':16s} {'requests':>8s} {'hub':>5s} {'edge':>5s} {'local*':>6s} {'p50 ms':>8s} {'p99 ms':>8s}  splits used"
+    )
+    for phase, rows in by_phase.items():
+        sources = Counter(r["source"] for r in rows)
+        latencies = sorted(r["latency_ms"] for r in rows)
+        splits = ", ".join(f"{s} x{n}" for s, n in Counter(r["split"] for r in rows).most_common())
+        print(
+            f"{phase:16s} {len(rows):8d} {sources['hub']:5d} {sources['edge']:5d} {sources['fallback']:6d} "
+            f"{latencies[len(latencies) // 2]:8.1f} {latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]:8.1f}  {splits}"
+        )
+    print("(* local = degraded answers from the full model on the edge while the hub was unreachable)")
+    worst = max((r["rel_error"] for r in records), default=0.0)
+    per_agent = Counter(r["agent"] for r in records)
+    sequences_ok = all(
+        sorted(r["seq"] for r in records if r["agent"] == a) == list(range(n)) for a, n in per_agent.items()
+    )
+    print(f"\nanswers: {len(records)}, each request answered exactly once: {sequences_ok}")
+    print(f"max |answer - unsplit model| / max |unsplit| = {worst:.2e} (codec {config.codec})")
+    summary = {"records": records, "exactly_once": sequences_ok, "max_rel_error": worst, "codec": config.codec}
+    (work / "demo-summary.json").write_text(json.dumps(summary, indent=1))
+    _plot(config, records, work / "demo.png")
+    print(f"wrote {work / 'demo-summary.json'} and {work / 'demo.png'}")
+    return 0 if sequences_ok and records else 1
+
+
+def _plot(config: DemoConfig, records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    splits = sorted({r["split"] for r in records})
+    colours = dict(zip(splits, plt.get_cmap("tab10").colors, strict=False))
+    for split in splits:
+        rows = [r for r in records if r["split"] == split and not r["degraded"]]
+        ax.scatter([r["t"] for r in rows], [r["latency_ms"] for r in rows], s=12, color=colours[split], label=split)
+    degraded = [r for r in records if r["degraded"]]
+    if degraded:
+        ax.scatter([r["t"] for r in degraded], [r["latency_ms"] for r in degraded], s=18, marker="x", color="black",
+                   label="degraded (local full model)")  # fmt: skip
+    if config.outage:
+        ax.axvspan(config.outage.at_s, config.outage.at_s + config.outage.duration_s, color="red", alpha=0.12,
+                   label="hub down")  # fmt: skip
+    for phase in sorted(config.phases, key=lambda p: p.at_s)[1:]:
+        ax.axvline(phase.at_s, color="grey", linestyle="--")
+        ax.text(phase.at_s, ax.get_ylim()[1] * 0.95, f" {phase.bandwidth_mbps} Mbit/s", color="grey", va="top")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("end-to-end latency (ms)")
+    ax.set_title(f"Tandem demo: {config.model}, {config.agents} agents, codec {config.codec}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
