@@ -74,7 +74,9 @@ def _follow_schedule(config: Any, link: Any, stop: threading.Event) -> None:
         for step in steps:
             if stop.wait(max(0.0, started + step.at_s - time.monotonic())):
                 return
-            changes = {k: v for k, v in (("bandwidth_mbps", step.bandwidth_mbps), ("rtt_ms", step.rtt_ms)) if v is not None}
+            changes = {
+                k: v for k, v in (("bandwidth_mbps", step.bandwidth_mbps), ("rtt_ms", step.rtt_ms)) if v is not None
+            }
             link.set_link(**changes)
             print(f"t={step.at_s:.0f}s emulated link now {changes}", flush=True)
 

@@ -19,6 +19,12 @@ to ``{prefix}/+/up/+``; an edge to ``{prefix}/{device_id}/down/+``. The hub
 answers a device with ``send(reply, to=device_id)``, which publishes on that
 device's ``down`` topic; a hub ``send`` without ``to`` is a ``ValueError``.
 
+Fleet groups: an edge made with ``groups=[...]`` also subscribes to
+``{prefix}/group/{group}/down/+`` for each of them, and the hub's
+``send_to_group(envelope, group)`` publishes there (the header ``device`` is
+left empty: the message is for every member). Edges only hear the groups they
+were made with; ``group`` is therefore not a usable device id.
+
 Who sent it
 -----------
 On the hub, a received envelope's ``sender`` is the device id taken from the
@@ -101,7 +107,7 @@ import queue
 import secrets
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
 import paho.mqtt.client as paho
@@ -162,6 +168,7 @@ class _MqttChannel(Channel):
 
     _role = "channel"
     _subscription = ""
+    _extra_subscriptions: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -421,7 +428,11 @@ class _MqttChannel(Channel):
             self._role, self.client_id, again, self._where, flags.session_present,
             self._broker_max_packet or "unlimited", self._subscription,
         )  # fmt: skip
-        rc, _ = client.subscribe(self._subscription, options=SubscribeOptions(qos=2))
+        if self._extra_subscriptions:
+            topics = [(topic, SubscribeOptions(qos=2)) for topic in (self._subscription, *self._extra_subscriptions)]
+            rc, _ = client.subscribe(topics)
+        else:
+            rc, _ = client.subscribe(self._subscription, options=SubscribeOptions(qos=2))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.error("MQTT %s %s: subscribing to %s failed: %s", self._role, self.client_id, self._subscription,
                       paho.error_string(rc))  # fmt: skip
@@ -521,6 +532,14 @@ class MqttServer(_MqttChannel):
         envelope = self._own_device(envelope, to)
         self._publish_envelope(envelope, f"{self._prefix}/{to}/down/{envelope.kind.value}")
 
+    def send_to_group(self, envelope: Envelope, group: str) -> None:
+        """Publish ``envelope`` on ``{prefix}/group/{group}/down/{kind}``, heard by every edge in ``group``."""
+        self._check_open()
+        _check_name("group", group)
+        if envelope.device_id:
+            raise ValueError(f"group message: device_id must be empty (it is for every member): {envelope.device_id!r}")
+        self._publish_envelope(envelope, f"{self._prefix}/group/{group}/down/{envelope.kind.value}")
+
     def _parse_topic(self, topic: str) -> tuple[str, str]:
         parts = topic[self._up_start :].split("/")
         if len(parts) != 3 or parts[1] != "up":
@@ -578,8 +597,10 @@ class MqttClient(_MqttChannel):
         reconnect_max_s: float = 30.0,
         max_queued_messages: int = 10000,
         chunk_timeout_s: float = 30.0,
+        groups: Sequence[str] = (),
     ) -> None:
         self.device_id = _check_name("device id", device_id)
+        self.groups = tuple(_check_name("group", group) for group in groups)
         config = MqttConfig(
             host=host, port=port, topic_prefix=_check_prefix(topic_prefix), client_id=client_id, username=username,
             password=password, keepalive_s=keepalive_s, tls=tls, qos=_qos_overrides(qos),
@@ -588,6 +609,8 @@ class MqttClient(_MqttChannel):
         )  # fmt: skip
         self._subscription = f"{topic_prefix}/{device_id}/down/+"
         self._down_start = len(self._subscription) - 1
+        self._group_topics = {f"{topic_prefix}/group/{group}/down/": group for group in self.groups}
+        self._extra_subscriptions = tuple(f"{topic}+" for topic in self._group_topics)
         self._up_topics = {kind: f"{topic_prefix}/{device_id}/up/{kind.value}" for kind in Kind}
         super().__init__(
             config,
@@ -600,11 +623,18 @@ class MqttClient(_MqttChannel):
         )
 
     @classmethod
-    def from_config(cls, config: MqttConfig, *, device_id: str | None = None, limits: Limits = Limits()) -> MqttClient:
-        """An edge channel for ``device_id`` as ``config`` says."""
+    def from_config(
+        cls,
+        config: MqttConfig,
+        *,
+        device_id: str | None = None,
+        limits: Limits = Limits(),
+        groups: Sequence[str] = (),
+    ) -> MqttClient:
+        """An edge channel for ``device_id`` (and its fleet ``groups``) as ``config`` says."""
         if not device_id:
             raise ValueError("MqttClient.from_config needs device_id: the edge publishes on <prefix>/<device>/up/...")
-        return cls(device_id=device_id, **_config_kwargs(config), limits=limits)
+        return cls(device_id=device_id, **_config_kwargs(config), limits=limits, groups=groups)
 
     def send(self, envelope: Envelope, *, to: str | None = None) -> None:
         """Publish ``envelope`` on ``{prefix}/{device_id}/up/{kind}`` (``to`` is ignored: the hub is the peer)."""
@@ -615,7 +645,9 @@ class MqttClient(_MqttChannel):
     def _parse_topic(self, topic: str) -> tuple[str, str]:
         kind = topic[self._down_start :]
         if not topic.startswith(self._subscription[:-1]) or "/" in kind:
-            raise MalformedHeader(f"topic {topic!r} is not {self._subscription[:-1]}<kind>", field="topic")
+            base, _, kind = topic.rpartition("/")
+            if f"{base}/" not in self._group_topics:
+                raise MalformedHeader(f"topic {topic!r} is not {self._subscription[:-1]}<kind>", field="topic")
         return self.device_id, kind
 
     def _check_routing(self, envelope: Envelope, device: str, kind: str) -> None:

@@ -305,16 +305,16 @@ def _report(config: DemoConfig, work: Path, records: list[dict[str, Any]]) -> in
     by_phase: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_phase[_phase_of(config, record["t"])].append(record)
-    print(
-        f"\n{'phase':16s} {'requests':>8s} {'hub':>5s} {'edge':>5s} {'local*':>6s} {'p50 ms':>8s} {'p99 ms':>8s}  splits used"
-    )
+    header = ("phase", "requests", "hub", "edge", "local*", "p50 ms", "p99 ms")
+    print("\n{:16s} {:>8s} {:>5s} {:>5s} {:>6s} {:>8s} {:>8s}  splits used".format(*header))
     for phase, rows in by_phase.items():
         sources = Counter(r["source"] for r in rows)
         latencies = sorted(r["latency_ms"] for r in rows)
+        p50, p99 = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         splits = ", ".join(f"{s} x{n}" for s, n in Counter(r["split"] for r in rows).most_common())
         print(
             f"{phase:16s} {len(rows):8d} {sources['hub']:5d} {sources['edge']:5d} {sources['fallback']:6d} "
-            f"{latencies[len(latencies) // 2]:8.1f} {latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]:8.1f}  {splits}"
+            f"{p50:8.1f} {p99:8.1f}  {splits}"
         )
     print("(* local = degraded answers from the full model on the edge while the hub was unreachable)")
     worst = max((r["rel_error"] for r in records), default=0.0)
