@@ -36,11 +36,15 @@ class MetricsConfig(StrictModel):
     port: int | None = Field(9464, ge=0, lt=65536)
 
 
+def _default_channel() -> ChannelConfig:
+    return ZmqConfig(address="tcp://127.0.0.1:5555")
+
+
 class HubConfig(StrictModel):
     """The cloud hub's whole config."""
 
     plans: list[Path] = Field(..., min_length=1, description="plan directories written by `tandem partition`")
-    channels: list[ChannelConfig] = Field(default_factory=lambda: [ZmqConfig(address="tcp://127.0.0.1:5555")])
+    channels: list[ChannelConfig] = Field(default_factory=lambda: [_default_channel()])
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

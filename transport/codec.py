@@ -212,7 +212,7 @@ def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[Tensor
     return header, frame
 
 
-def decode_tensor(spec: TensorSpec, frame: memoryview | bytes, *, max_bytes: int = 1 << 31) -> np.ndarray:
+def decode_tensor(spec: TensorSpec, frame: memoryview | bytes | bytearray, *, max_bytes: int = 1 << 31) -> np.ndarray:
     """Validate ``spec`` against ``frame`` and rebuild the array (zero-copy for ``raw``)."""
     spec.validate(max_bytes=max_bytes)
     if len(frame) != spec.nbytes:
@@ -233,7 +233,7 @@ def _truncated(spec: TensorSpec, got: int) -> TruncatedMessage:
 
 def _as_bytes(array: np.ndarray) -> memoryview:
     contiguous = np.ascontiguousarray(array)
-    return memoryview(contiguous.reshape(-1).view(np.uint8))
+    return memoryview(contiguous.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def _quantise_int8(
@@ -275,7 +275,7 @@ def _compress(raw: memoryview, compression: str) -> memoryview | bytes:
     return _zstd_compressor().compress(raw)
 
 
-def _decompress(spec: TensorSpec, frame: memoryview | bytes) -> memoryview | bytes:
+def _decompress(spec: TensorSpec, frame: memoryview | bytes | bytearray) -> memoryview | bytes | bytearray:
     where = f"tensors[{spec.name!r}].compression"
     if spec.compression == "none":
         return frame

@@ -339,7 +339,7 @@ def _plot(config: DemoConfig, records: list[dict[str, Any]], path: Path) -> None
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     splits = sorted({r["split"] for r in records})
-    colours = dict(zip(splits, plt.get_cmap("tab10").colors, strict=False))
+    colours = {split: plt.get_cmap("tab10")(i % 10) for i, split in enumerate(splits)}
     for split in splits:
         rows = [r for r in records if r["split"] == split and not r["degraded"]]
         ax.scatter([r["t"] for r in rows], [r["latency_ms"] for r in rows], s=12, color=colours[split], label=split)

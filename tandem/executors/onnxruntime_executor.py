@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,6 @@ class OnnxRuntimeExecutor(Executor):
         return f"onnxruntime {self.path.name} on {self.providers[0]}"
 
 
-def _info(arg: object) -> TensorInfo:
-    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)  # type: ignore[attr-defined]
-    return TensorInfo(arg.name, _DTYPES.get(arg.type, arg.type), shape)  # type: ignore[attr-defined]
+def _info(arg: Any) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return TensorInfo(str(arg.name), _DTYPES.get(arg.type, str(arg.type)), shape)

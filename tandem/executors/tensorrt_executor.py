@@ -66,7 +66,8 @@ class TensorRTExecutor(Executor):
                 raise ExecutorError(
                     f"{path}: tensor {info.name} has a dynamic shape; build the engine with static shapes"
                 )
-            nbytes = int(np.prod(info.shape)) * np.dtype(info.dtype).itemsize
+            shape = tuple(int(d or 0) for d in info.shape)
+            nbytes = int(np.prod(shape)) * np.dtype(info.dtype).itemsize
             self._device[info.name] = self._check(cudart.cudaMalloc(nbytes), "cudaMalloc")
             self._context.set_tensor_address(info.name, self._device[info.name])
         logger.info("loaded TensorRT engine %s", path)
@@ -84,7 +85,7 @@ class TensorRTExecutor(Executor):
             raise ExecutorError(f"{self.path.name}: TensorRT execution failed")
         outputs = {}
         for info in self.outputs:
-            out = np.empty(info.shape, info.dtype)
+            out = np.empty(tuple(int(d or 0) for d in info.shape), info.dtype)
             self._check(
                 cudart.cudaMemcpyAsync(out.ctypes.data, self._device[info.name], out.nbytes, d2h, self._stream),
                 "copy out",
