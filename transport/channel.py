@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
+from typing import TypeVar
 
 from transport.envelope import Envelope
 
 __all__ = ["Channel"]
+
+_C = TypeVar("_C", bound="Channel")
 
 
 class Channel(ABC):
@@ -40,7 +43,7 @@ class Channel(ABC):
     def close(self) -> None:
         """Release sockets and threads; idempotent."""
 
-    def __enter__(self) -> Channel:
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(
