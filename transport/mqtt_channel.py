@@ -101,6 +101,7 @@ messages are not chunked, or have edges send within that size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -422,6 +423,7 @@ class _MqttChannel(Channel):
             self._connack.set()
             return
         self._broker_max_packet = getattr(properties, "MaximumPacketSize", None)
+        _no_delay(client.socket())
         again = "re" if self._connack.is_set() else ""
         log.info(
             "MQTT %s %s %sconnected to %s (session present: %s, broker max packet: %s); subscribing to %s",
@@ -683,6 +685,18 @@ def _config_kwargs(config: MqttConfig) -> dict[str, Any]:
         "session_expiry_s": config.session_expiry_s,
         "connect_timeout_s": config.connect_timeout_s,
     }
+
+
+def _no_delay(sock: object) -> None:
+    """Turn Nagle's algorithm off on paho's socket.
+
+    paho writes a PUBACK and the next PUBLISH as separate small segments; with
+    Nagle on, the second waits for the peer's delayed ACK (40 ms on Linux) on
+    every request/answer hop.
+    """
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _describe(exc: BaseException) -> str:

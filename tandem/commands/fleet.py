@@ -1,0 +1,63 @@
+"""``tandem fleet``: each device's last contact, plan version, link, outbox backlog and dropped records.
+
+Reads the hub's sync store (``--store DIR``, or ``sync.store.path`` of
+``--config hub.yaml``); it works while the hub runs, from another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict
+
+from tandem.config import StrictModel, load_config
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``fleet`` command."""
+    parser = subparsers.add_parser("fleet", help="show the fleet: plan versions, link, outbox backlog per device")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", type=Path, help="the hub's sync store folder")
+    source.add_argument("--config", type=Path, help="hub.yaml (its sync.store.path is read)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the fleet table (or JSON); 1 when the store cannot be read."""
+    from cloud_hub.fleet import format_fleet
+    from cloud_hub.store import SqliteStore, StoreError
+
+    path = args.store if args.store is not None else _store_from_config(args.config)
+    try:
+        store = SqliteStore(path, readonly=True)
+    except StoreError as exc:
+        print(f"tandem fleet: {exc}")
+        return 1
+    try:
+        rows = store.devices()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
+    else:
+        print(format_fleet(rows))
+    return 0
+
+
+def _store_from_config(config: Path) -> Path:
+    from cloud_hub.sync_config import HubSyncConfig
+
+    class _SyncSection(StrictModel):
+        """hub.yaml read for its ``sync`` section only (the rest is the hub's business)."""
+
+        model_config = ConfigDict(extra="ignore", frozen=True)
+        sync: HubSyncConfig
+
+    path = load_config(config, _SyncSection).sync.store.path
+    return path if path.is_absolute() else config.parent / path

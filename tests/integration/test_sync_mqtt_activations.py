@@ -1,0 +1,75 @@
+"""Activations over MQTT through Mosquitto, with data sync beside them on the same broker.
+
+The agent and the hub switch to MQTT in config (``channel: {type: mqtt}``);
+split inference then goes through the broker. Each answer is recorded by the
+agent's ``on_result`` hook into the outbox, and EdgeSync/HubSync carry the
+records on topics of their own, so the two kinds of traffic never mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_hub.batcher import Tail
+from cloud_hub.config import HubConfig, MetricsConfig
+from cloud_hub.server import Hub
+from cloud_hub.store import SqliteStore
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import EdgeConfig
+from edge_agent.outbox import Outbox
+from edge_agent.sampling import InferenceRecorder
+from edge_agent.sync_config import SamplingConfig
+from tandem.executors import open_executor
+from tests.fixtures.broker import Mosquitto
+from tests.integration.sync_support import (
+    closing_all,
+    edge_config,
+    hub_config,
+    start_edge_sync,
+    start_hub_sync,
+    wait_until,
+)
+from tests.integration.test_edge_agent import reference, toy_plan  # noqa: F401  (the fixture)
+from transport.config import MqttConfig
+from transport.factory import open_client
+
+pytestmark = pytest.mark.broker
+
+
+def test_edge_agent_against_the_hub_over_mqtt_with_sync_beside_it(
+    mosquitto: Mosquitto, tmp_path: Path, toy_plan: tuple  # noqa: F811
+) -> None:
+    plan, tail_path = toy_plan
+    channel_config = MqttConfig(port=mosquitto.port)
+    hub = Hub(
+        HubConfig(plans=[tail_path.parent], channels=[channel_config], metrics=MetricsConfig(port=None)),
+        [Tail("toy", 1, "s1", open_executor("onnxruntime", tail_path))],
+    )
+    hub.start()
+    config = EdgeConfig(device_id="cam-1", plan=plan.full_model.parent, codec="fp16", channel=channel_config,
+                        deadline_ms=2000, probe_interval_s=0.2)  # fmt: skip
+    agent = EdgeAgent(config, plan, open_client(channel_config, device_id="cam-1"))
+    store = SqliteStore(tmp_path / "store")
+    outbox = Outbox(tmp_path / "outbox.sqlite", device_id="cam-1")
+    agent.on_result = InferenceRecorder(outbox, SamplingConfig(mode="all"), device_id="cam-1",
+                                        plan_in_use=lambda: (agent.plan.plan_id, agent.plan.version))  # fmt: skip
+    hub_sync = start_hub_sync(hub_config(mosquitto.port), store)
+    edge_sync = start_edge_sync(edge_config(mosquitto.port, tmp_path, telemetry_interval_s=60), outbox, "cam-1")
+    agent.start()
+    with closing_all(store, outbox, hub, hub_sync, edge_sync, agent):
+        rng = np.random.default_rng(0)
+        inputs = [rng.normal(size=(1, 4)).astype(np.float32) for _ in range(20)]
+        results = [agent.infer(x) for x in inputs]
+        assert [r.source for r in results] == ["hub"] * 20
+        for x, result in zip(inputs, results, strict=True):
+            np.testing.assert_allclose(result.outputs["logits"], reference(x), rtol=2e-3, atol=2e-3)
+        assert hub.metrics.requests.labels("cam-1", "toy", "s1", "ok")._value.get() == 20
+        wait_until(lambda: store.count(kind="sample") == 20 and store.count(kind="record") == 20, 20, "all synced")
+        recorded = {store.record(i)["body"]["request_id"] for i in store.record_ids(kind="record")}  # type: ignore[index]
+        assert recorded == {r.request_id for r in results}
+        sample = store.record(next(iter(store.record_ids(kind="sample"))))
+        assert sample is not None and sample["body"]["split"] == "s1" and sample["body"]["meta"]["source"] == "hub"
+        assert hub.metrics.errors.collect()[0].samples == []  # the hub never saw a sync message

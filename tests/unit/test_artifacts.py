@@ -1,0 +1,149 @@
+"""Plan manifests, resumable staged files, the releases folder with its atomic `current` link, the plan gate."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.artifacts import ArtifactEntry, ArtifactRejected, PlanManifest, PlanReleases, StagedFile, scan_plan_dir
+from edge_agent.plan_gate import PlanGate
+
+
+def entry_for(data: bytes, path: str = "model.onnx") -> ArtifactEntry:
+    return ArtifactEntry(path, len(data), hashlib.sha256(data).hexdigest())
+
+
+def manifest(version: int = 2, **meta: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "plan_id": "toy",
+        "version": version,
+        "model": "resnet18",
+        "artifacts": [{"path": "model.onnx", "bytes": 3, "sha256": "a" * 64}],
+    }
+    base.update(meta)
+    return base
+
+
+def test_manifest_round_trips_and_names_each_bad_field() -> None:
+    parsed = PlanManifest.from_meta(manifest())
+    assert parsed.key == "toy@2" and parsed.release_name == "toy-v2" and parsed.total_bytes == 3
+    assert PlanManifest.from_meta(parsed.to_meta()) == parsed
+    bad = {
+        "version": (manifest(version=0), "bad_manifest: version: expected an integer >= 1, got 0"),
+        "escape": (manifest(artifacts=[{"path": "../etc/passwd", "bytes": 1, "sha256": "a" * 64}]),
+                   "bad_manifest: artifacts[0].path: '../etc/passwd' is not a relative path inside the plan"),
+        "absolute": (manifest(artifacts=[{"path": "/etc/passwd", "bytes": 1, "sha256": "a" * 64}]),
+                     "artifacts[0].path: '/etc/passwd' is not a relative path"),
+        "sha": (manifest(artifacts=[{"path": "m", "bytes": 1, "sha256": "xyz"}]),
+                "bad_manifest: artifacts[0].sha256: expected 64 lowercase hex digits, got 'xyz'"),
+        "size": (manifest(artifacts=[{"path": "m", "bytes": -1, "sha256": "a" * 64}]),
+                 "artifacts[0].bytes: expected a size >= 0, got -1"),
+        "twice": (manifest(artifacts=[{"path": "m", "bytes": 1, "sha256": "a" * 64}] * 2),
+                  "artifacts: the same path is listed twice"),
+    }  # fmt: skip
+    for meta, message in bad.values():
+        with pytest.raises(ArtifactRejected) as caught:
+            PlanManifest.from_meta(meta)
+        assert caught.value.code == "bad_manifest"
+        assert message in str(caught.value)
+
+
+def test_scan_lists_and_hashes_every_file_or_those_of_plan_yaml(tmp_path: Path) -> None:
+    (tmp_path / "splits" / "s1").mkdir(parents=True)
+    (tmp_path / "model.onnx").write_bytes(b"full")
+    (tmp_path / "splits" / "s1" / "edge.onnx").write_bytes(b"edge")
+    scanned = scan_plan_dir(tmp_path, plan_id="p", version=1, model="m")
+    assert [(e.path, e.bytes) for e in scanned.artifacts] == [("model.onnx", 4), ("splits/s1/edge.onnx", 4)]
+    assert scanned.entry("model.onnx") == entry_for(b"full")
+    (tmp_path / "plan.yaml").write_text("plan_id: p\nartifacts:\n  - {path: model.onnx}\n")
+    (tmp_path / "model.batch.onnx").write_bytes(b"made by the hub, not part of the plan")
+    listed = scan_plan_dir(tmp_path, plan_id="p", version=1, model="m")
+    assert [e.path for e in listed.artifacts] == ["plan.yaml", "model.onnx"]
+
+
+def test_staged_file_resumes_from_its_part_and_verifies(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40
+    entry = entry_for(data)
+    first = StagedFile(tmp_path, entry)
+    first.write(0, data[:1000])
+    first.write(1000, data[1000:2500])
+    with pytest.raises(ValueError, match=r"chunk at 4000 does not follow the 2500 bytes written"):
+        first.write(4000, data[4000:5000])
+    first.abort()  # the process goes away
+    again = StagedFile(tmp_path, entry)
+    assert again.resumed_from == 2500
+    again.write(2500, data[2500:])
+    again.finish()
+    assert (tmp_path / "model.onnx").read_bytes() == data
+    assert not (tmp_path / "model.onnx.part").exists()
+    assert StagedFile(tmp_path, entry).complete  # already there: nothing to fetch
+
+
+def test_staged_file_refuses_wrong_bytes_and_sizes_by_name(tmp_path: Path) -> None:
+    data = b"0123456789" * 100
+    corrupt = StagedFile(tmp_path, entry_for(data))
+    corrupt.write(0, data[:-1] + b"X")
+    with pytest.raises(ArtifactRejected, match=r"artifact_corrupted: model.onnx: sha256 [0-9a-f]{16}\.\.\. differs "
+                       r"from the manifest's [0-9a-f]{16}\.\.\. \(1000 bytes\)"):  # fmt: skip
+        corrupt.finish()
+    assert not (tmp_path / "model.onnx.part").exists()
+    short = StagedFile(tmp_path, entry_for(data))
+    short.write(0, data[:10])
+    with pytest.raises(ArtifactRejected, match=r"artifact_size_mismatch: model.onnx: 10 bytes downloaded, the "
+                       r"manifest says 1000"):  # fmt: skip
+        short.finish()
+    long = StagedFile(tmp_path, entry_for(data))
+    with pytest.raises(ArtifactRejected, match=r"artifact_size_mismatch: model.onnx: the hub sent over 1000 bytes"):
+        long.write(0, data + b"!")
+
+
+def test_releases_swap_current_atomically_and_remember_failures(tmp_path: Path) -> None:
+    releases = PlanReleases(tmp_path)
+    assert releases.current() is None
+    for version in (1, 2):
+        meta = manifest(version, artifacts=[{"path": "model.onnx", "bytes": 1, "sha256": "b" * 64}])
+        plan = PlanManifest.from_meta(meta)
+        folder = releases.stage(plan)
+        (folder / "model.onnx").write_bytes(b"x")
+        assert releases.staged()[0] == plan
+        released = releases.commit(plan)
+        releases.activate(plan)
+        current = releases.current()
+        assert current is not None and current[0] == plan and current[1] == released
+        assert (tmp_path / "current").readlink() == Path("releases") / f"toy-v{version}"
+    assert releases.staged() == []
+    releases.mark_failed(plan, "plan_failed_check: nope")
+    assert PlanReleases(tmp_path).failed() == {"toy@2": "plan_failed_check: nope"}
+
+
+def test_plan_gate_swaps_between_requests_and_is_not_starved() -> None:
+    gate = PlanGate()
+    events: list[str] = []
+    in_request = threading.Event()
+
+    def request() -> None:
+        with gate.serving():
+            events.append("request start")
+            in_request.set()
+            time.sleep(0.2)
+            events.append("request end")
+
+    def swap() -> None:
+        with gate.swapping():
+            events.append("swap")
+
+    first = threading.Thread(target=request)
+    first.start()
+    in_request.wait()
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    time.sleep(0.05)
+    late = threading.Thread(target=request)  # arrives while the swap waits: runs after it
+    late.start()
+    for thread in (first, swapper, late):
+        thread.join()
+    assert events == ["request start", "request end", "swap", "request start", "request end"]
