@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"loaded plan {tail.plan_id} v{tail.plan_version} split {tail.split_id}: {tail.executor.describe()}")
     hub = Hub(config, tails)
     hub.start()
+    sync = _start_sync(config, hub, base)
     for address in hub.addresses:
         print(f"listening on {address}", flush=True)
     if hub.metrics_port is not None:
@@ -38,8 +39,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"batching: {config.batching.model_dump()}", flush=True)
     _wait_for_signal()
     print("stopping", flush=True)
+    if sync is not None:
+        sync[0].stop()
+        sync[1].close()
     hub.stop()
     return 0
+
+
+def _start_sync(config: Any, hub: Any, base: Path) -> tuple[Any, Any] | None:
+    """Records, samples and plans with the fleet over MQTT, when ``sync:`` is configured."""
+    if config.sync is None:
+        return None
+    from cloud_hub.store import SqliteStore
+    from cloud_hub.sync import HubSync
+
+    store = SqliteStore(_resolve(base, config.sync.store.path), synchronous=config.sync.store.synchronous)
+    sync = HubSync(config.sync, store, registry=hub.metrics.registry, limits=config.limits.to_limits(), base=base)
+    sync.start()
+    mqtt = config.sync.mqtt
+    print(f"sync: MQTT {mqtt.host}:{mqtt.port} prefix {mqtt.topic_prefix}, store {store.path}", flush=True)
+    return sync, store
 
 
 def _resolve(base: Path, path: Path) -> Path:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from cloud_hub.sync_config import HubSyncConfig
 from tandem.config import StrictModel
 from transport.codec import CodecSpec
 from transport.config import ChannelConfig, LimitsConfig, ZmqConfig
@@ -50,6 +51,7 @@ class HubConfig(StrictModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     reply_codec: str = Field("raw", description="codec for results sent back to the edge")
+    sync: HubSyncConfig | None = Field(None, description="data sync with the fleet over MQTT (records, samples, plans)")
 
     @field_validator("reply_codec")
     @classmethod

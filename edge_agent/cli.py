@@ -24,13 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import EdgeConfig
     from edge_agent.endpoint import LocalEndpoint
-    from edge_agent.plan_view import load_agent_plan
     from transport.factory import open_client
     from transport.link import EmulatedLink
 
     config = load_config(args.config, EdgeConfig)
-    plan_dir = config.plan if config.plan.is_absolute() else args.config.parent / config.plan
-    plan = load_agent_plan(plan_dir, config.codec)
+    base = args.config.parent
+    plan = _initial_plan(config, base)
     print(f"device {config.device_id}: plan {plan.plan_id} v{plan.version}, splits {[s.split_id for s in plan.splits]}")
     channel = open_client(config.channel, device_id=config.device_id, limits=config.limits.to_limits(), wait=False)
     link = None
@@ -39,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         channel = link
     agent = EdgeAgent(config, plan, channel)
     agent.start()
+    sync = _start_sync(config, agent, base)
     print(f"hub channel: {config.channel.type} {_where(config.channel)}", flush=True)
     endpoint = None
     if config.endpoint.address:
@@ -53,8 +53,74 @@ def run(args: argparse.Namespace) -> int:
     print("stopping", flush=True)
     if endpoint is not None:
         endpoint.stop()
+    if sync is not None:
+        sync.stop()
+        sync.outbox.close()
     agent.stop()
     return 0
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _initial_plan(config: Any, base: Path) -> Any:
+    """The plan version sync installed last, if any (a restart keeps it), else ``plan:`` from the config."""
+    import dataclasses
+
+    from edge_agent.plan_view import load_agent_plan
+
+    if config.sync is not None:
+        from edge_agent.artifacts import PlanReleases
+
+        current = PlanReleases(_resolve(base, config.sync.plans_dir)).current()
+        if current is not None:
+            manifest, folder = current
+            print(f"plan: synced release {manifest.plan_id} v{manifest.version} in {folder}")
+            return dataclasses.replace(load_agent_plan(folder, config.codec), version=manifest.version)
+    return load_agent_plan(_resolve(base, config.plan), config.codec)
+
+
+def _start_sync(config: Any, agent: Any, base: Path) -> Any:
+    """Outbox, sampling and plan updates over MQTT, when ``sync:`` is configured."""
+    if config.sync is None:
+        return None
+    import dataclasses
+
+    from edge_agent.outbox import Outbox
+    from edge_agent.plan_install import full_model_self_check, make_installer
+    from edge_agent.plan_view import load_agent_plan
+    from edge_agent.sampling import InferenceRecorder
+    from edge_agent.sync import EdgeSync
+
+    def plan_in_use() -> tuple[str, int]:
+        return agent.plan.plan_id, agent.plan.version
+
+    def link() -> tuple[float | None, float | None]:
+        estimate = agent.estimator.snapshot()
+        return estimate.rtt_ms, estimate.bandwidth_mbps
+
+    outbox = Outbox.from_config(config.sync.outbox, device_id=config.device_id, base=base)
+    recorder = InferenceRecorder(outbox, config.sync.sampling, device_id=config.device_id, plan_in_use=plan_in_use)
+    agent.on_result = recorder
+    install = make_installer(
+        lambda folder, manifest: dataclasses.replace(load_agent_plan(folder, config.codec), version=manifest.version),
+        agent.swap_plan,
+        full_model_self_check(lambda: recorder.last_feeds, executor=config.executor),
+    )
+    sync = EdgeSync.from_config(
+        config.sync,
+        outbox,
+        device_id=config.device_id,
+        limits=config.limits.to_limits(),
+        install=install,
+        plan_in_use=plan_in_use,
+        link_estimate=link,
+        plans_dir=_resolve(base, config.sync.plans_dir),
+    )
+    sync.start()
+    print(f"sync: MQTT {config.sync.mqtt.host}:{config.sync.mqtt.port}, outbox {outbox.path}", flush=True)
+    return sync
 
 
 def _where(channel: Any) -> str:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from edge_agent.sync_config import EdgeSyncConfig
 from tandem.config import StrictModel
 from transport.codec import CodecSpec
 from transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig
@@ -98,6 +99,7 @@ class EdgeConfig(StrictModel):
     probe_bytes: int = Field(32_768, ge=0)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     emulation: EmulationConfig = Field(default_factory=EmulationConfig)
+    sync: EdgeSyncConfig | None = Field(None, description="data sync with the hub over MQTT (records, samples, plans)")
 
     @field_validator("codec")
     @classmethod

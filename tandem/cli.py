@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "partitioner.engine",
     "cloud_hub.cli",
     "edge_agent.cli",
+    "tandem.commands.fleet",
     "tandem.commands.check_config",
     "tandem.commands.keys",
     "tandem.commands.loopback",

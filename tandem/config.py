@@ -99,7 +99,7 @@ def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, .
         if fields is not None and part in fields:
             path.append(part)
             if i < len(loc) - 1:
-                current = fields[part].annotation
+                current = _unwrap_optional(fields[part].annotation)
             continue
         member = _union_member(current, part)
         if member is not None:
@@ -109,6 +109,12 @@ def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, .
         current = None
     fields = getattr(parent, "model_fields", None)
     return tuple(path), list(fields) if fields else []
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``Model | None`` -> ``Model``; anything else unchanged."""
+    members = [arg for arg in _union_args(annotation) if arg is not type(None)]
+    return members[0] if len(members) == 1 and getattr(members[0], "model_fields", None) is not None else annotation
 
 
 def _union_member(annotation: Any, tag: Any) -> Any:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,29 +20,12 @@ import yaml
 import zmq
 
 from partitioner.plan import load_plan
+from tests.e2e.conftest import free_port
 from transport.envelope import Envelope, Kind, decode
 from transport.zmq_channel import ZmqClient
 
 pytestmark = pytest.mark.slow
 TANDEM = [sys.executable, "-m", "tandem.cli"]
-
-
-@pytest.fixture(scope="session")
-def mobilenet_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MobileNetV2 partitioned once for the whole session (about 25 s)."""
-    out = tmp_path_factory.mktemp("plan") / "mobilenet_v2"
-    result = subprocess.run(
-        [*TANDEM, "partition", "mobilenet_v2", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

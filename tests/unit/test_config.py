@@ -21,6 +21,7 @@ class Batching(StrictModel):
 
 class Section(StrictModel):
     channel: ChannelConfig = Field(default_factory=ZmqConfig)
+    optional_link: LinkConfig | None = None
     link: LinkConfig = Field(default_factory=LinkConfig)
     batching: Batching = Field(default_factory=Batching)
 
@@ -100,3 +101,9 @@ def test_shipped_example_configs_validate() -> None:
             load_config(path, schema())
             checked += 1
     assert checked >= 1
+
+
+def test_unknown_key_in_an_optional_section_lists_its_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "optional_link: {rtt: 5}\n")
+    with pytest.raises(ConfigError, match=r"optional_link\.rtt: unknown key; did you mean 'rtt_ms'\?"):
+        load_config(path, Section)
