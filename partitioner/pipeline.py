@@ -1,0 +1,723 @@
+"""The partitioner as named steps: load -> analyse -> profile -> costs -> search -> export -> choose -> plan.
+
+:func:`partition` runs them all and writes a plan folder (see
+:mod:`partitioner.plan`); each step is a function of its own so tests and
+benchmarks can run a part of the way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx.utils
+from tqdm import tqdm
+
+import tandem
+from models.registry import get_reference, labelled_samples
+from partitioner.config import PartitionConfig
+from partitioner.costs import CostModel, Link, SplitCost, measure_codecs, seconds_per_byte
+from partitioner.errors import PartitionError
+from partitioner.export import FULL_MODEL, SplitParts, run_split, verify_split, write_full_model, write_split
+from partitioner.graph import ModelGraph, analyse
+from partitioner.plan import (
+    PLAN_FILE,
+    Artifact,
+    Choice,
+    CodecResult,
+    ConstraintsInfo,
+    DeviceInfo,
+    LinkInfo,
+    ModelInfo,
+    Plan,
+    Prediction,
+    SearchInfo,
+    SplitPlan,
+    TensorDesc,
+    artifact_for,
+    save_plan,
+)
+from partitioner.profiling import DeviceProfile, OrtModel, emulation_factor, load_profile, profile_model, spec_times
+from partitioner.search import Limits, candidate_splits, choose, front
+
+__all__ = [
+    "DeviceTimes",
+    "ExportedSplit",
+    "ModelSource",
+    "SearchOutcome",
+    "analyse_model",
+    "build_cost_model",
+    "choose_splits",
+    "export_splits",
+    "load_inputs",
+    "load_source",
+    "partition",
+    "partition_graph",
+    "profile_devices",
+    "search_splits",
+]
+
+Say = Callable[[str], None]
+PLOT_FILE = "latency.png"
+THIS_MACHINE = f"this machine ({platform.machine()} CPU)"
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# --- load and analyse -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The ONNX file to partition, its name and sample inputs (None: generated from the input shapes)."""
+
+    name: str
+    path: Path
+    samples: list[dict[str, np.ndarray]] | None
+    reference: bool
+
+
+def load_inputs(path: Path) -> list[dict[str, np.ndarray]]:
+    """Sample inputs from an ``.npz`` file holding one array per model input."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [{name: np.asarray(data[name]) for name in data.files}]
+    except FileNotFoundError:
+        raise PartitionError(f"{path}: sample inputs file not found") from None
+    except (OSError, ValueError) as exc:
+        raise PartitionError(f"{path}: not a .npz file of input arrays: {exc}") from exc
+
+
+def load_source(model: str, work_dir: Path, *, inputs: Path | None = None, say: Say = _quiet) -> ModelSource:
+    """An ONNX path as it is, or a reference model by name exported into ``work_dir``."""
+    samples = load_inputs(inputs) if inputs is not None else None
+    path = Path(model)
+    if path.suffix.lower() == ".onnx" or path.exists() or "/" in model:
+        return ModelSource(path.stem, path, samples, reference=False)
+    reference = get_reference(model)
+    say(f"exporting reference model {model!r}: {reference.description}")
+    exported = reference.export(work_dir / f"{model}.onnx", 1)
+    return ModelSource(model, exported.path, samples or exported.sample_inputs, reference=True)
+
+
+def analyse_model(source: ModelSource, say: Say = _quiet) -> ModelGraph:
+    """Load, check and analyse the model (see :func:`partitioner.graph.analyse`)."""
+    graph = analyse(source.path, source.samples)
+    say(
+        f"loaded {source.path}: opset {graph.opset}, {len(graph.nodes)} compute nodes "
+        f"({len(graph.constant_nodes)} constant, {len(graph.dead_nodes)} dead left out), "
+        f"{len(graph.tensors)} activations, inputs {list(graph.inputs)}, outputs {list(graph.outputs)}"
+    )
+    return graph
+
+
+# --- node times -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceTimes:
+    """One side's per-node seconds and where they came from."""
+
+    info: DeviceInfo
+    node_seconds: dict[str, float]
+
+
+def _measured(profile: DeviceProfile, role: str) -> DeviceTimes:
+    info = DeviceInfo(
+        role=role,
+        name=THIS_MACHINE,
+        source="measured",
+        detail=f"ONNX Runtime per-node medians of {profile.repetitions} runs on this machine, "
+        f"{profile.threads} thread(s)",
+        total_ms=profile.total_seconds * 1e3,
+        provider=profile.provider,
+        onnxruntime_version=profile.onnxruntime_version,
+    )
+    return DeviceTimes(info, dict(profile.node_seconds))
+
+
+def _from_profile(graph: ModelGraph, path: Path, role: str) -> DeviceTimes:
+    profile = load_profile(path, model_sha256=graph.sha256, model_name=graph.name)
+    seconds = {name: profile.node_seconds.get(name, 0.0) for name in graph.node_names}
+    info = DeviceInfo(
+        role=role,
+        name=profile.device_name,
+        source="profile",
+        detail=f"profile {path} measured on {profile.device_name} on {profile.created}",
+        total_ms=sum(seconds.values()) * 1e3,
+        provider=profile.provider,
+        onnxruntime_version=profile.onnxruntime_version,
+    )
+    return DeviceTimes(info, seconds)
+
+
+def _from_spec(graph: ModelGraph, spec_name: str, precision: str, role: str) -> DeviceTimes:
+    spec, seconds = spec_times(graph, spec_name, precision)
+    info = DeviceInfo(
+        role=role,
+        name=spec.name,
+        source="spec",
+        detail=f"roofline estimate for {spec.title} at {precision} (partitioner/devices.py)",
+        total_ms=sum(seconds.values()) * 1e3,
+    )
+    return DeviceTimes(info, seconds)
+
+
+def _emulated(measured: DeviceProfile, role: str, name: str, factor: float, factor_source: str) -> DeviceTimes:
+    info = DeviceInfo(
+        role=role,
+        name=name,
+        source="emulated",
+        detail=f"this machine's measured node times x {factor:.4g} ({factor_source})",
+        total_ms=measured.total_seconds * factor * 1e3,
+        provider=measured.provider,
+        onnxruntime_version=measured.onnxruntime_version,
+        emulation_factor=factor,
+        factor_source=factor_source,
+    )
+    return DeviceTimes(info, {n: s * factor for n, s in measured.node_seconds.items()})
+
+
+def profile_devices(
+    graph: ModelGraph,
+    config: PartitionConfig,
+    *,
+    measured: DeviceProfile | None = None,
+    progress: bool = True,
+    say: Say = _quiet,
+) -> tuple[DeviceTimes, DeviceTimes]:
+    """Edge and cloud node times, as the config says (measuring here once if either side needs it)."""
+    edge_cfg, cloud_cfg = config.edge, config.cloud
+    if measured is None and (
+        edge_cfg.source in ("emulated", "measured") or cloud_cfg.source in ("measured", "emulated")
+    ):
+        prof = config.profiling
+        measured = profile_model(
+            graph,
+            THIS_MACHINE,
+            repetitions=prof.repetitions,
+            warmup=prof.warmup,
+            threads=prof.threads,
+            progress=progress,
+        )
+        say(
+            f"measured {graph.name} here: {measured.total_seconds * 1e3:.1f} ms per run "
+            f"(median of {prof.repetitions}, {prof.threads} thread(s))"
+        )
+
+    cloud_factor = 1.0
+    if cloud_cfg.source == "emulated" and measured is not None:
+        _, estimate = spec_times(graph, cloud_cfg.spec, cloud_cfg.precision)
+        cloud_factor = sum(estimate.values()) / measured.total_seconds
+        cloud = _emulated(
+            measured,
+            "cloud",
+            cloud_cfg.spec,
+            cloud_factor,
+            f"roofline estimate of {cloud_cfg.spec} at {cloud_cfg.precision} for the whole model "
+            "/ this machine's measured time",
+        )
+    elif cloud_cfg.source == "measured" and measured is not None:
+        cloud = _measured(measured, "cloud")
+    elif cloud_cfg.source == "profile" and cloud_cfg.profile is not None:
+        cloud = _from_profile(graph, cloud_cfg.profile, "cloud")
+    else:
+        cloud = _from_spec(graph, cloud_cfg.spec, cloud_cfg.precision, "cloud")
+
+    if edge_cfg.source == "measured" and measured is not None:
+        edge = _measured(measured, "edge")
+    elif edge_cfg.source == "emulated" and measured is not None:
+        if edge_cfg.emulation_factor is not None:
+            factor, factor_source = edge_cfg.emulation_factor, "config edge.emulation_factor"
+        else:
+            ratio = emulation_factor(graph, edge_cfg.spec, cloud_cfg.spec, edge_cfg.precision)
+            factor = ratio * cloud_factor
+            factor_source = (
+                f"roofline estimate of {edge_cfg.spec} / {cloud_cfg.spec} on this model at {edge_cfg.precision}"
+            )
+            if cloud_cfg.source == "emulated":
+                factor_source += f", times the cloud's factor {cloud_factor:.4g}"
+        edge = _emulated(measured, "edge", edge_cfg.spec, factor, factor_source)
+    elif edge_cfg.source == "profile" and edge_cfg.profile is not None:
+        edge = _from_profile(graph, edge_cfg.profile, "edge")
+    else:
+        edge = _from_spec(graph, edge_cfg.spec, edge_cfg.precision, "edge")
+    say(
+        f"edge: {edge.info.name} [{edge.info.source}] {edge.info.total_ms:.2f} ms; "
+        f"cloud: {cloud.info.name} [{cloud.info.source}] {cloud.info.total_ms:.2f} ms"
+    )
+    return edge, cloud
+
+
+def build_cost_model(
+    graph: ModelGraph, config: PartitionConfig, edge: DeviceTimes, cloud: DeviceTimes, *, progress: bool = True
+) -> CostModel:
+    """Measure every codec on the sample's activations and combine with the node times."""
+    movable = {name: graph.activations[name] for name, t in graph.tensors.items() if t.consumers}
+    codecs = measure_codecs(movable, config.codecs, repetitions=config.profiling.codec_repetitions, progress=progress)
+    return CostModel(
+        graph,
+        edge.node_seconds,
+        cloud.node_seconds,
+        codecs,
+        codec_time_scale=config.edge.codec_time_scale,
+        decode_time_scale=config.cloud.decode_time_scale,
+    )
+
+
+# --- search ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutcome:
+    """Splits to keep (with reasons), the candidates each codec's choice ranges over, and exactness."""
+
+    kept: dict[frozenset[str], list[str]]
+    pool: dict[str, set[frozenset[str]]]
+    exact: bool
+    forced: frozenset[str] | None = None
+    forced_cut: list[str] | None = None
+    candidates: int = 0
+
+
+def limits_of(config: PartitionConfig) -> Limits:
+    """The config's constraints in seconds and bytes."""
+    c = config.constraints
+    return Limits(
+        max_bytes=c.byte_budget,
+        max_edge_s=None if c.max_edge_ms is None else c.max_edge_ms / 1e3,
+        latency_slo_s=None if c.latency_slo_ms is None else c.latency_slo_ms / 1e3,
+    )
+
+
+def _links(config: PartitionConfig) -> list[Link]:
+    return [Link(bw, config.link.rtt_ms / 1e3) for bw in config.link.bandwidths_mbps]
+
+
+def search_splits(costs: CostModel, config: PartitionConfig, *, cut: Sequence[str] | None = None) -> SearchOutcome:
+    """Pareto front per codec from the bandwidth sweep, the choice candidates, and the choice per link."""
+    graph = costs.graph
+    everything, nothing = graph.all_nodes, frozenset[str]()
+    notes: dict[frozenset[str], dict[str, list[str]]] = {nothing: {}, everything: {}}
+
+    def note(split: frozenset[str], kind: str, text: str) -> None:
+        notes.setdefault(split, {}).setdefault(kind, []).append(text)
+
+    limits = limits_of(config)
+    forced: frozenset[str] | None = None
+    if cut:
+        forced = graph.cut_from_tensors(list(cut))
+        note(forced, f"forced with --cut {' '.join(cut)}", "")
+        pool: dict[str, set[frozenset[str]]] = {codec: {forced} for codec in costs.codec_names}
+        exact = False
+    else:
+        sweep = config.search
+        u_low, u_high = seconds_per_byte(sweep.sweep_max_mbps), seconds_per_byte(sweep.sweep_min_mbps)
+        pool = {}
+        exact = True
+        for codec in costs.codec_names:
+            pieces, pareto = front(costs, codec, u_low, u_high)
+            for split in pareto:
+                note(split, "on the Pareto front of edge time and bytes with", codec)
+            for piece in pieces:
+                if piece.edge_nodes in pareto:
+                    note(
+                        piece.edge_nodes,
+                        "least latency before RTT with",
+                        f"{codec} at {8 / piece.u_to / 1e6:.3g}-{8 / piece.u_from / 1e6:.3g} Mbit/s",
+                    )
+            pool[codec], codec_exact = candidate_splits(
+                costs,
+                codec,
+                limits=limits,
+                u_values=[link.seconds_per_byte for link in _links(config)],
+                u_max=seconds_per_byte(1e-3),
+                brute_force_limit=sweep.brute_force_limit,
+            )
+            exact = exact and codec_exact
+    for link in _links(config):
+        chosen = choose(costs, pool, link, limits)
+        if chosen is None:
+            raise PartitionError(_infeasible(graph.name, config))
+        note(chosen.edge_nodes, "chosen (before verification) at", f"{link.bandwidth_mbps:g} Mbit/s")
+    kept = {split: _reasons(split, graph.all_nodes, found) for split, found in notes.items()}
+    distinct = set().union(*pool.values()) | set(kept)
+    return SearchOutcome(
+        kept, pool, exact=exact, forced=forced, forced_cut=list(cut) if cut else None, candidates=len(distinct)
+    )
+
+
+def _reasons(split: frozenset[str], everything: frozenset[str], found: Mapping[str, list[str]]) -> list[str]:
+    reasons = ["cloud-only"] if not split else ["edge-only"] if split == everything else []
+    for kind, items in found.items():
+        reasons.append(f"{kind} {', '.join(items)}".strip())
+    return reasons
+
+
+def _infeasible(name: str, config: PartitionConfig) -> str:
+    c = config.constraints
+    return (
+        f"model {name!r}: no split meets the constraints (byte budget {c.byte_budget} bytes per inference, "
+        f"edge time budget {c.max_edge_ms} ms); relax constraints in the config"
+    )
+
+
+# --- export, verify, accuracy ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportedSplit:
+    """A kept split written to disk, with its verification error and accuracy per codec."""
+
+    split_id: str
+    parts: SplitParts
+    errors: dict[str, float]
+    verified: dict[str, bool]
+    accuracy: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+
+def _split_ids(costs: CostModel, splits: Sequence[frozenset[str]]) -> dict[frozenset[str], str]:
+    everything = costs.graph.all_nodes
+    ordered = sorted(splits, key=lambda s: (costs.edge_time(s), len(s)))
+    ids: dict[frozenset[str], str] = {}
+    number = 0
+    for split in ordered:
+        if not split:
+            ids[split] = "cloud-only"
+        elif split == everything:
+            ids[split] = "edge-only"
+        else:
+            number += 1
+            ids[split] = f"cut-{number:02d}"
+    return ids
+
+
+def _top1(
+    parts: SplitParts,
+    out_dir: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    labels: np.ndarray,
+    codecs: Sequence[str],
+    threads: int,
+) -> dict[str, float]:
+    """Top-1 accuracy per codec; real splits through partitioner.accuracy, one-sided ones directly."""
+    if parts.edge_model and parts.cloud_model and parts.edge_model != parts.cloud_model:
+        from partitioner.accuracy import accuracy_for_codecs
+        from transport.codec import CodecSpec
+
+        results = accuracy_for_codecs(
+            out_dir / parts.edge_model,
+            out_dir / parts.cloud_model,
+            list(samples),
+            [CodecSpec.parse(c) for c in codecs],
+            "top1",
+            labels,
+        )
+        return {codec: results[codec].value for codec in codecs}
+    edge = OrtModel(out_dir / parts.edge_model, threads=threads) if parts.edge_model else None
+    cloud = OrtModel(out_dir / parts.cloud_model, threads=threads) if parts.cloud_model else None
+    scores = {}
+    for codec in codecs:
+        hits = 0
+        for sample, label in zip(samples, labels, strict=True):
+            output = next(iter(run_split(parts, edge, cloud, sample, codec).values()))
+            hits += int(np.argmax(output.reshape(-1)) == int(label))
+        scores[codec] = hits / len(samples)
+    return scores
+
+
+def export_splits(
+    graph: ModelGraph,
+    costs: CostModel,
+    outcome: SearchOutcome,
+    out_dir: Path,
+    config: PartitionConfig,
+    source: ModelSource,
+    *,
+    progress: bool = True,
+    say: Say = _quiet,
+) -> dict[frozenset[str], ExportedSplit]:
+    """Write model.onnx and every kept split's parts; verify each with every codec; measure accuracy if labelled."""
+    write_full_model(graph, out_dir)
+    ids = _split_ids(costs, list(outcome.kept))
+    verification = config.verification
+    samples = graph.samples[: verification.max_samples]
+    full = OrtModel(out_dir / FULL_MODEL, threads=config.profiling.threads)
+    expected = [full.run(sample) for sample in samples]
+    labelled = None
+    if config.accuracy.enabled and source.reference:
+        labelled = labelled_samples(source.name, config.accuracy.samples)
+    extractor = onnx.utils.Extractor(graph.model)
+    exported: dict[frozenset[str], ExportedSplit] = {}
+    for split in tqdm(
+        sorted(outcome.kept, key=lambda s: ids[s]), desc="exporting splits", unit="split", disable=not progress
+    ):
+        split_id = ids[split]
+        parts = write_split(graph, split_id, split, out_dir, extractor)
+        errors = verify_split(
+            parts, out_dir, samples, expected, config.codecs, verification.raw, config.profiling.threads
+        )
+        verified = {codec: errors[codec] <= verification.tolerance(codec) for codec in config.codecs}
+        accuracy: dict[str, float] = {}
+        if labelled is not None:
+            accuracy = _top1(
+                parts, out_dir, labelled[0], labelled[1], ["raw", *config.codecs], config.profiling.threads
+            )
+            for codec in config.codecs:
+                if accuracy[codec] < accuracy["raw"] - config.accuracy.max_drop:
+                    verified[codec] = False
+        exported[split] = ExportedSplit(split_id, parts, errors, verified, accuracy, outcome.kept[split])
+        passed = [c for c in config.codecs if verified[c]]
+        say(
+            f"split {split_id}: {len(split)} edge nodes, crossing {list(parts.crossing)[:4]}"
+            f"{'...' if len(parts.crossing) > 4 else ''}; raw error {errors['raw']:.2g}; verified codecs {passed}"
+        )
+    return exported
+
+
+# --- choose and write the plan --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkChoice:
+    """The verified choice on one link, with edge-only and cloud-only for comparison."""
+
+    link: Link
+    split: frozenset[str]
+    codec: str
+    cost: SplitCost
+    meets_slo: bool | None
+    edge_only: SplitCost
+    cloud_only: tuple[str, SplitCost] | None
+
+
+def choose_splits(
+    costs: CostModel, outcome: SearchOutcome, exported: Mapping[frozenset[str], ExportedSplit], config: PartitionConfig
+) -> list[LinkChoice]:
+    """For each configured link: the best exported split and verified codec within the constraints."""
+    limits = limits_of(config)
+    pool = {
+        codec: [s for s in exported if outcome.forced is None or s == outcome.forced] for codec in costs.codec_names
+    }
+
+    def allowed(split: frozenset[str], codec: str) -> bool:
+        return split in exported and exported[split].verified.get(codec, False)
+
+    choices = []
+    everything, nothing = costs.graph.all_nodes, frozenset[str]()
+    for link in _links(config):
+        chosen = choose(costs, pool, link, limits, allowed)
+        if chosen is None:
+            raise PartitionError(_infeasible(costs.graph.name, config) + " with a verified codec")
+        cloud_only = choose(costs, {c: [nothing] for c in costs.codec_names}, link, Limits(), allowed)
+        choices.append(
+            LinkChoice(
+                link,
+                chosen.edge_nodes,
+                chosen.codec,
+                chosen.cost,
+                chosen.meets_slo,
+                costs.cost(everything, costs.codec_names[0], link),
+                None if cloud_only is None else (cloud_only.codec, cloud_only.cost),
+            )
+        )
+    return choices
+
+
+def _tensor(graph: ModelGraph, name: str) -> TensorDesc:
+    tensor = graph.tensors[name]
+    return TensorDesc(name=name, dtype=tensor.dtype, shape=list(tensor.shape))
+
+
+def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) -> SplitPlan:
+    graph, split, parts = costs.graph, item.parts.edge_nodes, item.parts
+    kind = "cloud-only" if not split else "edge-only" if split == graph.all_nodes else "split"
+    link0 = Link(1.0, config.link.rtt_ms / 1e3)
+    results = []
+    for codec in costs.codec_names:
+        cost = costs.cost(split, codec, link0)
+        results.append(
+            CodecResult(
+                codec=codec,
+                wire_bytes=cost.wire_bytes,
+                encode_ms=cost.encode_s * 1e3,
+                decode_ms=cost.decode_s * 1e3,
+                max_error=item.errors.get(codec),
+                tolerance=config.verification.tolerance(codec),
+                verified=item.verified[codec],
+                accuracy=item.accuracy.get(codec),
+            )
+        )
+    predicted = [
+        Prediction(
+            bandwidth_mbps=link.bandwidth_mbps, codec=codec, latency_ms=costs.cost(split, codec, link).total_s * 1e3
+        )
+        for link in _links(config)
+        for codec in costs.codec_names
+        if item.verified[codec]
+    ]
+    return SplitPlan(
+        id=item.split_id,
+        kind=kind,
+        edge_nodes=len(split),
+        edge_model=parts.edge_model,
+        cloud_model=parts.cloud_model,
+        edge_inputs=list(parts.edge_inputs),
+        crossing=[_tensor(graph, n) for n in parts.crossing],
+        edge_outputs=list(parts.edge_outputs),
+        cloud_outputs=list(parts.cloud_outputs),
+        edge_ms=costs.edge_time(split) * 1e3,
+        cloud_ms=costs.cloud_time(split) * 1e3,
+        raw_bytes=costs.raw_bytes(split),
+        result_bytes=costs.result_bytes(split),
+        codecs=results,
+        predicted=predicted,
+        reasons=item.reasons,
+    )
+
+
+def build_plan(
+    source: ModelSource,
+    costs: CostModel,
+    edge: DeviceTimes,
+    cloud: DeviceTimes,
+    outcome: SearchOutcome,
+    exported: Mapping[frozenset[str], ExportedSplit],
+    choices: Sequence[LinkChoice],
+    config: PartitionConfig,
+    artifacts: Sequence[Artifact],
+) -> Plan:
+    """Assemble the :class:`Plan`."""
+    graph = costs.graph
+    splits = sorted(exported.values(), key=lambda item: (costs.edge_time(item.parts.edge_nodes), item.split_id))
+    content = hashlib.sha256()
+    content.update(graph.sha256.encode())
+    content.update(repr((edge.info, cloud.info, config.model_dump(mode="json"))).encode())
+    for item in splits:
+        content.update(repr(sorted(item.parts.edge_nodes)).encode())
+    c = config.constraints
+    method = "s-t min cut (DADS), exact parametric bandwidth sweep per codec; Pareto front of edge time and bytes"
+    if outcome.forced is not None:
+        method = "cut forced with --cut; edge-only and cloud-only for comparison"
+    elif limits_of(config).active:
+        method += "; constraints applied " + (
+            "over every split (all enumerated)" if outcome.exact else "over Lagrangian candidates (not proven optimal)"
+        )
+    sweep = config.search
+    return Plan(
+        plan_id=f"{source.name}-{content.hexdigest()[:12]}",
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        tandem_version=tandem.__version__,
+        model=ModelInfo(
+            name=source.name,
+            sha256=graph.sha256,
+            path=FULL_MODEL,
+            opset=graph.opset,
+            nodes=len(graph.nodes),
+            inputs=[_tensor(graph, n) for n in graph.inputs],
+            outputs=[_tensor(graph, n) for n in graph.outputs],
+        ),
+        edge=edge.info,
+        cloud=cloud.info,
+        link=LinkInfo(bandwidths_mbps=list(config.link.bandwidths_mbps), rtt_ms=config.link.rtt_ms),
+        codecs=list(costs.codec_names),
+        constraints=ConstraintsInfo(
+            max_bytes_per_inference=c.byte_budget, max_edge_ms=c.max_edge_ms, latency_slo_ms=c.latency_slo_ms
+        ),
+        search=SearchInfo(
+            method=method,
+            exact=outcome.exact,
+            sweep_mbps=[sweep.sweep_min_mbps, sweep.sweep_max_mbps],
+            candidates=outcome.candidates,
+            forced_cut=outcome.forced_cut,
+        ),
+        splits=[_split_plan(costs, item, config) for item in splits],
+        choices=[
+            Choice(
+                bandwidth_mbps=ch.link.bandwidth_mbps,
+                split=exported[ch.split].split_id,
+                codec=ch.codec,
+                latency_ms=ch.cost.total_s * 1e3,
+                wire_bytes=ch.cost.wire_bytes,
+                edge_only_ms=ch.edge_only.total_s * 1e3,
+                cloud_only_ms=None if ch.cloud_only is None else ch.cloud_only[1].total_s * 1e3,
+                cloud_only_codec=None if ch.cloud_only is None else ch.cloud_only[0],
+                meets_slo=ch.meets_slo,
+            )
+            for ch in choices
+        ],
+        artifacts=list(artifacts),
+    )
+
+
+def partition(
+    model: str,
+    out_dir: str | Path,
+    config: PartitionConfig | None = None,
+    *,
+    cut: Sequence[str] | None = None,
+    inputs: Path | None = None,
+    progress: bool = True,
+    say: Say = _quiet,
+) -> Plan:
+    """Partition an ONNX file or a reference model (by name) and write the plan folder ``out_dir``."""
+    with tempfile.TemporaryDirectory(prefix="tandem-partition-") as work:
+        source = load_source(model, Path(work), inputs=inputs, say=say)
+        graph = analyse_model(source, say)
+        return partition_graph(source, graph, out_dir, config, cut=cut, progress=progress, say=say)
+
+
+def partition_graph(
+    source: ModelSource,
+    graph: ModelGraph,
+    out_dir: str | Path,
+    config: PartitionConfig | None = None,
+    *,
+    cut: Sequence[str] | None = None,
+    measured: DeviceProfile | None = None,
+    progress: bool = True,
+    say: Say = _quiet,
+) -> Plan:
+    """The steps after analysis: profile, price, search, export and verify, choose, plot, write the plan.
+
+    ``measured`` is a profile of this machine to use instead of measuring again. A previous plan in
+    ``out_dir`` (plan.yaml, model.onnx, splits/, the plot) is replaced.
+    """
+    from partitioner.plot import plot_plan
+
+    config = config or PartitionConfig()
+    if cut:
+        graph.cut_from_tensors(list(cut))  # a bad cut fails before any profiling
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLAN_FILE).unlink(missing_ok=True)
+    shutil.rmtree(out / "splits", ignore_errors=True)
+    edge, cloud = profile_devices(graph, config, measured=measured, progress=progress, say=say)
+    costs = build_cost_model(graph, config, edge, cloud, progress=progress)
+    outcome = search_splits(costs, config, cut=cut)
+    say(
+        f"search: {outcome.candidates} candidate splits priced, {len(outcome.kept)} kept "
+        f"({'exact' if outcome.exact else 'not proven optimal under constraints'})"
+    )
+    exported = export_splits(graph, costs, outcome, out, config, source, progress=progress, say=say)
+    choices = choose_splits(costs, outcome, exported, config)
+    relative = [FULL_MODEL]
+    for item in sorted(exported.values(), key=lambda item: item.split_id):
+        relative += [p for p in (item.parts.edge_model, item.parts.cloud_model) if p and p != FULL_MODEL]
+    draft = build_plan(source, costs, edge, cloud, outcome, exported, choices, config, [])
+    plot_plan(draft, out / PLOT_FILE)
+    relative.append(PLOT_FILE)
+    plan = draft.model_copy(update={"artifacts": [artifact_for(out, rel) for rel in dict.fromkeys(relative)]})
+    path = save_plan(plan, out)
+    say(f"wrote {path} ({len(plan.splits)} splits) and {out / PLOT_FILE}")
+    return plan
