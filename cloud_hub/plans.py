@@ -36,7 +36,7 @@ def load_tails(plan_dir: Path, executor: ExecutorConfig) -> list[Tail]:
         loaded = _open(executor, path)
         if not loaded.batchable:
             loaded = _batchable_variant(executor, path, loaded)
-        tails.append(Tail(plan.plan_id, getattr(plan, "version", 1), split.id, loaded))
+        tails.append(Tail(plan.plan_id, plan.version, split.id, loaded))
     return tails
 
 
@@ -55,16 +55,16 @@ def _batchable_variant(config: ExecutorConfig, path: Path, static: Executor) -> 
     for value in (*model.graph.input, *model.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     del model.graph.value_info[:]
-    dynamic_path = Path(tempfile.mkdtemp(prefix="tandem-hub-")) / f"{path.stem}.batch.onnx"
-    onnx.save(model, str(dynamic_path))
-    try:
-        dynamic = _open(config, dynamic_path)
-        if _agrees(static, dynamic):
-            logger.info("%s: serving with a dynamic batch dimension", path)
-            return dynamic
-    except ExecutorError as exc:
-        logger.info("%s: keeps its fixed batch (%s)", path, exc)
-    dynamic_path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tandem-hub-") as work:
+        dynamic_path = Path(work) / f"{path.stem}.batch.onnx"
+        onnx.save(model, str(dynamic_path))
+        try:
+            dynamic = _open(config, dynamic_path)  # the session holds the model; the file can go
+            if _agrees(static, dynamic):
+                logger.info("%s: serving with a dynamic batch dimension", path)
+                return dynamic
+        except ExecutorError as exc:
+            logger.info("%s: keeps its fixed batch (%s)", path, exc)
     return static
 
 

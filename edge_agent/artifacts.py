@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.hashing import file_sha256
 from transport.envelope import Envelope, Kind, new_request_id
 
 __all__ = [
@@ -77,15 +78,6 @@ class ArtifactRejected(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def safe_name(text: str) -> str:

@@ -81,7 +81,7 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
         )
     return AgentPlan(
         plan_id=plan.plan_id,
-        version=getattr(plan, "version", 1),
+        version=plan.version,
         input_names=tuple(t.name for t in plan.model.inputs),
         output_names=tuple(t.name for t in plan.model.outputs),
         full_model=plan_dir / plan.model.path,

@@ -45,6 +45,7 @@ def register(subparsers: Any) -> None:
     partition.add_argument("--edge-profile", type=Path, help="edge node times from `tandem profile` on the device")
     partition.add_argument("--cloud-profile", type=Path, help="cloud node times from `tandem profile`")
     partition.add_argument("--no-progress", action="store_true", help="no progress bars")
+    partition.add_argument("--plan-version", type=int, default=1, help="version recorded in plan.yaml (default 1)")
     partition.set_defaults(func=run_partition)
 
     profile = subparsers.add_parser(
@@ -76,6 +77,7 @@ def run_partition(args: argparse.Namespace) -> int:
     """Handler of ``tandem partition``."""
     from partitioner.config import PartitionConfig
     from partitioner.pipeline import partition
+    from partitioner.plan import save_plan
 
     try:
         config = load_config(args.config, PartitionConfig) if args.config else PartitionConfig()
@@ -90,6 +92,9 @@ def run_partition(args: argparse.Namespace) -> int:
         plan = partition(
             args.model, args.out, config, cut=args.cut, inputs=args.inputs, progress=not args.no_progress, say=print
         )
+        if args.plan_version != plan.version:
+            plan = plan.model_copy(update={"version": args.plan_version})
+            save_plan(plan, args.out)
     except (PartitionError, ConfigError) as exc:
         return _fail("partition", exc)
     print(format_plan(plan))

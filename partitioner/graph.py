@@ -40,6 +40,7 @@ from onnx import TensorProto, helper, shape_inference
 
 from partitioner.errors import PartitionError
 from partitioner.flops import ensure_node_names
+from tandem.hashing import file_sha256
 
 __all__ = [
     "InvalidCut",
@@ -262,15 +263,6 @@ class ModelGraph:
 
 
 # --- loading --------------------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @cache

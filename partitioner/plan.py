@@ -30,8 +30,8 @@ import yaml
 from pydantic import ConfigDict, Field
 
 from partitioner.errors import PartitionError
-from partitioner.graph import file_sha256
 from tandem.config import ConfigError, StrictModel, load_config
+from tandem.hashing import file_sha256
 
 __all__ = [
     "PLAN_FILE",
@@ -292,6 +292,8 @@ class Plan(PlanModel):
     """Format tag."""
     plan_id: str
     """Identifier: model name and a hash of the plan's content."""
+    version: int = Field(1, ge=1)
+    """Version of the plan, set with `tandem partition --plan-version`; the hub publishes it and agents report it."""
     created: str
     """UTC creation time, ISO 8601."""
     tandem_version: str
