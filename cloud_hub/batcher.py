@@ -1,7 +1,9 @@
 """Dynamic batching of requests for one cloud part (one plan split).
 
-A worker thread takes the first waiting request, waits up to
-``max_queue_delay_ms`` for more (up to ``max_batch_size``), concatenates their
+A worker thread takes the first waiting request and, when others are
+queueing (the last batch had company, or more requests are already waiting),
+waits up to ``max_queue_delay_ms`` for more (up to ``max_batch_size``); under
+light load it runs at once. It concatenates the batch's
 inputs along the batch axis, runs the executor once and hands each request
 its own slice of the outputs. A model with a static batch dimension is run one
 request at a time.
@@ -70,6 +72,7 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self._finish = finish
         self._queue: queue.Queue[Pending] = queue.Queue()
+        self._last_batch_size = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{tail.split_id}", daemon=True)
         if max_batch_size > 1 and not tail.executor.batchable:
@@ -106,6 +109,10 @@ class Batcher:
 
     def _gather(self, first: Pending) -> list[Pending]:
         batch = [first]
+        if self._last_batch_size <= 1 and self._queue.empty():
+            # Light load: nobody else is waiting, so waiting for company only adds latency.
+            self._last_batch_size = 1
+            return batch
         until = time.perf_counter() + self.max_delay_s
         while len(batch) < self.max_batch_size:
             remaining = until - time.perf_counter()
@@ -113,6 +120,7 @@ class Batcher:
                 batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
             except queue.Empty:
                 break
+        self._last_batch_size = len(batch)
         return batch
 
     def _run(self, batch: list[Pending]) -> None:
