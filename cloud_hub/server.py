@@ -21,8 +21,9 @@ from cloud_hub.metrics import HubMetrics
 from transport.channel import Channel
 from transport.codec import CodecSpec
 from transport.envelope import Envelope, Kind
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+from transport.errors import ChannelError, ProtocolError
 from transport.factory import open_server
+from transport.serve import receive_forever
 
 __all__ = ["Hub"]
 
@@ -90,24 +91,16 @@ class Hub:
         return [str(getattr(c, "address", type(c).__name__)) for c in self.channels]
 
     def _receive(self, channel: Channel) -> None:
-        while not self._stop.is_set():
-            try:
-                envelope = channel.recv(timeout=0.2)
-            except ChannelTimeout:
-                continue
-            except ProtocolError as exc:
-                self._reject_malformed(channel, exc)
-                continue
-            except ChannelClosed:
-                return
-            except ChannelError as exc:
-                logger.warning("receive failed: %s", exc)
-                continue
-            try:
-                self._handle(channel, envelope)
-            except Exception:  # one bad message must never end the receive loop
-                logger.exception("unexpected failure handling %s from %s", envelope.kind.value, envelope.sender)
-                self._error(channel, envelope, "internal", "the hub failed on this message; see its log")
+        receive_forever(
+            channel,
+            self._stop,
+            on_message=lambda envelope: self._handle(channel, envelope),
+            on_rejected=lambda exc: self._reject_malformed(channel, exc),
+            on_failure=lambda envelope, _: self._error(
+                channel, envelope, "internal", "the hub failed on this message; see its log"
+            ),
+            logger=logger,
+        )
 
     def _handle(self, channel: Channel, envelope: Envelope) -> None:
         self.metrics.last_seen.labels(envelope.device_id or str(envelope.sender)).set(time.time())

@@ -43,7 +43,8 @@ from cloud_hub.sync_config import HubSyncConfig
 from edge_agent.artifacts import PlanManifest, chunk_reply, scan_plan_dir
 from transport.channel import Channel
 from transport.envelope import Envelope, Kind, Limits, unpack
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+from transport.errors import ChannelError, ProtocolError
+from transport.serve import receive_forever
 
 __all__ = ["HubSync", "open_hub_sync_channel"]
 
@@ -57,24 +58,8 @@ def open_hub_sync_channel(config: HubSyncConfig, *, limits: Limits = Limits(), *
     """The hub's sync channel: an MQTT server with a fixed client id (persistent session), shared group if set."""
     from transport.mqtt_channel import MqttServer
 
-    mqtt = config.mqtt
-    return MqttServer(
-        host=mqtt.host,
-        port=mqtt.port,
-        topic_prefix=mqtt.topic_prefix,
-        shared_group=mqtt.shared_group,
-        client_id=mqtt.client_id or f"tandem-hub-sync-{config.replica_id}",
-        username=mqtt.username,
-        password=mqtt.password,
-        keepalive_s=mqtt.keepalive_s,
-        tls=mqtt.tls,
-        qos=mqtt.qos,
-        max_payload_bytes=mqtt.max_payload_bytes,
-        session_expiry_s=mqtt.session_expiry_s,
-        connect_timeout_s=mqtt.connect_timeout_s,
-        limits=limits,
-        **options,
-    )
+    mqtt = config.mqtt.model_copy(update={"client_id": config.mqtt.client_id or f"tandem-hub-sync-{config.replica_id}"})
+    return MqttServer.from_config(mqtt, limits=limits, **options)
 
 
 class HubSync:
@@ -213,24 +198,16 @@ class HubSync:
         channel = self.channel
         if channel is None:
             return
-        while not self._stop.is_set():
-            try:
-                envelope = channel.recv(timeout=0.2)
-            except ChannelTimeout:
-                continue
-            except ProtocolError as exc:
-                self._reject_message(channel, exc)
-                continue
-            except ChannelClosed:
-                return
-            except ChannelError as exc:
-                logger.warning("hub sync: receive failed: %s", exc)
-                continue
-            try:
-                self._handle(channel, envelope)
-            except Exception:  # one bad message must never end the receive loop
-                logger.exception("hub sync: failed on a %s message from %s", envelope.kind.value, envelope.sender)
-                self._reply_error(channel, envelope, "internal", "the hub failed on this message; see its log")
+        receive_forever(
+            channel,
+            self._stop,
+            on_message=lambda envelope: self._handle(channel, envelope),
+            on_rejected=lambda exc: self._reject_message(channel, exc),
+            on_failure=lambda envelope, _: self._reply_error(
+                channel, envelope, "internal", "the hub failed on this message; see its log"
+            ),
+            logger=logger,
+        )
 
     def _handle(self, channel: Channel, envelope: Envelope) -> None:
         device = str(envelope.sender or envelope.device_id)

@@ -35,7 +35,8 @@ from tandem.executors import Executor, open_executor
 from transport.channel import Channel
 from transport.codec import CodecSpec
 from transport.envelope import Envelope, Kind
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+from transport.errors import ChannelError
+from transport.serve import receive_forever
 
 __all__ = ["EdgeAgent", "InferenceResult"]
 
@@ -331,17 +332,13 @@ class EdgeAgent:
         self._failures = 0
 
     def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                envelope = self.channel.recv(timeout=0.2)
-            except ChannelTimeout:
-                continue
-            except ChannelClosed:
-                return
-            except (ProtocolError, ChannelError) as exc:
-                logger.warning("dropped a message from the hub: %s", exc)
-                continue
-            self._dispatch(envelope)
+        receive_forever(
+            self.channel,
+            self._stop,
+            on_message=self._dispatch,
+            on_rejected=lambda exc: logger.warning("dropped a message from the hub: %s", exc),
+            logger=logger,
+        )
 
     def _dispatch(self, envelope: Envelope) -> None:
         if envelope.kind is Kind.HEARTBEAT:

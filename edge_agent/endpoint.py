@@ -18,7 +18,8 @@ import numpy as np
 from edge_agent.agent import EdgeAgent
 from tandem.executors import ExecutorError
 from transport.envelope import Envelope, Kind, Limits
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+from transport.errors import ChannelError, ProtocolError
+from transport.serve import receive_forever
 from transport.zmq_channel import ZmqClient, ZmqServer
 
 __all__ = ["LocalClient", "LocalEndpoint"]
@@ -50,19 +51,21 @@ class LocalEndpoint:
         self.server.close()
 
     def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                request = self.server.recv(timeout=0.2)
-            except ChannelTimeout:
-                continue
-            except ChannelClosed:
-                return
-            except ProtocolError as exc:
-                if exc.sender:
-                    error = Envelope(kind=Kind.ERROR, request_id=exc.request_id or "")
-                    self._reply(error, exc.sender, code=exc.code, message=str(exc), field=exc.field)
-                continue
-            self._pool.submit(self._answer, request)
+        receive_forever(
+            self.server,
+            self._stop,
+            on_message=self._submit,
+            on_rejected=self._reject,
+            logger=logger,
+        )
+
+    def _submit(self, request: Envelope) -> None:
+        self._pool.submit(self._answer, request)
+
+    def _reject(self, exc: ProtocolError) -> None:
+        if exc.sender:
+            error = Envelope(kind=Kind.ERROR, request_id=exc.request_id or "")
+            self._reply(error, exc.sender, code=exc.code, message=str(exc), field=exc.field)
 
     def _answer(self, request: Envelope) -> None:
         if request.kind is not Kind.ACTIVATION:

@@ -69,25 +69,8 @@ def open_sync_channel(config: EdgeSyncConfig, device_id: str, *, limits: Limits 
     """The sync channel: an MQTT client with a fixed client id (a persistent session) and the fleet groups."""
     from transport.mqtt_channel import MqttClient
 
-    mqtt = config.mqtt
-    return MqttClient(
-        device_id=device_id,
-        host=mqtt.host,
-        port=mqtt.port,
-        topic_prefix=mqtt.topic_prefix,
-        client_id=mqtt.client_id or f"tandem-sync-{device_id}",
-        username=mqtt.username,
-        password=mqtt.password,
-        keepalive_s=mqtt.keepalive_s,
-        tls=mqtt.tls,
-        qos=mqtt.qos,
-        max_payload_bytes=mqtt.max_payload_bytes,
-        session_expiry_s=mqtt.session_expiry_s,
-        connect_timeout_s=mqtt.connect_timeout_s,
-        limits=limits,
-        groups=config.groups,
-        **options,
-    )
+    mqtt = config.mqtt.model_copy(update={"client_id": config.mqtt.client_id or f"tandem-sync-{device_id}"})
+    return MqttClient.from_config(mqtt, device_id=device_id, limits=limits, groups=config.groups, **options)
 
 
 @dataclass

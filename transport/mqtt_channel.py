@@ -338,9 +338,7 @@ class _MqttChannel(Channel):
 
     def _make_client(self, reconnect_min_s: float, reconnect_max_s: float, max_queued: int) -> paho.Client:
         config = self._config
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5)
         client.enable_logger(_paho_log)
         client.connect_timeout = config.connect_timeout_s
         client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]  # floats work
@@ -374,7 +372,11 @@ class _MqttChannel(Channel):
         scheme = "mqtts" if config.tls else "mqtt"
         log.info(
             "MQTT %s %s connecting to %s://%s (session expiry %d s)",
-            self._role, self.client_id, scheme, self._where, config.session_expiry_s,
+            self._role,
+            self.client_id,
+            scheme,
+            self._where,
+            config.session_expiry_s,
         )
         try:
             self._client.connect(
@@ -519,9 +521,11 @@ class MqttServer(_MqttChannel):
         )
 
     @classmethod
-    def from_config(cls, config: MqttConfig, *, device_id: str | None = None, limits: Limits = Limits()) -> MqttServer:
+    def from_config(
+        cls, config: MqttConfig, *, device_id: str | None = None, limits: Limits = Limits(), **options: Any
+    ) -> MqttServer:
         """A hub channel as ``config`` says (``device_id`` is not used by the hub)."""
-        return cls(**_config_kwargs(config), shared_group=config.shared_group, limits=limits)
+        return cls(**_config_kwargs(config), shared_group=config.shared_group, limits=limits, **options)
 
     def send(self, envelope: Envelope, *, to: str | None = None) -> None:
         """Publish ``envelope`` on ``{prefix}/{to}/down/{kind}``; ``to`` is required."""
@@ -632,11 +636,12 @@ class MqttClient(_MqttChannel):
         device_id: str | None = None,
         limits: Limits = Limits(),
         groups: Sequence[str] = (),
+        **options: Any,
     ) -> MqttClient:
         """An edge channel for ``device_id`` (and its fleet ``groups``) as ``config`` says."""
         if not device_id:
             raise ValueError("MqttClient.from_config needs device_id: the edge publishes on <prefix>/<device>/up/...")
-        return cls(device_id=device_id, **_config_kwargs(config), limits=limits, groups=groups)
+        return cls(device_id=device_id, **_config_kwargs(config), limits=limits, groups=groups, **options)
 
     def send(self, envelope: Envelope, *, to: str | None = None) -> None:
         """Publish ``envelope`` on ``{prefix}/{device_id}/up/{kind}`` (``to`` is ignored: the hub is the peer)."""

@@ -1,0 +1,51 @@
+"""The receive loop every long-running component runs on a channel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from transport.channel import Channel
+from transport.envelope import Envelope
+from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+
+__all__ = ["receive_forever"]
+
+
+def receive_forever(
+    channel: Channel,
+    stop: threading.Event,
+    *,
+    on_message: Callable[[Envelope], None],
+    on_rejected: Callable[[ProtocolError], None],
+    on_failure: Callable[[Envelope, Exception], None] | None = None,
+    logger: logging.Logger,
+    poll_s: float = 0.2,
+) -> None:
+    """Hand each envelope to ``on_message`` until ``stop`` is set or the channel closes.
+
+    A message that fails validation goes to ``on_rejected`` (its ``sender`` says
+    whom to answer). A handler that raises is logged and reported to
+    ``on_failure``; it never ends the loop, so one bad message cannot stop a
+    server.
+    """
+    while not stop.is_set():
+        try:
+            envelope = channel.recv(timeout=poll_s)
+        except ChannelTimeout:
+            continue
+        except ProtocolError as exc:
+            on_rejected(exc)
+            continue
+        except ChannelClosed:
+            return
+        except ChannelError as exc:
+            logger.warning("receive failed: %s", exc)
+            continue
+        try:
+            on_message(envelope)
+        except Exception as exc:  # one bad message must never end the receive loop
+            logger.exception("failed on a %s message from %s", envelope.kind.value, envelope.sender)
+            if on_failure is not None:
+                on_failure(envelope, exc)
