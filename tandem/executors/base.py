@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorError", "TensorInfo", "open_executor"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "TensorInfo", "engine_for", "open_executor"]
 
 # name -> "module:Class"; add a line (and a file) to add an executor.
 EXECUTORS = {
@@ -65,12 +65,35 @@ class Executor(ABC):
         return f"{self.name} {self.path.name}"
 
 
+def engine_for(onnx_path: Path) -> Path | None:
+    """The TensorRT engine `tandem build-engine` made for ``onnx_path`` on this TensorRT and GPU, if any.
+
+    Engines sit beside the ONNX file as ``<stem>.<precision>.trt<version>.<gpu>.engine``;
+    fp16 is preferred over int8 and fp32 when several were built.
+    """
+    from partitioner.engine import engine_file_name
+
+    for precision in ("fp16", "int8", "fp32"):
+        candidate = onnx_path.with_name(engine_file_name(onnx_path.stem, precision))
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def open_executor(name: str, path: str | Path, **options: Any) -> Executor:
-    """Load ``path`` with the executor called ``name`` (``auto``, ``onnxruntime``, ``tensorrt``)."""
+    """Load ``path`` with the executor called ``name`` (``auto``, ``onnxruntime``, ``tensorrt``).
+
+    ``auto`` runs an engine built for an ONNX file on this device when TensorRT
+    is available (see :func:`engine_for`), and ONNX Runtime otherwise.
+    """
     if name == "auto":
         from tandem.executors.tensorrt_executor import tensorrt_ready
 
-        name = "tensorrt" if tensorrt_ready() and Path(path).suffix in (".engine", ".plan") else "onnxruntime"
+        engine = engine_for(Path(path)) if tensorrt_ready() else None
+        if engine is not None:
+            path, name = engine, "tensorrt"
+        else:
+            name = "tensorrt" if tensorrt_ready() and Path(path).suffix in (".engine", ".plan") else "onnxruntime"
     if name not in EXECUTORS:
         raise ExecutorError(f"unknown executor {name!r}; known: auto, {', '.join(EXECUTORS)}")
     if name != "onnxruntime":
