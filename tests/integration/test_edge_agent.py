@@ -93,6 +93,14 @@ def agent_for(plan: AgentPlan, port: int, **overrides: object) -> EdgeAgent:
     return EdgeAgent(config, plan, channel)
 
 
+def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def running(toy_plan: tuple[AgentPlan, Path]) -> Iterator[tuple[EdgeAgent, Hub, int]]:
     plan, tail = toy_plan
@@ -100,17 +108,10 @@ def running(toy_plan: tuple[AgentPlan, Path]) -> Iterator[tuple[EdgeAgent, Hub, 
     hub = start_hub(tail, port)
     agent = agent_for(plan, port)
     agent.start()
+    wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)  # connected: a heartbeat came back
     yield agent, hub, port
     agent.stop()
     hub.stop()
-
-
-def wait_until(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def test_split_inference_equals_the_full_model(running: tuple[EdgeAgent, Hub, int]) -> None:
@@ -149,6 +150,7 @@ def test_hub_refusal_falls_back_and_names_the_reason(toy_plan: tuple[AgentPlan, 
     wrong = AgentPlan("other-plan", 1, plan.input_names, plan.output_names, plan.full_model, plan.splits)
     agent = agent_for(wrong, port)
     with agent:
+        wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
         result = agent.infer(np.ones((1, 4), np.float32))
     hub.stop()
     assert result.source == "fallback" and result.degraded
