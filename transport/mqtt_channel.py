@@ -108,6 +108,7 @@ import queue
 import secrets
 import socket
 import threading
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -315,9 +316,9 @@ class _MqttChannel(Channel):
         except Exception:  # an exception here would end paho's network thread
             log.exception("MQTT %s %s: dropped a message on %r", self._role, self.client_id, message.topic)
 
+    @abstractmethod
     def _parse_topic(self, topic: str) -> tuple[str, str]:
         """(device, kind) from a topic of this channel's subscription."""
-        raise NotImplementedError
 
     def _on_chunk(self) -> None:
         """Called for each chunk received, before reassembly."""

@@ -61,6 +61,7 @@ import select
 import socket
 import threading
 import time
+from abc import abstractmethod
 from pathlib import Path
 from typing import cast
 
@@ -239,11 +240,13 @@ class _ZmqChannel(Channel):
         if self._closed:
             raise ChannelClosed(f"{type(self).__name__} {self._address} is closed")
 
+    @abstractmethod
     def _split(self, frames: list[zmq.Frame]) -> tuple[str, list[Buffer]]:
-        raise NotImplementedError
+        """(sender, tensor frames) of a received multipart message."""
 
+    @abstractmethod
     def _send_error(self, exc: zmq.ZMQError, to: str | None) -> ChannelError:
-        raise NotImplementedError
+        """The Tandem error for a failed send to ``to``."""
 
 
 def _as_zmq_frame(frame: Buffer) -> Buffer | zmq.Frame:
