@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import EdgeConfig
-from edge_agent.link_estimator import LinkEstimator
+from edge_agent.link_estimator import LinkEstimate, LinkEstimator
 from edge_agent.plan_gate import PlanGate
 from edge_agent.plan_view import AgentPlan, SplitOption
 from edge_agent.selector import SplitSelector
@@ -160,7 +160,7 @@ class EdgeAgent:
         logger.info("now serving plan %s v%d: %d splits", plan.plan_id, plan.version, len(plan.splits))
 
     def _infer(self, feeds: dict[str, np.ndarray], started: float) -> InferenceResult:
-        split = self.selector.choose(self.estimator.snapshot(), self._request_rate())
+        split = self.selector.choose(self._link(), self._request_rate())
         if split.edge_only:
             return self._local(feeds, split, started, source="edge", reason="")
         if not self._hub_up:
@@ -173,6 +173,14 @@ class EdgeAgent:
         if reply is None or reply.kind is not Kind.RESULT:
             return self._local(feeds, split, started, source="fallback", reason=reason, timing=timing)
         return self._from_hub(request, reply, split, started, timing, {k: head[k] for k in split.edge_outputs})
+
+    def _link(self) -> LinkEstimate:
+        """The measured link, with the configured assumptions standing in until measurements arrive."""
+        measured = self.estimator.snapshot()
+        return LinkEstimate(
+            measured.rtt_ms if measured.rtt_ms is not None else self.config.initial_rtt_ms,
+            measured.bandwidth_mbps if measured.bandwidth_mbps is not None else self.config.initial_bandwidth_mbps,
+        )
 
     def _activation(self, split: SplitOption, tensors: dict[str, np.ndarray], timing: dict[str, float]) -> Envelope:
         t0 = time.perf_counter()

@@ -92,6 +92,8 @@ class EdgeConfig(StrictModel):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     hysteresis: HysteresisConfig = Field(default_factory=HysteresisConfig)
     deadline_ms: float = Field(1000.0, gt=0, description="a hub answer later than this is replaced by a local one")
+    initial_bandwidth_mbps: float = Field(10.0, gt=0, description="assumed uplink until the agent has measured it")
+    initial_rtt_ms: float = Field(20.0, ge=0, description="assumed RTT until the agent has measured it")
     retry: RetryConfig = Field(default_factory=RetryConfig)
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     telemetry_interval_s: float = Field(5.0, gt=0)
