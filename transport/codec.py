@@ -19,6 +19,7 @@ import functools
 import math
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import lz4.block
 import numpy as np
@@ -99,6 +100,22 @@ class TensorSpec:
     zero_point: tuple[int, ...] = ()
     axis: int | None = None
 
+    @functools.cached_property
+    def header_entry(self) -> dict[str, Any]:
+        """This spec as its map in an envelope header (docs/protocol.md); built once, do not modify."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "codec": self.codec,
+            "compression": self.compression,
+            "nbytes": self.nbytes,
+            "raw_nbytes": self.raw_nbytes,
+        }
+        if self.codec == "int8":
+            entry.update(scale=list(self.scale), zero_point=list(self.zero_point), axis=self.axis)
+        return entry
+
     @property
     def wire_dtype(self) -> np.dtype:
         """The little-endian dtype of the quantised bytes."""
@@ -107,10 +124,15 @@ class TensorSpec:
     def validate(self, *, max_bytes: int) -> None:
         """Check every field against the others before any byte is trusted.
 
-        A spec that passed once is remembered (specs are immutable), so the
-        per-message cost of a stream of same-shaped tensors is one hash.
+        A spec that passed once is remembered (specs are immutable): on the
+        instance, and for equal specs in an LRU cache, so the per-message cost
+        of a stream of same-shaped tensors is a lookup.
         """
+        if self.__dict__.get("_valid_for") == max_bytes:
+            return
         _validate_cached(self, max_bytes)
+        # frozen: set the memo past __setattr__; it is not a field, so eq and hash ignore it
+        self.__dict__["_valid_for"] = max_bytes
 
     def _validate(self, max_bytes: int) -> None:
         where = f"tensors[{self.name!r}]"

@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-import msgpack
+import msgspec
 import numpy as np
 
 from transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
@@ -151,7 +151,7 @@ class Envelope:
 
 def encode(envelope: Envelope) -> list[Buffer]:
     """Header frame followed by the tensor frames (no copies of tensor data)."""
-    return [msgpack.packb(_header_dict(envelope), use_bin_type=True), *envelope.frames]
+    return [_HEADER_ENCODER.encode(_header_dict(envelope)), *envelope.frames]
 
 
 def pack(envelope: Envelope) -> bytes:
@@ -164,7 +164,7 @@ def decode(frames: Sequence[Buffer], limits: Limits = Limits()) -> Envelope:
     """Validate and rebuild an envelope from a header frame and tensor frames."""
     if not frames:
         raise TruncatedMessage("message has no frames: expected a header frame", field="frames")
-    total = sum(len(f) for f in frames)
+    total = sum(map(len, frames))
     if total > limits.max_message_bytes:
         raise MessageTooLarge(
             f"message is {total} bytes, over the limit of {limits.max_message_bytes}", field="message"
@@ -226,23 +226,8 @@ def _header_dict(envelope: Envelope) -> dict[str, Any]:
         "deadline": envelope.deadline,
         "ts": envelope.timestamps,
         "meta": envelope.meta,
-        "tensors": [_tensor_dict(spec) for spec in envelope.tensors],
+        "tensors": [spec.header_entry for spec in envelope.tensors],
     }
-
-
-def _tensor_dict(spec: TensorSpec) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": spec.name,
-        "dtype": spec.dtype,
-        "shape": list(spec.shape),
-        "codec": spec.codec,
-        "compression": spec.compression,
-        "nbytes": spec.nbytes,
-        "raw_nbytes": spec.raw_nbytes,
-    }
-    if spec.codec == "int8":
-        entry.update(scale=list(spec.scale), zero_point=list(spec.zero_point), axis=spec.axis)
-    return entry
 
 
 def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
@@ -250,22 +235,12 @@ def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
         raise MessageTooLarge(
             f"header is {len(frame)} bytes, over the limit of {limits.max_header_bytes}", field="header"
         )
+    envelope = _parse_header_typed(frame, limits) or _parse_header_checked(frame, limits)
     try:
-        header = msgpack.unpackb(frame, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise MalformedHeader(f"header is not valid msgpack: {exc}", field="header") from exc
-    if not isinstance(header, dict):
-        raise MalformedHeader(f"header is a {type(header).__name__}, expected a map", field="header")
-    version = header.get("v")
-    if version != PROTOCOL_VERSION:
-        raise VersionMismatch(
-            f"v: protocol version {version!r} is not supported; this build speaks {PROTOCOL_VERSION}", field="v"
-        )
-    envelope = _read_fields_fast(header, limits) or _read_fields_checked(header, limits)
-    try:
-        decoded = sum(spec.raw_nbytes for spec in envelope.tensors)
+        decoded = 0
         for spec in envelope.tensors:
             spec.validate(max_bytes=limits.max_message_bytes)
+            decoded += spec.raw_nbytes
         if decoded > limits.max_message_bytes:
             raise MessageTooLarge(
                 f"tensors decode to {decoded} bytes, over the limit of {limits.max_message_bytes}",
@@ -278,75 +253,115 @@ def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
 
 
 _KINDS = {kind.value: kind for kind in Kind}
-_NUMBER = (int, float)
+_NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
-def _read_fields_fast(header: dict[str, Any], limits: Limits) -> Envelope | None:
-    """The common case, with cheap exact-type checks; None sends the header to the checked path."""
-    get = header.get
-    request_id, device, plan, split = get("id"), get("device", ""), get("plan", ""), get("split", "")
-    version, deadline, ts, meta = get("plan_version", 0), get("deadline"), get("ts", {}), get("meta", {})
-    entries, kind = get("tensors", []), _KINDS.get(get("kind"))  # type: ignore[arg-type]
-    if (
-        kind is None
-        or type(request_id) is not str
-        or type(device) is not str
-        or type(plan) is not str
-        or type(split) is not str
-        or type(version) is not int
-        or not (deadline is None or type(deadline) in _NUMBER)
-        or type(ts) is not dict
-        or type(meta) is not dict
-        or type(entries) is not list
-        or len(entries) > limits.max_tensors
-        or any(type(v) not in _NUMBER for v in ts.values())
-    ):
+class _WireTensor(msgspec.Struct, frozen=True, gc=False):
+    """A tensor entry typed as docs/protocol.md 1.4 has it; hashable, so equal entries share one spec."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    codec: str
+    compression: str
+    nbytes: _NonNegative
+    raw_nbytes: _NonNegative
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis: int | None = None
+
+
+class _WireHeader(msgspec.Struct):
+    """The header typed as docs/protocol.md 1.1 has it, defaults included."""
+
+    v: int
+    kind: str
+    id: str
+    device: str = ""
+    plan: str = ""
+    plan_version: int = 0
+    split: str = ""
+    deadline: float | None = None
+    ts: dict[str, float] = {}
+    meta: dict[str, Any] = {}
+    tensors: list[_WireTensor] = []
+
+
+_HEADER_DECODER = msgspec.msgpack.Decoder(_WireHeader)
+_HEADER_ENCODER = msgspec.msgpack.Encoder()
+# A stream carries the same few tensor entries over and over; sharing their
+# TensorSpec objects keeps each one's validation memo and header entry.
+_SPECS_SEEN: dict[_WireTensor, TensorSpec] = {}
+_SPECS_SEEN_MAX = 1024
+
+
+def _parse_header_typed(frame: Buffer, limits: Limits) -> Envelope | None:
+    """The common case, typed by msgspec in C; None sends the header to the checked path."""
+    try:
+        header = _HEADER_DECODER.decode(frame)
+    except msgspec.DecodeError:  # the checked path names what is wrong
         return None
-    tensors = []
-    for entry in entries:
-        spec = _tensor_fast(entry)
-        if spec is None:
-            return None
-        tensors.append(spec)
-    timestamps = {k: float(v) for k, v in ts.items()}
-    when = None if deadline is None else float(deadline)
-    return Envelope(kind, request_id, device, plan, version, split, when, timestamps, meta, tensors)
-
-
-def _tensor_fast(entry: object) -> TensorSpec | None:
-    if type(entry) is not dict:
+    kind = _KINDS.get(header.kind)
+    if kind is None or header.v != PROTOCOL_VERSION or len(header.tensors) > limits.max_tensors:
         return None
-    get = entry.get
-    name, dtype, shape, codec, compression = get("name"), get("dtype"), get("shape"), get("codec"), get("compression")
-    nbytes, raw_nbytes, scale, zero, axis = (
-        get("nbytes"),
-        get("raw_nbytes"),
-        get("scale", ()),
-        get("zero_point", ()),
-        get("axis"),
+    tensors = [_spec_for(entry) for entry in header.tensors]
+    return Envelope(
+        kind,
+        header.id,
+        header.device,
+        header.plan,
+        header.plan_version,
+        header.split,
+        header.deadline,
+        header.ts,
+        header.meta,
+        tensors,
     )
-    if (
-        type(name) is not str
-        or type(dtype) is not str
-        or type(codec) is not str
-        or type(compression) is not str
-        or type(shape) is not list
-        or any(type(d) is not int for d in shape)
-        or type(nbytes) is not int
-        or type(raw_nbytes) is not int
-        or nbytes < 0
-        or raw_nbytes < 0
-        or not (axis is None or type(axis) is int)
-        or any(type(v) not in _NUMBER for v in scale)
-        or any(type(v) is not int for v in zero)
-    ):
-        return None
-    scales = tuple(float(v) for v in scale) if scale else ()
-    return TensorSpec(name, dtype, tuple(shape), codec, compression, nbytes, raw_nbytes, scales, tuple(zero), axis)
+
+
+def _spec_for(entry: _WireTensor) -> TensorSpec:
+    if entry.scale:  # int8: its scales change with every message, not worth remembering
+        return _new_spec(entry)
+    spec = _SPECS_SEEN.get(entry)
+    if spec is None:
+        if len(_SPECS_SEEN) >= _SPECS_SEEN_MAX:
+            _SPECS_SEEN.clear()
+        spec = _SPECS_SEEN[entry] = _new_spec(entry)
+    return spec
+
+
+def _new_spec(entry: _WireTensor) -> TensorSpec:
+    return TensorSpec(
+        entry.name,
+        entry.dtype,
+        entry.shape,
+        entry.codec,
+        entry.compression,
+        entry.nbytes,
+        entry.raw_nbytes,
+        entry.scale,
+        entry.zero_point,
+        entry.axis,
+    )
+
+
+def _parse_header_checked(frame: Buffer, limits: Limits) -> Envelope:
+    """Field by field, so that the first bad one is named in the error."""
+    try:
+        header = msgspec.msgpack.decode(frame)
+    except msgspec.DecodeError as exc:
+        raise MalformedHeader(f"header is not valid msgpack: {exc}", field="header") from exc
+    if not isinstance(header, dict):
+        raise MalformedHeader(f"header is a {type(header).__name__}, expected a map", field="header")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"v: protocol version {version!r} is not supported; this build speaks {PROTOCOL_VERSION}", field="v"
+        )
+    return _read_fields_checked(header, limits)
 
 
 def _read_fields_checked(header: dict[str, Any], limits: Limits) -> Envelope:
-    """Field by field, so that the first bad one is named in the error."""
     fields = _HeaderReader(header)
     envelope = Envelope(
         kind=Kind.ACTIVATION,

@@ -8,6 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
+import transport.envelope as envelope_module
 from transport.codec import CodecSpec
 from transport.envelope import (
     PACKED_MAGIC,
@@ -228,3 +229,76 @@ def test_header_uses_the_documented_keys() -> None:
         "axis",
     }
     assert set(header["tensors"][2]) == {"name", "dtype", "shape", "codec", "compression", "nbytes", "raw_nbytes"}
+
+
+_ODD_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -1,
+    7,
+    1 << 40,
+    2.5,
+    "x",
+    "",
+    "activation",
+    b"x",
+    [],
+    [1, -2],
+    [1.5],
+    ["a"],
+    {},
+    {"a": 1},
+    {"a": "b"},
+    {"a": True},
+    {1: 2},
+]
+_TENSOR_KEYS = ("name", "dtype", "shape", "codec", "compression", "nbytes", "raw_nbytes", "scale", "zero_point", "axis")
+_HEADER_KEYS = ("v", "kind", "id", "device", "plan", "plan_version", "split", "deadline", "ts", "meta", "tensors")
+_DROPPED = object()
+
+
+@pytest.mark.parametrize("codec", ["raw", "int8@1"])
+def test_typed_fast_path_agrees_with_the_checked_path(codec: str) -> None:
+    """Every key, set to each odd value or dropped: the msgspec-typed decoder accepts exactly what the
+    field-by-field path accepts, decodes it the same, and leaves the errors to it."""
+    sent = Envelope.with_arrays(
+        Kind.ACTIVATION, {"x": np.arange(6.0, dtype=np.float32).reshape(2, 3)}, CodecSpec.parse(codec), device_id="a"
+    )
+    cases = [(key, value) for key in _HEADER_KEYS + _TENSOR_KEYS for value in [*_ODD_VALUES, _DROPPED]]
+    for key, value in cases:
+        header = header_of(sent)
+        target = header if key in _HEADER_KEYS else header["tensors"][0]
+        if value is _DROPPED:
+            target.pop(key, None)
+        else:
+            target[key] = value
+        frame = msgpack.packb(header)
+        try:
+            expected: Envelope | ProtocolError = envelope_module._parse_header_checked(frame, Limits())
+            for spec in expected.tensors:
+                spec.validate(max_bytes=Limits().max_message_bytes)
+        except ProtocolError as exc:
+            expected = exc
+        typed = envelope_module._parse_header_typed(frame, Limits())
+        case = f"{key}={'<dropped>' if value is _DROPPED else repr(value)}"
+        if isinstance(expected, ProtocolError):
+            assert typed is None or any(_invalid(spec) for spec in typed.tensors), case
+        else:
+            assert typed is None or typed == expected, case
+
+
+def _invalid(spec: Any) -> bool:
+    try:
+        spec.validate(max_bytes=Limits().max_message_bytes)
+    except ProtocolError:
+        return True
+    return False
+
+
+def test_equal_tensor_entries_share_one_spec_but_int8_scales_do_not() -> None:
+    raw = Envelope.with_arrays(Kind.ACTIVATION, {"x": np.ones((2, 3), np.float32)})
+    first, second = decode(encode(raw)), decode(encode(raw))
+    assert first.tensors[0] is second.tensors[0]
+    quantised = Envelope.with_arrays(Kind.ACTIVATION, {"x": np.arange(6.0).reshape(2, 3)}, CodecSpec.parse("int8"))
+    assert decode(encode(quantised)).tensors[0] is not decode(encode(quantised)).tensors[0]
