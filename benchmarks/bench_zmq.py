@@ -1,21 +1,23 @@
 """ZeroMQ channel overhead: a 1 MiB fp32 activation round trip, Tandem vs raw pyzmq.
 
-Both paths run in the same process over TCP loopback, side by side: Tandem's
-:class:`~transport.zmq_channel.ZmqClient` sends a raw-codec ACTIVATION envelope
-to a :class:`~transport.zmq_channel.ZmqServer` whose echo thread replies with
-the same tensor; the baseline sends the same bytes over a plain REQ/REP pair
-(``copy=False`` both ways). Both client sides turn the reply back into a numpy
-array. Batches of the two alternate so that drift in machine load hits both.
-Target: Tandem's median round trip <= 1.2x the raw one.
+Side by side, over TCP loopback: Tandem's :class:`~transport.zmq_channel.ZmqClient`
+sends a raw-codec ACTIVATION envelope to a :class:`~transport.zmq_channel.ZmqServer`
+that echoes the tensor back in a RESULT; the baseline sends the same bytes over
+a plain REQ/REP pair (``copy=False`` both ways). Each echo server runs in its
+own process, as a hub does, so the two ends never share a GIL. Both client
+sides turn the reply back into a numpy array. Batches of the two alternate so
+that drift in machine load hits both. Target: Tandem's median round trip
+<= 1.2x the raw one.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
-import threading
 import time
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import zmq
 from tqdm import tqdm
 
 from transport.envelope import Envelope, Kind, decode, encode
-from transport.errors import ChannelClosed, ChannelTimeout
+from transport.errors import ChannelTimeout
 from transport.zmq_channel import ZmqClient, ZmqServer
 
 TARGET_RATIO = 1.2
@@ -46,60 +48,67 @@ def _summary(samples_s: list[float]) -> dict[str, float]:
     }
 
 
+def _tandem_echo(addresses: Any) -> None:
+    """Child process: a ZmqServer answering every envelope with its own tensors."""
+    server = ZmqServer(address="tcp://127.0.0.1:*")
+    addresses.put(server.address)
+    while True:
+        try:
+            envelope = server.recv(timeout=1.0)
+        except ChannelTimeout:
+            continue
+        reply = Envelope(
+            Kind.RESULT, envelope.request_id, envelope.device_id, tensors=envelope.tensors, frames=envelope.frames
+        )
+        server.send(reply, to=envelope.sender)
+
+
+def _raw_echo(addresses: Any) -> None:
+    """Child process: a REP socket sending every message straight back, zero-copy."""
+    context = zmq.Context(io_threads=1)
+    rep = context.socket(zmq.REP)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+    addresses.put(f"tcp://127.0.0.1:{port}")
+    while True:
+        rep.send(rep.recv(copy=False), copy=False)
+
+
+def _start(target: Callable[[Any], None]) -> tuple[BaseProcess, str]:
+    context = multiprocessing.get_context("spawn")
+    addresses = context.Queue()
+    process = context.Process(target=target, args=(addresses,), name=target.__name__, daemon=True)
+    process.start()
+    return process, addresses.get(timeout=60)
+
+
 class _TandemPair:
-    """ZmqClient -> ZmqServer (echo thread) -> ZmqClient."""
+    """ZmqClient here -> ZmqServer echo in a child process -> ZmqClient."""
 
     def __init__(self, array: np.ndarray) -> None:
-        self.server = ZmqServer(address="tcp://127.0.0.1:*")
-        self.client = ZmqClient(address=self.server.address, device_id="bench")
+        self.process, address = _start(_tandem_echo)
+        self.client = ZmqClient(address=address, device_id="bench")
         self.request = Envelope.with_arrays(Kind.ACTIVATION, {"x": array}, device_id="bench")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._echo, name="bench-zmq-echo", daemon=True)
-        self._thread.start()
-
-    def _echo(self) -> None:
-        while not self._stop.is_set():
-            try:
-                envelope = self.server.recv(timeout=0.1)
-            except (ChannelTimeout, ChannelClosed):
-                continue
-            reply = Envelope(
-                Kind.RESULT, envelope.request_id, envelope.device_id, tensors=envelope.tensors, frames=envelope.frames
-            )
-            self.server.send(reply, to=envelope.sender)
 
     def round_trip(self) -> np.ndarray:
         self.client.send(self.request)
         return self.client.recv(timeout=10.0).arrays()["x"]
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
         self.client.close()
-        self.server.close()
+        self.process.kill()
+        self.process.join()
 
 
 class _RawPair:
-    """The baseline: REQ -> REP (echo thread) -> REQ with the tensor's bytes, zero-copy."""
+    """The baseline: REQ here -> REP echo in a child process -> REQ, the tensor's bytes zero-copy."""
 
     def __init__(self, array: np.ndarray) -> None:
         self._array = array
         self.payload = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-        self._rep_ctx, self._req_ctx = zmq.Context(io_threads=1), zmq.Context(io_threads=1)
-        self.rep = self._rep_ctx.socket(zmq.REP)
-        port = self.rep.bind_to_random_port("tcp://127.0.0.1")
-        self.req = self._req_ctx.socket(zmq.REQ)
-        self.req.connect(f"tcp://127.0.0.1:{port}")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._echo, name="bench-raw-echo", daemon=True)
-        self._thread.start()
-
-    def _echo(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.rep, zmq.POLLIN)
-        while not self._stop.is_set():
-            if poller.poll(100):
-                self.rep.send(self.rep.recv(copy=False), copy=False)
+        self.process, address = _start(_raw_echo)
+        self._context = zmq.Context(io_threads=1)
+        self.req = self._context.socket(zmq.REQ)
+        self.req.connect(address)
 
     def round_trip(self) -> np.ndarray:
         self.req.send(self.payload, copy=False)
@@ -107,12 +116,10 @@ class _RawPair:
         return np.frombuffer(frame.buffer, dtype=self._array.dtype).reshape(self._array.shape)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        for sock in (self.req, self.rep):
-            sock.close(linger=0)
-        self._req_ctx.term()
-        self._rep_ctx.term()
+        self.req.close(linger=0)
+        self._context.term()
+        self.process.kill()
+        self.process.join()
 
 
 def _timed(round_trip: Callable[[], np.ndarray], n: int, samples: list[float]) -> None:
@@ -145,8 +152,10 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Measure both round trips side by side; return medians, p99s and the ratio."""
     iterations, warmup, batch = (400, 100, 50) if quick else (4000, 300, 100)
     array = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
-    tandem, raw = _TandemPair(array), _RawPair(array)
+    tandem = _TandemPair(array)
+    raw: _RawPair | None = None
     try:
+        raw = _RawPair(array)
         if not np.array_equal(tandem.round_trip(), array) or not np.array_equal(raw.round_trip(), array):
             raise RuntimeError("the echo returned different bytes")
         _timed(tandem.round_trip, warmup, [])
@@ -160,7 +169,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                 progress.update(2 * batch)
     finally:
         tandem.close()
-        raw.close()
+        if raw is not None:
+            raw.close()
     costs = _envelope_costs(array, 500 if quick else 5000)
     ours, baseline = _summary(tandem_s), _summary(raw_s)
     ratio = ours["median_us"] / baseline["median_us"]
@@ -170,6 +180,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         "shape": list(SHAPE),
         "dtype": "float32",
         "codec": "raw",
+        "topology": "client in this process, each echo server in its own process, TCP loopback",
         "quick": quick,
         "tandem_zmq": ours,
         "raw_pyzmq_req_rep": baseline,

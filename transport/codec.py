@@ -239,8 +239,8 @@ def decode_tensor(spec: TensorSpec, frame: memoryview | bytes | bytearray, *, ma
     spec.validate(max_bytes=max_bytes)
     if len(frame) != spec.nbytes:
         raise _truncated(spec, len(frame))
-    raw = _decompress(spec, frame)
-    wire = np.frombuffer(raw, dtype=spec.wire_dtype).reshape(spec.shape)
+    raw = frame if spec.compression == "none" else _decompress(spec, frame)
+    wire = np.ndarray(spec.shape, spec.wire_dtype, raw)  # a view of raw; validate() made the sizes agree
     if spec.codec == "raw":
         return wire if wire.dtype.isnative else wire.astype(wire.dtype.newbyteorder("="))
     if spec.codec == "fp16":
@@ -298,9 +298,9 @@ def _compress(raw: memoryview, compression: str) -> memoryview | bytes:
 
 
 def _decompress(spec: TensorSpec, frame: memoryview | bytes | bytearray) -> memoryview | bytes | bytearray:
-    where = f"tensors[{spec.name!r}].compression"
     if spec.compression == "none":
         return frame
+    where = f"tensors[{spec.name!r}].compression"
     try:
         if spec.compression == "lz4":
             raw = lz4.block.decompress(frame, uncompressed_size=spec.raw_nbytes)
