@@ -30,21 +30,31 @@ class LinkEstimate:
 
 
 class _Window:
-    """Samples from the last ``seconds``; the newest one survives however old it is."""
+    """The best sample (lowest or highest) of the last ``seconds``; the newest survives however old it is.
 
-    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+    A monotonic deque: a sample that a newer, at least as good one outshines can
+    never be the best again and is dropped when that one arrives, so ``add`` and
+    ``best`` cost O(1) amortised however many requests a window holds.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float], *, highest: bool) -> None:
         self.seconds = seconds
         self.clock = clock
-        self.samples: deque[tuple[float, float]] = deque()
+        self.highest = highest
+        self.samples: deque[tuple[float, float]] = deque()  # best first, newest last
 
     def add(self, value: float) -> None:
-        self.samples.append((self.clock(), value))
+        samples = self.samples
+        while samples and (samples[-1][1] <= value if self.highest else samples[-1][1] >= value):
+            samples.pop()
+        samples.append((self.clock(), value))
 
-    def values(self) -> list[float]:
+    def best(self) -> float | None:
+        samples = self.samples
         horizon = self.clock() - self.seconds
-        while len(self.samples) > 1 and self.samples[0][0] < horizon:
-            self.samples.popleft()
-        return [value for _, value in self.samples]
+        while len(samples) > 1 and samples[0][0] < horizon:
+            samples.popleft()
+        return samples[0][1] if samples else None
 
 
 class LinkEstimator:
@@ -65,8 +75,8 @@ class LinkEstimator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.min_transfer_ms = min_transfer_ms
-        self._rtt = _Window(rtt_window_s, clock)
-        self._bandwidth = _Window(bandwidth_window_s, clock)
+        self._rtt = _Window(rtt_window_s, clock, highest=False)
+        self._bandwidth = _Window(bandwidth_window_s, clock, highest=True)
         self._lock = threading.Lock()
 
     def observe_rtt(self, rtt_ms: float) -> None:
@@ -77,8 +87,7 @@ class LinkEstimator:
     def observe_transfer(self, nbytes: int, round_trip_ms: float, hub_ms: float) -> None:
         """A round trip that sent ``nbytes`` up and spent ``hub_ms`` in the hub."""
         with self._lock:
-            rtts = self._rtt.values()
-            transfer_ms = round_trip_ms - hub_ms - (min(rtts) if rtts else 0.0)
+            transfer_ms = round_trip_ms - hub_ms - (self._rtt.best() or 0.0)
             if transfer_ms < self.min_transfer_ms or nbytes <= 0:
                 return  # too fast to tell the link apart from noise
             self._bandwidth.add(nbytes * 8 / (transfer_ms * 1000))
@@ -86,5 +95,4 @@ class LinkEstimator:
     def snapshot(self) -> LinkEstimate:
         """The current estimate."""
         with self._lock:
-            rtts, rates = self._rtt.values(), self._bandwidth.values()
-            return LinkEstimate(min(rtts) if rtts else None, max(rates) if rates else None)
+            return LinkEstimate(self._rtt.best(), self._bandwidth.best())

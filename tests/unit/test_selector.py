@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.config import HysteresisConfig, ObjectiveConfig
-from edge_agent.link_estimator import LinkEstimate, LinkEstimator
+from edge_agent.link_estimator import LinkEstimate, LinkEstimator, _Window
 from edge_agent.plan_view import AgentPlan, SplitOption
 from edge_agent.selector import SplitSelector
 
@@ -111,3 +113,25 @@ def test_estimator_ignores_queueing_and_follows_a_drop_once_old_samples_age_out(
     clock.now = 5.0  # the link dropped to 2 Mbit/s; the fast samples have aged out
     estimator.observe_transfer(100_000, round_trip_ms=20 + 400, hub_ms=0)
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(2.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0, 4), st.one_of(st.none(), st.floats(0.1, 100).map(lambda v: round(v, 1)))), max_size=60
+    ),
+    highest=st.booleans(),
+)
+def test_window_best_matches_the_best_of_its_samples(steps: list[tuple[float, float | None]], highest: bool) -> None:
+    """The O(1) monotonic window answers what scanning every sample of the window would."""
+    clock = Clock()
+    window = _Window(3.0, clock, highest=highest)
+    seen: list[tuple[float, float]] = []
+    for advance, value in steps:
+        clock.now += advance
+        if value is not None:
+            window.add(value)
+            seen.append((clock.now, value))
+        in_window = [v for t, v in seen if t >= clock.now - 3.0] or [v for _, v in seen[-1:]]
+        expected = (max if highest else min)(in_window) if in_window else None
+        assert window.best() == expected
