@@ -34,6 +34,7 @@ __all__ = [
     "CodecSpec",
     "TensorSpec",
     "decode_tensor",
+    "dtype_name",
     "encode_tensor",
 ]
 
@@ -196,6 +197,12 @@ _WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES} | {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, remembered: numpy builds that string in Python on every access."""
+    return dtype.name
+
+
 @functools.lru_cache(maxsize=4096)
 def _validate_cached(spec: TensorSpec, max_bytes: int) -> None:
     spec._validate(max_bytes)
@@ -204,7 +211,7 @@ def _validate_cached(spec: TensorSpec, max_bytes: int) -> None:
 def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[TensorSpec, memoryview | bytes]:
     """Quantise and compress ``array``; return its header entry and its frame."""
     array = np.asarray(array)
-    dtype = array.dtype.name
+    dtype = dtype_name(array.dtype)
     if dtype not in DTYPES:
         raise TypeError(f"tensor {name!r}: dtype {dtype} cannot be sent; supported: {', '.join(DTYPES)}")
     quantiser = spec.quantiser if dtype in _FLOAT_DTYPES else "raw"
@@ -222,7 +229,7 @@ def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[Tensor
     header = TensorSpec(
         name=name,
         dtype=dtype,
-        shape=tuple(int(d) for d in array.shape),
+        shape=array.shape,
         codec=quantiser,
         compression=spec.compression,
         nbytes=len(frame),

@@ -9,9 +9,9 @@ is the normative description of this format.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -76,8 +76,8 @@ class Limits:
 
 
 def new_request_id() -> str:
-    """A fresh, unique request id (32 hex characters)."""
-    return uuid.uuid4().hex
+    """A fresh, unique request id: 128 random bits as 32 hex characters."""
+    return os.urandom(16).hex()
 
 
 @dataclass

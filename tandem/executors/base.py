@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from transport.codec import dtype_name
+
 __all__ = ["EXECUTORS", "Executor", "ExecutorError", "TensorInfo", "engine_for", "open_executor"]
 
 # name -> "module:Class"; add a line (and a file) to add an executor.
@@ -33,8 +35,9 @@ class TensorInfo:
 
     def accepts(self, array: np.ndarray) -> str | None:
         """Why ``array`` does not fit this input, or None when it does."""
-        if array.dtype.name != self.dtype:
-            return f"dtype {array.dtype.name}, expected {self.dtype}"
+        got = dtype_name(array.dtype)
+        if got != self.dtype:
+            return f"dtype {got}, expected {self.dtype}"
         if len(array.shape) != len(self.shape) or any(
             want is not None and want != got for want, got in zip(self.shape, array.shape, strict=True)
         ):
