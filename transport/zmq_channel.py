@@ -16,8 +16,9 @@ short-held lock, in the calling thread:
 - ``recv`` (one caller at a time) checks ``ZMQ_EVENTS`` under the lock and
   receives if a message is waiting; otherwise it releases the lock and sleeps in
   ``poll`` on the socket's notification fd plus a private wake-up socket.
-  That fd is edge-triggered and any socket call may consume its edge, so every
-  ``send`` made while a receiver sleeps pokes the wake-up socket, and the
+  That fd is edge-triggered and any socket call may consume its edge, so a
+  ``send`` made while a receiver sleeps asks ``ZMQ_EVENTS`` afterwards (which
+  re-arms the fd) and pokes the wake-up socket when a message is waiting; the
   receiver re-checks ``ZMQ_EVENTS`` after every wake-up. ``close`` pokes it too.
 - Decoding (:func:`~transport.envelope.decode` with the channel's limits)
   happens in ``recv``'s caller, outside the lock.
@@ -213,7 +214,21 @@ class _ZmqChannel(Channel):
                 raise self._send_error(exc, to) from exc
             finally:
                 if self._receiver_waiting:
-                    self._wake()
+                    self._wake_if_readable()
+
+    def _wake_if_readable(self) -> None:
+        """After a socket call made while the receiver sleeps: wake it if a message is waiting.
+
+        That call may have consumed the notification fd's edge. Asking
+        ``ZMQ_EVENTS`` re-arms the fd when nothing is waiting, so the receiver
+        needs waking only when something is (called under the socket lock).
+        """
+        try:
+            readable = self._sock.getsockopt(_EVENTS) & _POLLIN
+        except zmq.ZMQError:
+            readable = True  # let the receiver find out what is wrong
+        if readable:
+            self._wake()
 
     def _wait_for_message(self, deadline: float | None, timeout: float | None) -> list[zmq.Frame]:
         sock, lock, poll, wake_fd = self._sock, self._sock_lock, self._poller.poll, self._wake_fd
