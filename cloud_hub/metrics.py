@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -39,6 +41,27 @@ class HubMetrics:
         self.telemetry = Gauge(
             "tandem_edge_telemetry", "Latest telemetry value per device", ["device", "name"], registry=r
         )
+
+        # labels() costs a lookup, a lock and checks each time; the hot path keeps the children.
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def seen(self, device: str) -> None:
+        """Note that ``device`` was heard from just now."""
+        self._child("last_seen", device).set(time.time())
+
+    def answered(self, device: str, plan: str, split: str, stage_seconds: dict[str, float], batch_size: int) -> None:
+        """Record one answered activation: its time per stage and the size of the batch it ran in."""
+        for stage, seconds in stage_seconds.items():
+            self._child("latency", stage).observe(seconds)
+        self._child("batch_size", plan, split).observe(batch_size)
+        self._child("requests", device, plan, split, "ok").inc()
+
+    def _child(self, metric: str, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = getattr(self, metric).labels(*labels)
+        return child
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP exporter; returns the port it listens on."""

@@ -103,7 +103,7 @@ class Hub:
         )
 
     def _handle(self, channel: Channel, envelope: Envelope) -> None:
-        self.metrics.last_seen.labels(envelope.device_id or str(envelope.sender)).set(time.time())
+        self.metrics.seen(envelope.device_id or str(envelope.sender))
         if envelope.kind is Kind.ACTIVATION:
             self._route(channel, envelope)
         elif envelope.kind is Kind.HEARTBEAT:
@@ -182,16 +182,14 @@ class Hub:
 
     def _observe(self, pending: Pending, encode_s: float) -> None:
         request = pending.envelope
-        for stage, seconds in (
-            ("queue", pending.queue_s),
-            ("decode", pending.decode_s),
-            ("compute", pending.compute_s),
-            ("encode", encode_s),
-        ):
-            self.metrics.latency.labels(stage).observe(seconds)
-        self.metrics.latency.labels("total").observe(time.perf_counter() - pending.received)
-        self.metrics.batch_size.labels(request.plan_id, request.split_id).observe(pending.batch_size)
-        self.metrics.requests.labels(request.device_id, request.plan_id, request.split_id, "ok").inc()
+        stages = {
+            "queue": pending.queue_s,
+            "decode": pending.decode_s,
+            "compute": pending.compute_s,
+            "encode": encode_s,
+            "total": time.perf_counter() - pending.received,
+        }
+        self.metrics.answered(request.device_id, request.plan_id, request.split_id, stages, pending.batch_size)
 
     def _reject_malformed(self, channel: Channel, exc: ProtocolError) -> None:
         device = exc.device_id or exc.sender or "unknown"
