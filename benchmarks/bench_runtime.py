@@ -173,35 +173,40 @@ def _serve_raw(port: int, ready: Any, stop: Any) -> None:
     context.term()
 
 
-def raw_round_trip(iterations: int) -> list[float]:
-    """Raw pyzmq REQ/REP echo of 1 MiB against a separate process."""
-    import zmq
+class _RawEcho:
+    """The baseline: raw pyzmq REQ here, REP echo in another process, 1 MiB each way, result copied out."""
 
-    ctx = mp.get_context("spawn")
-    port, ready, stop = _free_port(), ctx.Event(), ctx.Event()
-    process = ctx.Process(target=_serve_raw, args=(port, ready, stop), daemon=True)
-    process.start()
-    ready.wait(60)
-    context = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
-    times = []
-    for i in range(iterations + 20):
-        started = time.perf_counter()
-        sock.send(payload, copy=False)
-        np.frombuffer(sock.recv(copy=False).buffer, np.float32).copy()
-        if i >= 20:
-            times.append(time.perf_counter() - started)
-    sock.close(linger=0)
-    context.term()
-    stop.set()
-    process.join(10)
-    return times
+    def __init__(self) -> None:
+        import zmq
+
+        ctx = mp.get_context("spawn")
+        self.port, self.ready, self.stop = _free_port(), ctx.Event(), ctx.Event()
+        self.process = ctx.Process(target=_serve_raw, args=(self.port, self.ready, self.stop), daemon=True)
+        self.process.start()
+        if not self.ready.wait(60):
+            raise RuntimeError("raw echo process did not start")
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.REQ)
+        self.sock.connect(f"tcp://127.0.0.1:{self.port}")
+        self.payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
+
+    def round_trip(self) -> None:
+        self.sock.send(self.payload, copy=False)
+        np.frombuffer(self.sock.recv(copy=False).buffer, np.float32).copy()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.context.term()
+        self.stop.set()
+        self.process.join(10)
 
 
-def agent_round_trip(identity: Path, iterations: int) -> list[float]:
-    """``EdgeAgent.infer`` through a cloud-only split to an Identity tail (batching off)."""
+def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[float], list[float]]:
+    """``EdgeAgent.infer`` through a cloud-only split to an Identity tail (batching off), and raw REQ/REP.
+
+    Batches of the two alternate, so that drift in machine load hits both alike.
+    Returns (agent seconds, raw seconds).
+    """
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import EdgeConfig
     from edge_agent.plan_view import AgentPlan, SplitOption
@@ -223,16 +228,29 @@ def agent_round_trip(identity: Path, iterations: int) -> list[float]:
         )
         channel = ZmqClient(address=config.channel.address, device_id=config.device_id)
         x = np.random.default_rng(0).normal(size=(1, ONE_MIB // 4)).astype(np.float32)
-        times = []
-        with EdgeAgent(config, plan, channel) as agent:
-            for i in range(iterations + 20):
-                started = time.perf_counter()
-                result = agent.infer(x)
-                if result.source != "hub":
-                    raise RuntimeError(f"round trip fell back: {result.reason}")
-                if i >= 20:
-                    times.append(time.perf_counter() - started)
-    return times
+        raw = _RawEcho()
+        agent_s: list[float] = []
+        raw_s: list[float] = []
+
+        def agent_round_trip() -> None:
+            result = agent.infer(x)
+            if result.source != "hub":
+                raise RuntimeError(f"round trip fell back: {result.reason}")
+
+        try:
+            with EdgeAgent(config, plan, channel) as agent:
+                for fn in (agent_round_trip, raw.round_trip):
+                    for _ in range(20):  # warm-up
+                        fn()
+                for _ in range(max(1, iterations // batch)):
+                    for fn, times in ((agent_round_trip, agent_s), (raw.round_trip, raw_s)):
+                        for _ in range(batch):
+                            started = time.perf_counter()
+                            fn()
+                            times.append(time.perf_counter() - started)
+        finally:
+            raw.close()
+    return agent_s, raw_s
 
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
@@ -249,8 +267,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             print(f"   edges {edges:3d} batching {'on ' if batching else 'off'}: {row['throughput_per_s']:7.1f}/s "
                   f"p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms errors {row['errors']}")  # fmt: skip
     by = {(r["edges"], r["batching"]): r["throughput_per_s"] for r in rows}
-    iterations = 100 if quick else 400
-    raw, agent = raw_round_trip(iterations), agent_round_trip(identity, iterations)
+    iterations = 200 if quick else 2000
+    agent, raw = round_trips(identity, iterations)
     raw_ms, agent_ms = 1000 * statistics.median(raw), 1000 * statistics.median(agent)
     print(f"   1 MiB round trip: agent {agent_ms:.3f} ms vs raw REQ/REP {raw_ms:.3f} ms = {agent_ms / raw_ms:.2f}x")
     _plot(rows, out_dir / "runtime_throughput.png")
