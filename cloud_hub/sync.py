@@ -263,7 +263,7 @@ class HubSync:
             self.metrics.stored.labels(device, kind).inc(len(new))
         if len(items) > len(new):
             self.metrics.duplicates.labels(device).inc(len(items) - len(new))
-        self.metrics.seen(device)
+        self.metrics.last_seen.labels(device).set(time.time())
         ack = envelope.reply(Kind.ACK, meta={"ids": [item.record_id for item in items], "rejected": rejected})
         self._send(channel, device, ack)
 

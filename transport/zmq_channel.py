@@ -224,7 +224,7 @@ class _ZmqChannel(Channel):
         needs waking only when something is (called under the socket lock).
         """
         try:
-            readable = self._sock.getsockopt(_EVENTS) & _POLLIN
+            readable = cast(int, self._sock.getsockopt(_EVENTS)) & _POLLIN
         except zmq.ZMQError:
             readable = True  # let the receiver find out what is wrong
         if readable:
@@ -237,7 +237,7 @@ class _ZmqChannel(Channel):
                 if self._closed:
                     raise self._closed_error()
                 try:
-                    if sock.getsockopt(_EVENTS) & _POLLIN:
+                    if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                         self._receiver_waiting = False
                         # Frame.more instead of pyzmq's recv_multipart, which asks getsockopt(RCVMORE) per part
                         frames = [sock.recv(_NOBLOCK, copy=False)]
