@@ -232,13 +232,14 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
         agent_s: list[float] = []
         raw_s: list[float] = []
 
-        def agent_round_trip() -> None:
-            result = agent.infer(x)
-            if result.source != "hub":
-                raise RuntimeError(f"round trip fell back: {result.reason}")
-
         try:
             with EdgeAgent(config, plan, channel) as agent:
+
+                def agent_round_trip() -> None:
+                    result = agent.infer(x)
+                    if result.source != "hub":
+                        raise RuntimeError(f"round trip fell back: {result.reason}")
+
                 for fn in (agent_round_trip, raw.round_trip):
                     for _ in range(20):  # warm-up
                         fn()

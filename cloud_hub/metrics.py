@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["HubMetrics"]
 
@@ -43,24 +44,24 @@ class HubMetrics:
         )
 
         # labels() costs a lookup, a lock and checks each time; the hot path keeps the children.
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
     def seen(self, device: str) -> None:
         """Note that ``device`` was heard from just now."""
-        self._child("last_seen", device).set(time.time())
+        self._child(self.last_seen, device).set(time.time())
 
     def answered(self, device: str, plan: str, split: str, stage_seconds: dict[str, float], batch_size: int) -> None:
         """Record one answered activation: its time per stage and the size of the batch it ran in."""
         for stage, seconds in stage_seconds.items():
-            self._child("latency", stage).observe(seconds)
-        self._child("batch_size", plan, split).observe(batch_size)
-        self._child("requests", device, plan, split, "ok").inc()
+            self._child(self.latency, stage).observe(seconds)
+        self._child(self.batch_size, plan, split).observe(batch_size)
+        self._child(self.requests, device, plan, split, "ok").inc()
 
-    def _child(self, metric: str, *labels: str) -> Any:
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         key = (metric, labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = getattr(self, metric).labels(*labels)
+            child = self._children[key] = metric.labels(*labels)
         return child
 
     def serve(self, host: str, port: int) -> int:

@@ -163,8 +163,7 @@ class _ZmqChannel(Channel):
 
     def recv(self, timeout: float | None = None) -> Envelope:
         """The next envelope, with ``sender`` set; ``ChannelTimeout`` after ``timeout`` s."""
-        if self._closed:
-            raise self._closed_error()
+        self._check_open()
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         if not self._recv_lock.acquire(timeout=-1 if deadline is None else max(timeout or 0.0, 0.0)):
             raise ChannelTimeout(f"nothing received in {timeout} s")
@@ -204,8 +203,7 @@ class _ZmqChannel(Channel):
         last = parts.pop()
         send = self._sock.send
         with self._sock_lock:
-            if self._closed:
-                raise self._closed_error()
+            self._check_open()
             try:
                 for part in parts:
                     send(part, _SNDMORE_NOBLOCK, copy=False)
@@ -234,8 +232,7 @@ class _ZmqChannel(Channel):
         sock, lock, poll, wake_fd = self._sock, self._sock_lock, self._poller.poll, self._wake_fd
         while True:
             with lock:
-                if self._closed:
-                    raise self._closed_error()
+                self._check_open()
                 try:
                     if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                         self._receiver_waiting = False
@@ -273,10 +270,7 @@ class _ZmqChannel(Channel):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise self._closed_error()
-
-    def _closed_error(self) -> ChannelClosed:
-        return ChannelClosed(f"{type(self).__name__} {self._address} is closed")
+            raise ChannelClosed(f"{type(self).__name__} {self._address} is closed")
 
     @abstractmethod
     def _split(self, frames: list[zmq.Frame]) -> tuple[str, list[Buffer]]:
