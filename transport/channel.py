@@ -13,17 +13,28 @@ Contract, for every implementation:
   whose ``sender`` says who to answer; the channel stays usable.
 - A received envelope's ``sender`` names its peer (a device id).
 - ``close`` is idempotent; any call after it raises ``ChannelClosed``.
+
+A channel that runs a network thread of its own (MQTT: paho's) can also
+*push*: :meth:`Channel.deliver_to` has that thread hand each message to a
+handler instead of queueing it for ``recv`` in another thread, which saves a
+thread hand-off per message. :func:`transport.serve.receive_forever` uses it
+where a channel offers it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from transport.envelope import Envelope
+from transport.errors import ChannelError
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "PushHandler"]
+
+PushHandler: TypeAlias = Callable[[Envelope | ChannelError], None]
+"""Takes what ``recv`` would have returned (an envelope) or raised (a ``ProtocolError``, or ``ChannelClosed`` once)."""
 
 _C = TypeVar("_C", bound="Channel")
 
@@ -38,6 +49,19 @@ class Channel(ABC):
     @abstractmethod
     def recv(self, timeout: float | None = None) -> Envelope:
         """The next envelope, with ``sender`` set; ``ChannelTimeout`` after ``timeout`` s."""
+
+    def deliver_to(self, handler: PushHandler | None) -> bool:
+        """Push each received message to ``handler`` on the channel's own network thread; False if it has none.
+
+        ``handler`` gets, in order, what ``recv`` would have returned or raised,
+        starting with anything already queued, and ``ChannelClosed`` once when
+        the channel closes. It must not block: the channel's network I/O waits
+        while it runs. ``recv`` gets nothing while a handler is set; ``None``
+        goes back to queueing for ``recv``. Channels without a network thread
+        of their own (ZeroMQ, in-process) return False and their callers loop
+        on ``recv``.
+        """
+        return False
 
     @abstractmethod
     def close(self) -> None:

@@ -1,7 +1,10 @@
 """MQTT 5 channels through a broker: :class:`MqttServer` (hub) and :class:`MqttClient` (edge).
 
 Both implement :class:`transport.channel.Channel` on paho-mqtt 2.x (MQTT v5,
-paho's ``loop_start`` network thread).
+paho's ``loop_start`` network thread). That thread queues each message for
+``recv``; after ``deliver_to(handler)`` it validates the message and calls
+the handler itself instead, one thread hand-off fewer (the hub and the edge
+agent receive this way, through :func:`transport.serve.receive_forever`).
 
 Topic layout
 ------------
@@ -119,7 +122,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from transport.channel import Channel
+from transport.channel import Channel, PushHandler
 from transport.chunking import CHUNK_MAGIC, Reassembler, split
 from transport.config import MqttConfig, TlsConfig
 from transport.envelope import Buffer, Envelope, Kind, Limits, pack, unpack
@@ -192,6 +195,8 @@ class _MqttChannel(Channel):
         self._max_payload = config.max_payload_bytes
         self._broker_max_packet: int | None = None
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handler: PushHandler | None = None
+        self._push_lock = threading.Lock()  # held while a handler is set, changed or called
         self._reassembler = Reassembler(limits, timeout_s=chunk_timeout_s)
         self._connack = threading.Event()
         self._subscribed = threading.Event()
@@ -231,7 +236,39 @@ class _MqttChannel(Channel):
             raise ChannelClosed(f"{type(self).__name__} is closed")
         if isinstance(item, ProtocolError):
             raise item
-        device, kind, payload = item
+        return self._envelope_from(*item)
+
+    def deliver_to(self, handler: PushHandler | None) -> bool:
+        """Have paho's network thread hand each message to ``handler`` (see :meth:`Channel.deliver_to`)."""
+        with self._push_lock:
+            self._handler = handler
+            if handler is None:
+                return True
+            while True:  # what arrived before, in order; paho's thread waits for the lock meanwhile
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    return True
+                if item is _CLOSED:
+                    handler(ChannelClosed(f"{type(self).__name__} is closed"))
+                    return True
+                self._push(handler, item)
+
+    def close(self) -> None:
+        """Disconnect from the broker and stop paho's network thread; idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._shutdown()
+        with self._push_lock:
+            if self._handler is not None:
+                self._handler(ChannelClosed(f"{type(self).__name__} is closed"))
+            else:
+                self._inbox.put(_CLOSED)
+        log.info("MQTT %s %s disconnected from %s", self._role, self.client_id, self._where)
+
+    def _envelope_from(self, device: str, kind: str, payload: Buffer) -> Envelope:
         try:
             envelope = unpack(payload, self._limits)
             self._check_routing(envelope, device, kind)
@@ -241,15 +278,16 @@ class _MqttChannel(Channel):
         envelope.sender = self._sender_name(device)
         return envelope
 
-    def close(self) -> None:
-        """Disconnect from the broker and stop paho's network thread; idempotent."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._shutdown()
-        self._inbox.put(_CLOSED)
-        log.info("MQTT %s %s disconnected from %s", self._role, self.client_id, self._where)
+    def _push(self, handler: PushHandler, item: tuple[str, str, Buffer] | ProtocolError) -> None:
+        if isinstance(item, ProtocolError):
+            handler(item)
+            return
+        try:
+            envelope = self._envelope_from(*item)
+        except ProtocolError as exc:
+            handler(exc)
+            return
+        handler(envelope)
 
     # -- sending ------------------------------------------------------------------------------------------------
 
@@ -309,12 +347,19 @@ class _MqttChannel(Channel):
                 if whole is None:
                     return
                 payload = whole
-            self._inbox.put((device, kind, payload))
+            self._take((device, kind, payload))
         except ProtocolError as exc:
             exc.sender = self._sender_name(device)
-            self._inbox.put(exc)
+            self._take(exc)
         except Exception:  # an exception here would end paho's network thread
             log.exception("MQTT %s %s: dropped a message on %r", self._role, self.client_id, message.topic)
+
+    def _take(self, item: tuple[str, str, Buffer] | ProtocolError) -> None:
+        with self._push_lock:  # under the lock: deliver_to may be handing over the queued messages
+            if self._handler is None:
+                self._inbox.put(item)
+            else:
+                self._push(self._handler, item)
 
     @abstractmethod
     def _parse_topic(self, topic: str) -> tuple[str, str]:

@@ -29,7 +29,40 @@ def receive_forever(
     whom to answer). A handler that raises is logged and reported to
     ``on_failure``; it never ends the loop, so one bad message cannot stop a
     server.
+
+    Where the channel can push (:meth:`Channel.deliver_to`), the handlers run on
+    its network thread and this thread only waits for ``stop``; they must
+    therefore not block. Otherwise this thread loops on ``recv``.
     """
+
+    def handle(envelope: Envelope) -> None:
+        try:
+            on_message(envelope)
+        except Exception as exc:  # one bad message must never end the receive loop
+            logger.exception("failed on a %s message from %s", envelope.kind.value, envelope.sender)
+            if on_failure is not None:
+                on_failure(envelope, exc)
+
+    closed = threading.Event()
+
+    def pushed(item: Envelope | ChannelError) -> None:
+        if isinstance(item, Envelope):
+            handle(item)
+        elif isinstance(item, ProtocolError):
+            on_rejected(item)
+        elif isinstance(item, ChannelClosed):
+            closed.set()
+        else:
+            logger.warning("receive failed: %s", item)
+
+    if channel.deliver_to(pushed):
+        try:
+            while not closed.is_set() and not stop.wait(poll_s):
+                pass
+        finally:
+            channel.deliver_to(None)
+        return
+
     while not stop.is_set():
         try:
             envelope = channel.recv(timeout=poll_s)
@@ -43,9 +76,4 @@ def receive_forever(
         except ChannelError as exc:
             logger.warning("receive failed: %s", exc)
             continue
-        try:
-            on_message(envelope)
-        except Exception as exc:  # one bad message must never end the receive loop
-            logger.exception("failed on a %s message from %s", envelope.kind.value, envelope.sender)
-            if on_failure is not None:
-                on_failure(envelope, exc)
+        handle(envelope)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from transport.config import MqttConfig, TlsConfig
 from transport.envelope import PACKED_MAGIC, Envelope, Kind, pack
 from transport.errors import ChannelClosed, ChannelTimeout, ConnectError, MalformedHeader, ProtocolError
 from transport.mqtt_channel import SERVER_SENDER, MqttClient, MqttServer
+from transport.serve import receive_forever
 
 pytestmark = pytest.mark.broker
 
@@ -254,6 +256,84 @@ def test_close_wakes_a_blocked_recv(mosquitto: Mosquitto) -> None:
     waiter.join(5)
     assert not waiter.is_alive()
     assert [str(e) for e in outcome] == ["MqttServer is closed"]
+
+
+def test_deliver_to_pushes_queued_then_live_messages_in_order_on_pahos_thread(mosquitto: Mosquitto) -> None:
+    hub = MqttServer(port=mosquitto.port)
+    edge = MqttClient(device_id="edge-1", port=mosquitto.port, qos={Kind.ACTIVATION: 1})
+    pushed: list[tuple[Envelope | BaseException, str]] = []
+
+    def handler(item: Envelope | BaseException) -> None:
+        pushed.append((item, threading.current_thread().name))
+
+    with channels(hub, edge), raw_paho(mosquitto) as (raw, _):
+        for i in range(3):  # queued for recv before the handler is set
+            edge.send(activation(np.full(4, i, np.float32)))
+        wait_until(lambda: hub._inbox.qsize() == 3)
+        assert hub.deliver_to(handler) is True
+        assert len(pushed) == 3  # handed over at once, on this thread
+        for i in range(3, 6):
+            edge.send(activation(np.full(4, i, np.float32)))
+        wait_until(lambda: len(pushed) == 6)
+        raw.publish("tandem/v1/edge-9/up/activation", b"not an envelope", 1).wait_for_publish(5)
+        wait_until(lambda: len(pushed) == 7)
+        envelopes = [item for item, _ in pushed[:6]]
+        assert all(isinstance(e, Envelope) and e.sender == "edge-1" for e in envelopes)
+        assert [int(e.arrays()["x"][0]) for e in envelopes if isinstance(e, Envelope)] == list(range(6))
+        assert all(name != threading.current_thread().name for _, name in pushed[3:])  # paho's thread
+        rejected = pushed[6][0]
+        assert isinstance(rejected, MalformedHeader) and rejected.sender == "edge-9"
+        with pytest.raises(ChannelTimeout):
+            hub.recv(timeout=0.2)  # pushed, not queued
+
+        assert hub.deliver_to(None) is True
+        edge.send(activation(np.full(4, 7, np.float32)))
+        assert int(hub.recv(timeout=5).arrays()["x"][0]) == 7
+        assert len(pushed) == 7
+
+        hub.deliver_to(handler)
+    closings = [item for item, _ in pushed[7:]]
+    assert [type(item) for item in closings] == [ChannelClosed]
+    assert str(closings[0]) == "MqttServer is closed"
+
+
+def test_receive_forever_runs_handlers_on_the_network_thread_and_ends_at_close(mosquitto: Mosquitto) -> None:
+    hub = MqttServer(port=mosquitto.port)
+    edge = MqttClient(device_id="edge-1", port=mosquitto.port)
+    seen: list[tuple[str, str]] = []
+    rejected: list[ProtocolError] = []
+    stop = threading.Event()
+
+    def on_message(envelope: Envelope) -> None:
+        seen.append((envelope.sender or "", threading.current_thread().name))
+        if envelope.meta.get("boom"):
+            raise RuntimeError("handler failed")
+
+    loop = threading.Thread(
+        target=receive_forever,
+        args=(hub, stop),
+        kwargs={
+            "on_message": on_message,
+            "on_rejected": rejected.append,
+            "logger": logging.getLogger("test"),
+            "poll_s": 0.05,
+        },
+        name="receive-loop",
+    )
+    with channels(hub, edge), raw_paho(mosquitto) as (raw, _):
+        loop.start()
+        boom = activation(np.ones(2, np.float32))
+        boom.meta["boom"] = True
+        edge.send(boom)  # a failing handler does not end the loop
+        edge.send(activation(np.ones(2, np.float32)))
+        raw.publish("tandem/v1/edge-9/up/activation", b"junk", 1).wait_for_publish(5)
+        wait_until(lambda: len(seen) == 2 and len(rejected) == 1)
+        assert {sender for sender, _ in seen} == {"edge-1"}
+        assert "receive-loop" not in {thread for _, thread in seen}
+        assert rejected[0].sender == "edge-9"
+    loop.join(2)  # the channel closed: the loop ends without stop being set
+    assert not loop.is_alive()
+    assert not stop.is_set()
 
 
 def test_from_config_round_trip_with_qos_overrides(mosquitto: Mosquitto) -> None:
