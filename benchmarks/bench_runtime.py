@@ -4,9 +4,15 @@
    features[11] to the classifier, dynamic batch) to 1, 4, 16 and 64 simulated
    edges, each a closed loop of activations over its own ZeroMQ connection, with
    batching off and on. Reports inferences/s and p50/p99 latency.
+   For scale, the same tail's throughput in ONNX Runtime alone, in this
+   process, at batch 1 and at the hub's maximum batch: batching cannot gain
+   more end to end than it gains there.
 2. Round trip: ``EdgeAgent.infer`` of a 1 MiB fp32 input through a cloud-only
    split to a hub whose tail is an Identity, against raw pyzmq REQ/REP echoing
-   the same 1 MiB, both against a separate server process.
+   the same 1 MiB, both against a separate server process. A third series, the
+   floor, has no Tandem code: a raw DEALER sends the bytes, a raw ROUTER in
+   another process runs the same Identity in ONNX Runtime and sends its output
+   back; it is what the wire plus the model cost without any runtime around them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import numpy as np
 
 EDGE_COUNTS = (1, 4, 16, 64)
+MAX_BATCH = 32
 ONE_MIB = 1 << 20
 
 
@@ -131,7 +138,7 @@ def _edge_loop(port: int, name: str, until: float, latencies: list[float], error
 
 def throughput(tail: Path, edges: int, batching: bool, seconds: float) -> dict[str, Any]:
     """Closed-loop inferences/s and latency percentiles for ``edges`` concurrent edges."""
-    with _HubProcess(tail, max_batch=32 if batching else 1, delay_ms=5.0) as hub:
+    with _HubProcess(tail, max_batch=MAX_BATCH if batching else 1, delay_ms=5.0) as hub:
         latencies: list[float] = []
         errors: list[str] = []
         warm = time.perf_counter() + 1.0
@@ -156,6 +163,27 @@ def throughput(tail: Path, edges: int, batching: bool, seconds: float) -> dict[s
         "throughput_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(1000 * ordered[len(ordered) // 2], 2) if ordered else None,
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2) if ordered else None,
+    }
+
+
+def onnxruntime_alone(tail: Path, seconds: float) -> dict[str, Any]:
+    """The tail's inferences/s in ONNX Runtime alone, at batch 1 and at MAX_BATCH: batching's ceiling here."""
+    from tandem.executors import open_executor
+
+    executor = open_executor("onnxruntime", tail)
+    rates = {}
+    for batch in (1, MAX_BATCH):
+        feeds = {"feat": np.random.default_rng(0).normal(size=(batch, 64, 14, 14)).astype(np.float32)}
+        executor.run(feeds)
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 2:
+            executor.run(feeds)
+            runs += 1
+        rates[batch] = runs * batch / (time.perf_counter() - started)
+    return {
+        "batch_1_per_s": round(rates[1], 1),
+        f"batch_{MAX_BATCH}_per_s": round(rates[MAX_BATCH], 1),
+        "gain": round(rates[MAX_BATCH] / rates[1], 2),
     }
 
 
@@ -201,11 +229,50 @@ class _RawEcho:
         self.process.join(10)
 
 
-def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[float], list[float]]:
+def _serve_floor(identity: str, port: int, ready: Any, stop: Any) -> None:
+    import onnxruntime as ort
+    import zmq
+
+    session = ort.InferenceSession(identity, providers=["CPUExecutionProvider"])
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    ready.set()
+    while not stop.is_set():
+        if sock.poll(100):
+            peer, payload = sock.recv_multipart(copy=False)
+            x = np.frombuffer(payload.buffer, np.float32).reshape(1, -1)
+            (y,) = session.run(None, {"x": x})
+            sock.send_multipart([peer, y], copy=False)
+    sock.close(linger=0)
+    context.term()
+
+
+class _Floor(_RawEcho):
+    """No Tandem code: raw DEALER here, raw ROUTER running the Identity in ONNX Runtime in another process."""
+
+    def __init__(self, identity: Path) -> None:
+        import zmq
+
+        ctx = mp.get_context("spawn")
+        self.port, self.ready, self.stop = _free_port(), ctx.Event(), ctx.Event()
+        self.process = ctx.Process(
+            target=_serve_floor, args=(str(identity), self.port, self.ready, self.stop), daemon=True
+        )
+        self.process.start()
+        if not self.ready.wait(60):
+            raise RuntimeError("floor server process did not start")
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.DEALER)
+        self.sock.connect(f"tcp://127.0.0.1:{self.port}")
+        self.payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
+
+
+def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[float], list[float], list[float]]:
     """``EdgeAgent.infer`` through a cloud-only split to an Identity tail (batching off), and raw REQ/REP.
 
-    Batches of the two alternate, so that drift in machine load hits both alike.
-    Returns (agent seconds, raw seconds).
+    Batches of the three alternate, so that drift in machine load hits them alike.
+    Returns (agent seconds, raw seconds, floor seconds).
     """
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import EdgeConfig
@@ -228,9 +295,10 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
         )
         channel = ZmqClient(address=config.channel.address, device_id=config.device_id)
         x = np.random.default_rng(0).normal(size=(1, ONE_MIB // 4)).astype(np.float32)
-        raw = _RawEcho()
+        raw, floor = _RawEcho(), _Floor(identity)
         agent_s: list[float] = []
         raw_s: list[float] = []
+        floor_s: list[float] = []
 
         try:
             with EdgeAgent(config, plan, channel) as agent:
@@ -240,18 +308,20 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
                     if result.source != "hub":
                         raise RuntimeError(f"round trip fell back: {result.reason}")
 
-                for fn in (agent_round_trip, raw.round_trip):
+                series = ((agent_round_trip, agent_s), (raw.round_trip, raw_s), (floor.round_trip, floor_s))
+                for fn, _ in series:
                     for _ in range(20):  # warm-up
                         fn()
                 for _ in range(max(1, iterations // batch)):
-                    for fn, times in ((agent_round_trip, agent_s), (raw.round_trip, raw_s)):
+                    for fn, times in series:
                         for _ in range(batch):
                             started = time.perf_counter()
                             fn()
                             times.append(time.perf_counter() - started)
         finally:
             raw.close()
-    return agent_s, raw_s
+            floor.close()
+    return agent_s, raw_s, floor_s
 
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
@@ -268,20 +338,28 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             print(f"   edges {edges:3d} batching {'on ' if batching else 'off'}: {row['throughput_per_s']:7.1f}/s "
                   f"p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms errors {row['errors']}")  # fmt: skip
     by = {(r["edges"], r["batching"]): r["throughput_per_s"] for r in rows}
+    alone = onnxruntime_alone(tail, seconds)
+    print(f"   the tail in ONNX Runtime alone: {alone['batch_1_per_s']}/s at batch 1, "
+          f"{alone[f'batch_{MAX_BATCH}_per_s']}/s at batch {MAX_BATCH} ({alone['gain']}x)")  # fmt: skip
     iterations = 200 if quick else 2000
-    agent, raw = round_trips(identity, iterations)
+    agent, raw, floor = round_trips(identity, iterations)
     raw_ms, agent_ms = 1000 * statistics.median(raw), 1000 * statistics.median(agent)
-    print(f"   1 MiB round trip: agent {agent_ms:.3f} ms vs raw REQ/REP {raw_ms:.3f} ms = {agent_ms / raw_ms:.2f}x")
+    floor_ms = 1000 * statistics.median(floor)
+    print(f"   1 MiB round trip: agent {agent_ms:.3f} ms vs raw REQ/REP {raw_ms:.3f} ms = {agent_ms / raw_ms:.2f}x; "
+          f"floor (raw sockets + Identity in ONNX Runtime) {floor_ms:.3f} ms = {floor_ms / raw_ms:.2f}x")  # fmt: skip
     _plot(rows, out_dir / "runtime_throughput.png")
     return {
         "throughput": rows,
         "batching_gain_at_64_edges": round(by[(64, True)] / by[(64, False)], 2),
         "target_batching_gain": 1.3,
+        "tail_in_onnxruntime_alone": alone,
         "round_trip_1mib": {
             "agent_p50_ms": round(agent_ms, 3),
             "agent_p99_ms": round(1000 * sorted(agent)[int(0.99 * len(agent))], 3),
             "raw_reqrep_p50_ms": round(raw_ms, 3),
             "ratio": round(agent_ms / raw_ms, 3),
+            "floor_p50_ms": round(floor_ms, 3),
+            "floor_ratio": round(floor_ms / raw_ms, 3),
             "target_ratio": 1.2,
         },
     }
