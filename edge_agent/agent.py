@@ -57,6 +57,16 @@ class InferenceResult:
     reason: str = ""
 
 
+def _owned(array: np.ndarray) -> np.ndarray:
+    """``array`` as the caller may keep and modify it.
+
+    A writeable view already is: it views the reply's own received frame (ZeroMQ
+    hands each frame over as private memory), or a decoded array. A read-only
+    one views a shared buffer (an MQTT payload) and is copied.
+    """
+    return array if array.flags.writeable else array.copy()
+
+
 class _Waiter:
     """One request waiting for its reply: a lock held until the receiver releases it (cheaper than an Event)."""
 
@@ -247,7 +257,7 @@ class EdgeAgent:
         edge_outputs: dict[str, np.ndarray],
     ) -> InferenceResult:
         t0 = time.perf_counter()
-        outputs = {**edge_outputs, **{name: np.array(value) for name, value in reply.arrays().items()}}
+        outputs = {**edge_outputs, **{name: _owned(value) for name, value in reply.arrays().items()}}
         timing["decode_ms"] = 1000 * (time.perf_counter() - t0)
         hub = reply.meta.get("timing", {})
         hub_ms = sum(float(hub.get(k, 0.0)) for k in ("queue_ms", "decode_ms", "compute_ms", "encode_ms"))

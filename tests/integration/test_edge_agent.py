@@ -122,6 +122,11 @@ def test_split_inference_equals_the_full_model(running: tuple[EdgeAgent, Hub, in
     np.testing.assert_allclose(result.outputs["logits"], reference(x), rtol=1e-5, atol=1e-6)
     assert {"edge_ms", "encode_ms", "round_trip_ms", "hub_compute_ms"} <= set(result.timing)
 
+    logits = result.outputs["logits"]
+    assert logits.flags.writeable  # the caller's to keep and change (a view of its own received frame)
+    logits += 100.0
+    np.testing.assert_allclose(agent.infer(x).outputs["logits"], reference(x), rtol=1e-5, atol=1e-6)
+
 
 def test_hub_down_means_local_degraded_answers_then_recovery(
     toy_plan: tuple[AgentPlan, Path], running: tuple[EdgeAgent, Hub, int]

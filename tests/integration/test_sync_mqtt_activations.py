@@ -66,6 +66,7 @@ def test_edge_agent_against_the_hub_over_mqtt_with_sync_beside_it(
         assert [r.source for r in results] == ["hub"] * 20
         for x, result in zip(inputs, results, strict=True):
             np.testing.assert_allclose(result.outputs["logits"], reference(x), rtol=2e-3, atol=2e-3)
+            assert result.outputs["logits"].flags.writeable  # copied out of paho's read-only payload
         assert hub.metrics.requests.labels("cam-1", "toy", "s1", "ok")._value.get() == 20
         wait_until(lambda: store.count(kind="sample") == 20 and store.count(kind="record") == 20, 20, "all synced")
         recorded = {store.record(i)["body"]["request_id"] for i in store.record_ids(kind="record")}  # type: ignore[index]
