@@ -3,7 +3,9 @@
 1. Throughput: a hub process serves a real cloud part (MobileNetV2 from
    features[11] to the classifier, dynamic batch) to 1, 4, 16 and 64 simulated
    edges, each a closed loop of activations over its own ZeroMQ connection, with
-   batching off and on. Reports inferences/s and p50/p99 latency.
+   batching off and on. Reports inferences/s and p50/p99 latency. At 64 edges
+   the off/on pair runs three times and the batching gain is the median of the
+   three pairs' gains (one pair swings by ±15 % on a busy 2-core machine).
    For scale, the same tail's throughput in ONNX Runtime alone, in this
    process, at batch 1 and at the hub's maximum batch: batching cannot gain
    more end to end than it gains there.
@@ -331,13 +333,21 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     tail, identity = export_tail(work / "tail.onnx"), export_identity(work / "identity.onnx")
     seconds = 3.0 if quick else 10.0
     rows = []
+    gains = []  # at the most edges, off/on pairs repeat: the gain is their median
     for edges in EDGE_COUNTS:
+        pairs = 3 if edges == EDGE_COUNTS[-1] and not quick else 1
+        runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for _ in range(pairs):
+            for batching in (False, True):
+                row = throughput(tail, edges, batching, seconds)
+                runs[batching].append(row)
+                print(f"   edges {edges:3d} batching {'on ' if batching else 'off'}: {row['throughput_per_s']:7.1f}/s "
+                      f"p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms errors {row['errors']}")  # fmt: skip
+            if edges == EDGE_COUNTS[-1]:
+                gains.append(runs[True][-1]["throughput_per_s"] / runs[False][-1]["throughput_per_s"])
         for batching in (False, True):
-            row = throughput(tail, edges, batching, seconds)
-            rows.append(row)
-            print(f"   edges {edges:3d} batching {'on ' if batching else 'off'}: {row['throughput_per_s']:7.1f}/s "
-                  f"p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms errors {row['errors']}")  # fmt: skip
-    by = {(r["edges"], r["batching"]): r["throughput_per_s"] for r in rows}
+            ordered = sorted(runs[batching], key=lambda r: r["throughput_per_s"])
+            rows.append(ordered[len(ordered) // 2])  # the median run
     alone = onnxruntime_alone(tail, seconds)
     print(f"   the tail in ONNX Runtime alone: {alone['batch_1_per_s']}/s at batch 1, "
           f"{alone[f'batch_{MAX_BATCH}_per_s']}/s at batch {MAX_BATCH} ({alone['gain']}x)")  # fmt: skip
@@ -350,7 +360,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     _plot(rows, out_dir / "runtime_throughput.png")
     return {
         "throughput": rows,
-        "batching_gain_at_64_edges": round(by[(64, True)] / by[(64, False)], 2),
+        "batching_gain_at_64_edges": round(statistics.median(gains), 2),
+        "batching_gain_at_64_edges_per_pair": [round(g, 2) for g in gains],
         "target_batching_gain": 1.3,
         "tail_in_onnxruntime_alone": alone,
         "round_trip_1mib": {
