@@ -29,11 +29,11 @@ from types import TracebackType
 from typing import TypeAlias, TypeVar
 
 from transport.envelope import Envelope
-from transport.errors import ChannelError
+from transport.errors import TransportError
 
 __all__ = ["Channel", "PushHandler"]
 
-PushHandler: TypeAlias = Callable[[Envelope | ChannelError], None]
+PushHandler: TypeAlias = Callable[[Envelope | TransportError], None]
 """Takes what ``recv`` would have returned (an envelope) or raised (a ``ProtocolError``, or ``ChannelClosed`` once)."""
 
 _C = TypeVar("_C", bound="Channel")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from transport.channel import Channel
 from transport.envelope import Envelope
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError
+from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError, TransportError
 
 __all__ = ["receive_forever"]
 
@@ -45,7 +45,7 @@ def receive_forever(
 
     closed = threading.Event()
 
-    def pushed(item: Envelope | ChannelError) -> None:
+    def pushed(item: Envelope | TransportError) -> None:
         if isinstance(item, Envelope):
             handle(item)
         elif isinstance(item, ProtocolError):
