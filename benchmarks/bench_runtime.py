@@ -24,6 +24,7 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,20 +204,23 @@ def _serve_raw(port: int, ready: Any, stop: Any) -> None:
     context.term()
 
 
-class _RawEcho:
-    """The baseline: raw pyzmq REQ here, REP echo in another process, 1 MiB each way, result copied out."""
+class _RawPeer:
+    """A raw pyzmq socket here, its server (``serve(*args, port, ready, stop)``) in another process.
 
-    def __init__(self) -> None:
+    ``round_trip`` sends the 1 MiB payload and copies the reply out.
+    """
+
+    def __init__(self, serve: Callable[..., None], args: tuple[Any, ...], socket_type: int, what: str) -> None:
         import zmq
 
         ctx = mp.get_context("spawn")
         self.port, self.ready, self.stop = _free_port(), ctx.Event(), ctx.Event()
-        self.process = ctx.Process(target=_serve_raw, args=(self.port, self.ready, self.stop), daemon=True)
+        self.process = ctx.Process(target=serve, args=(*args, self.port, self.ready, self.stop), daemon=True)
         self.process.start()
         if not self.ready.wait(60):
-            raise RuntimeError("raw echo process did not start")
+            raise RuntimeError(f"{what} process did not start")
         self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.REQ)
+        self.sock = self.context.socket(socket_type)
         self.sock.connect(f"tcp://127.0.0.1:{self.port}")
         self.payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
 
@@ -229,6 +233,13 @@ class _RawEcho:
         self.context.term()
         self.stop.set()
         self.process.join(10)
+
+
+def _raw_echo() -> _RawPeer:
+    """The baseline: raw pyzmq REQ here, REP echo in another process, 1 MiB each way, result copied out."""
+    import zmq
+
+    return _RawPeer(_serve_raw, (), zmq.REQ, "raw echo")
 
 
 def _serve_floor(identity: str, port: int, ready: Any, stop: Any) -> None:
@@ -250,24 +261,11 @@ def _serve_floor(identity: str, port: int, ready: Any, stop: Any) -> None:
     context.term()
 
 
-class _Floor(_RawEcho):
+def _floor(identity: Path) -> _RawPeer:
     """No Tandem code: raw DEALER here, raw ROUTER running the Identity in ONNX Runtime in another process."""
+    import zmq
 
-    def __init__(self, identity: Path) -> None:
-        import zmq
-
-        ctx = mp.get_context("spawn")
-        self.port, self.ready, self.stop = _free_port(), ctx.Event(), ctx.Event()
-        self.process = ctx.Process(
-            target=_serve_floor, args=(str(identity), self.port, self.ready, self.stop), daemon=True
-        )
-        self.process.start()
-        if not self.ready.wait(60):
-            raise RuntimeError("floor server process did not start")
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.DEALER)
-        self.sock.connect(f"tcp://127.0.0.1:{self.port}")
-        self.payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
+    return _RawPeer(_serve_floor, (str(identity),), zmq.DEALER, "floor server")
 
 
 def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[float], list[float], list[float]]:
@@ -297,7 +295,7 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
         )
         channel = ZmqClient(address=config.channel.address, device_id=config.device_id)
         x = np.random.default_rng(0).normal(size=(1, ONE_MIB // 4)).astype(np.float32)
-        raw, floor = _RawEcho(), _Floor(identity)
+        raw, floor = _raw_echo(), _floor(identity)
         agent_s: list[float] = []
         raw_s: list[float] = []
         floor_s: list[float] = []
