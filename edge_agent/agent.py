@@ -393,18 +393,26 @@ class EdgeAgent:
     def _maintain(self) -> None:
         next_beat = next_telemetry = time.monotonic()
         backoff = self.config.retry.initial_s
+        next_probe: float | None = None
         while not self._stop.wait(0.05):
             now = time.monotonic()
             if now >= next_telemetry and self._hub_up:
                 self._send_quietly(self._telemetry())
                 next_telemetry = now + self.config.telemetry_interval_s
+            if next_probe is not None and now >= next_probe:
+                next_probe = None
+                if self._hub_up and now - self._last_upload > self.config.probe_interval_s:
+                    self._send_quietly(self._heartbeat(probe=True))
             if now < next_beat:
                 continue
             self._send_quietly(self._heartbeat(probe=False))
             if self._hub_up:
                 backoff = self.config.retry.initial_s
-                if now - self._last_upload > self.config.probe_interval_s and self.config.probe_bytes:
-                    self._send_quietly(self._heartbeat(probe=True))
+                if self.config.probe_bytes:
+                    # Half a period after the plain beat, not right behind it: two answers back to back
+                    # through an MQTT broker with Nagle on (Mosquitto's default) hold the second one for
+                    # the edge's delayed ACK, ~40 ms, which would pass for a slow uplink.
+                    next_probe = now + self.config.probe_interval_s / 2
                 next_beat = now + self.config.probe_interval_s
             else:
                 next_beat = now + backoff

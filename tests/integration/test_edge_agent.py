@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from edge_agent.config import EdgeConfig
 from edge_agent.plan_view import AgentPlan, SplitOption
 from tandem.executors import open_executor
 from transport.config import ZmqConfig
+from transport.envelope import Envelope, Kind
 from transport.zmq_channel import ZmqClient
 
 A = (np.arange(16, dtype=np.float32).reshape(4, 4) - 8) / 10
@@ -86,8 +88,7 @@ def agent_for(plan: AgentPlan, port: int, **overrides: object) -> EdgeAgent:
         channel=ZmqConfig(address=f"tcp://127.0.0.1:{port}"),
         deadline_ms=500,
         retry={"initial_s": 0.1, "max_s": 0.4, "failures_to_mark_down": 1},
-        probe_interval_s=0.2,
-        **overrides,
+        **{"probe_interval_s": 0.2, **overrides},
     )
     channel = ZmqClient(address=config.channel.address, device_id=config.device_id, connect_timeout_s=None)
     return EdgeAgent(config, plan, channel)
@@ -166,6 +167,32 @@ def test_link_estimates_come_from_heartbeats_and_probes(running: tuple[EdgeAgent
     agent, _, _ = running
     wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
     assert agent.estimator.snapshot().rtt_ms < 100  # loopback
+
+
+def test_a_probe_goes_half_a_period_after_the_plain_heartbeat(toy_plan: tuple[AgentPlan, Path]) -> None:
+    """Never right behind it: two answers back to back through a broker with Nagle on hold the second ~40 ms."""
+    plan, tail = toy_plan
+    port = free_port()
+    hub = start_hub(tail, port)
+    agent = agent_for(plan, port, probe_interval_s=0.4)
+    beats: list[tuple[float, bool]] = []
+    send = agent.channel.send
+
+    def recording_send(envelope: Envelope, **kwargs: object) -> None:
+        if envelope.kind is Kind.HEARTBEAT:
+            beats.append((time.monotonic(), bool(envelope.meta.get("probe_bytes"))))
+        send(envelope, **kwargs)  # type: ignore[arg-type]
+
+    agent.channel.send = recording_send  # type: ignore[method-assign]
+    agent.start()
+    try:
+        wait_until(lambda: sum(probe for _, probe in beats) >= 3)
+    finally:
+        agent.stop()
+        hub.stop()
+    for (before, was_probe), (at, probe) in itertools.pairwise(beats):
+        if probe:
+            assert not was_probe and at - before >= 0.2 - 0.02, beats
 
 
 def test_bad_inputs_name_what_the_model_takes(running: tuple[EdgeAgent, Hub, int]) -> None:

@@ -40,7 +40,9 @@ pytestmark = pytest.mark.broker
 
 
 def test_edge_agent_against_the_hub_over_mqtt_with_sync_beside_it(
-    mosquitto: Mosquitto, tmp_path: Path, toy_plan: tuple  # noqa: F811
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    toy_plan: tuple,  # noqa: F811
 ) -> None:
     plan, tail_path = toy_plan
     channel_config = MqttConfig(port=mosquitto.port)
@@ -74,3 +76,34 @@ def test_edge_agent_against_the_hub_over_mqtt_with_sync_beside_it(
         sample = store.record(next(iter(store.record_ids(kind="sample"))))
         assert sample is not None and sample["body"]["split"] == "s1" and sample["body"]["meta"]["source"] == "hub"
         assert hub.metrics.errors.collect()[0].samples == []  # the hub never saw a sync message
+
+
+def test_probes_through_a_default_mosquitto_measure_the_link(
+    mosquitto: Mosquitto,
+    toy_plan: tuple,  # noqa: F811
+) -> None:
+    """The broker runs Mosquitto's default ``set_tcp_nodelay false``; the probes still measure loopback."""
+    plan, tail_path = toy_plan
+    channel_config = MqttConfig(port=mosquitto.port)
+    hub = Hub(
+        HubConfig(plans=[tail_path.parent], channels=[channel_config], metrics=MetricsConfig(port=None)),
+        [Tail("toy", 1, "s1", open_executor("onnxruntime", tail_path))],
+    )
+    hub.start()
+    config = EdgeConfig(device_id="cam-1", plan=plan.full_model.parent, codec="raw", channel=channel_config,
+                        probe_interval_s=0.5, probe_bytes=32_768)  # fmt: skip
+    agent = EdgeAgent(config, plan, open_client(channel_config, device_id="cam-1"))
+    probes: list[float] = []
+    observe = agent.estimator.observe_transfer
+
+    def record(nbytes: int, round_trip_ms: float, hub_ms: float) -> None:
+        probes.append(round_trip_ms)
+        observe(nbytes, round_trip_ms, hub_ms)
+
+    agent.estimator.observe_transfer = record  # type: ignore[method-assign]
+    agent.start()
+    with closing_all(hub, agent):
+        wait_until(lambda: len(probes) >= 6, 20, "6 probes answered")
+    assert sorted(probes)[len(probes) // 2] < 15, f"probe round trips (ms): {[round(ms, 1) for ms in probes]}"
+    bandwidth = agent.estimator.snapshot().bandwidth_mbps
+    assert bandwidth is not None and bandwidth > 50  # loopback
