@@ -74,6 +74,10 @@ def test_split_inference_and_records_over_mqtt(
                 "channel": {**broker, "max_payload_bytes": 8 << 20},
                 "executor": "onnxruntime",
                 "deadline_ms": 5000,
+                # Loopback: until the agent has measured the link, assume a fast one (the default 10 Mbit/s
+                # and 20 ms make the plan's emulated edge-only split the fastest on a fast machine).
+                "initial_bandwidth_mbps": 1000,
+                "initial_rtt_ms": 1,
                 "endpoint": {"address": endpoint},
                 "sync": {
                     "mqtt": broker,
