@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,24 +24,45 @@ import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tandem.config import StrictModel, load_config
 
-__all__ = ["DemoConfig", "register", "run"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from edge_agent.plan_view import SplitOption
+
+__all__ = ["DEMO_MIN_GAIN", "DemoConfig", "register", "run", "showcase_bandwidth"]
+
+DEMO_MIN_GAIN = 0.15
+"""The agents' hysteresis: a split is left for one predicted this much faster."""
 
 
 class Phase(StrictModel):
-    """From ``at_s`` on, the agents' emulated uplink has these values."""
+    """From ``at_s`` on, the agents' emulated uplink has these values.
+
+    ``bandwidth_mbps: auto`` lets the demo pick, from the plan's measured costs,
+    the uplink at which a mid-network cut wins most clearly (see
+    :func:`showcase_bandwidth`): where that is depends on how fast this machine
+    computes against a fixed link, so no one figure shows a cut everywhere.
+    """
 
     at_s: float = Field(..., ge=0)
-    bandwidth_mbps: float = Field(..., gt=0)
+    bandwidth_mbps: float | Literal["auto"] = Field(..., description="Mbit/s (> 0), or auto")
     rtt_ms: float = Field(20.0, ge=0)
     name: str = ""
+
+    @field_validator("bandwidth_mbps")
+    @classmethod
+    def _positive(cls, value: float | str) -> float | str:
+        if value != "auto" and float(value) <= 0:
+            raise ValueError("expected a bandwidth > 0 in Mbit/s, or auto")
+        return value
 
 
 class Outage(StrictModel):
@@ -63,7 +85,7 @@ class DemoConfig(StrictModel):
     phases: list[Phase] = Field(
         default_factory=lambda: [
             Phase(at_s=0, bandwidth_mbps=50, name="good link"),
-            Phase(at_s=22, bandwidth_mbps=3, name="bandwidth drop"),
+            Phase(at_s=22, bandwidth_mbps="auto", name="bandwidth drop"),
         ]
     )
     outage: Outage | None = Field(default_factory=lambda: Outage(at_s=40, duration_s=8))
@@ -94,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(plan_dir)
     slowdown = plan.edge.emulation_factor or 1.0
     print(f"\n== plan {plan.plan_id}: splits {[s.id for s in plan.splits]}; edge emulated x{slowdown:.2f}", flush=True)
+    config = _resolve_auto_phases(config, plan_dir)
     inputs, references = _inputs(plan_dir / plan.model.path, plan.model.inputs[0].name)
     processes = _Processes(work)
     try:
@@ -104,6 +127,58 @@ def run(args: argparse.Namespace) -> int:
     finally:
         processes.stop_all()
     return _report(config, work, records)
+
+
+def showcase_bandwidth(splits: Sequence[SplitOption], start: SplitOption, rtt_ms: float) -> tuple[float, float]:
+    """The uplink (Mbit/s) at which a mid-network cut wins most clearly, and by how much.
+
+    At each bandwidth of a log grid, the best cut must beat every other split
+    (it is predicted ``margin`` faster than the best of them) and be worth
+    leaving ``start`` for: its gain over ``start`` must clear the agents'
+    hysteresis (``DEMO_MIN_GAIN``) by the same margin. Returns the bandwidth
+    with the largest margin; a margin <= 0 means no bandwidth shows a cut for
+    this plan (the bandwidth returned is then the closest call).
+    """
+    cuts = [s for s in splits if not s.edge_only and s.edge_path is not None]
+    others = [s for s in splits if s not in cuts]
+    if not cuts:
+        return 0.0, -math.inf
+    best_margin, best_bandwidth = -math.inf, 0.0
+    for bandwidth in np.geomspace(0.5, 500.0, 241):
+        cut_ms = min(s.predicted_ms(bandwidth, rtt_ms) for s in cuts)
+        over_others = min((s.predicted_ms(bandwidth, rtt_ms) for s in others), default=math.inf) / cut_ms - 1
+        over_start = 1 - cut_ms / start.predicted_ms(bandwidth, rtt_ms) - DEMO_MIN_GAIN
+        margin = min(over_others, over_start)
+        if margin > best_margin:
+            best_margin, best_bandwidth = margin, float(bandwidth)
+    return float(f"{best_bandwidth:.2g}"), best_margin
+
+
+def _resolve_auto_phases(config: DemoConfig, plan_dir: Path) -> DemoConfig:
+    """``config`` with each ``bandwidth_mbps: auto`` replaced by :func:`showcase_bandwidth`'s pick."""
+    phases = sorted(config.phases, key=lambda p: p.at_s)
+    if not any(p.bandwidth_mbps == "auto" for p in phases):
+        return config
+    from edge_agent.plan_view import load_agent_plan
+
+    splits = load_agent_plan(plan_dir, config.codec).splits
+    resolved: list[Phase] = []
+    for i, phase in enumerate(phases):
+        if phase.bandwidth_mbps != "auto":
+            resolved.append(phase)
+            continue
+        before = resolved[-1] if resolved else None
+        start_bandwidth = float(before.bandwidth_mbps) if before else 1000.0
+        start = min(splits, key=lambda s: s.predicted_ms(start_bandwidth, before.rtt_ms if before else phase.rtt_ms))
+        bandwidth, margin = showcase_bandwidth(splits, start, phase.rtt_ms)
+        if margin <= 0:
+            print(f"   phase {i} ({phase.name or 'auto'}): no uplink makes a mid-network cut clearly best for this "
+                  f"plan with codec {config.codec}; using {bandwidth} Mbit/s, the closest call")  # fmt: skip
+        else:
+            print(f"   phase {i} ({phase.name or 'auto'}): bandwidth auto -> {bandwidth} Mbit/s, where the plan "
+                  f"predicts a cut {margin:.0%} ahead of both edge-only and leaving {start.split_id}")  # fmt: skip
+        resolved.append(phase.model_copy(update={"bandwidth_mbps": bandwidth}))
+    return config.model_copy(update={"phases": resolved})
 
 
 def _partition(config: DemoConfig, plan_dir: Path) -> None:
@@ -154,7 +229,7 @@ def _write_edge_config(config: DemoConfig, work: Path, plan_dir: Path, index: in
         "executor": "onnxruntime",
         "executor_threads": 1,  # as the partitioner measured it, so the emulation factor applies as planned
         "deadline_ms": config.deadline_ms,
-        "hysteresis": {"min_gain": 0.15, "min_dwell_s": 2.0},
+        "hysteresis": {"min_gain": DEMO_MIN_GAIN, "min_dwell_s": 2.0},
         "retry": {"initial_s": 0.5, "max_s": 2.0, "failures_to_mark_down": 2},
         "endpoint": {"address": f"tcp://127.0.0.1:{config.endpoint_port + index}", "workers": 2},
         "probe_interval_s": 1.0,

@@ -103,7 +103,7 @@ def test_demo_switches_split_survives_a_hub_kill_and_matches_the_unsplit_model(
         "deadline_ms": 800,
         "phases": [
             {"at_s": 0, "bandwidth_mbps": 100, "name": "fast"},
-            {"at_s": 12, "bandwidth_mbps": 3, "name": "slow"},
+            {"at_s": 12, "bandwidth_mbps": "auto", "name": "slow"},
         ],
         "outage": {"at_s": 24, "duration_s": 5},
         "hub_port": free_port(),
