@@ -78,12 +78,13 @@ class SplitSelector:
         return True
 
     def _switch(self, split: SplitOption, bandwidth: float, rtt: float, why: str) -> SplitOption:
+        before = "start" if self.current is None else self.current.split_id
         if self.current is not None:
             self.switches += 1
-            logger.info(
-                "split %s -> %s (%s; link %.2f Mbit/s, RTT %.1f ms, predicted %.1f ms)",
-                self.current.split_id, split.split_id, why, bandwidth, rtt, split.predicted_ms(bandwidth, rtt),
-            )  # fmt: skip
+        logger.info(
+            "split %s -> %s (%s; link %.2f Mbit/s, RTT %.1f ms, predicted %.1f ms)",
+            before, split.split_id, why, bandwidth, rtt, split.predicted_ms(bandwidth, rtt),
+        )  # fmt: skip
         self.current = split
         self._since = self._clock()
         return split

@@ -135,3 +135,13 @@ def test_window_best_matches_the_best_of_its_samples(steps: list[tuple[float, fl
         in_window = [v for t, v in seen if t >= clock.now - 3.0] or [v for _, v in seen[-1:]]
         expected = (max if highest else min)(in_window) if in_window else None
         assert window.best() == expected
+
+
+def test_the_first_choice_is_logged_with_its_link_like_every_switch(caplog: pytest.LogCaptureFixture) -> None:
+    chosen, _ = selector(min_dwell_s=0, min_gain=0.1)
+    with caplog.at_level("INFO", logger="tandem.edge.selector"):
+        chosen.choose(LinkEstimate(20, 1000))
+        chosen.choose(LinkEstimate(20, 5))
+    assert "split start -> cloud_only (first choice; link 1000.00 Mbit/s, RTT 20.0 ms" in caplog.text
+    assert "split cloud_only -> s2 (better for the link; link 5.00 Mbit/s" in caplog.text
+    assert chosen.switches == 1
