@@ -337,6 +337,7 @@ class _MqttChannel(Channel):
     # -- receiving (paho's network thread) ----------------------------------------------------------------------
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        _ack_now(client.socket())
         device = "?"
         try:
             device, kind = self._parse_topic(message.topic)
@@ -353,6 +354,11 @@ class _MqttChannel(Channel):
             self._take(exc)
         except Exception:  # an exception here would end paho's network thread
             log.exception("MQTT %s %s: dropped a message on %r", self._role, self.client_id, message.topic)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode, properties: Properties
+    ) -> None:
+        _ack_now(client.socket())  # a PUBACK or PUBCOMP read: the broker may be holding an answer behind it
 
     def _take(self, item: tuple[str, str, Buffer] | ProtocolError) -> None:
         with self._push_lock:  # under the lock: deliver_to may be handing over the queued messages
@@ -397,6 +403,7 @@ class _MqttChannel(Channel):
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def _set_tls(self, client: paho.Client, tls: TlsConfig) -> None:
@@ -491,6 +498,7 @@ class _MqttChannel(Channel):
     def _on_subscribe(
         self, client: paho.Client, userdata: object, mid: int, reasons: list[ReasonCode], properties: Properties | None
     ) -> None:
+        _ack_now(client.socket())  # the broker may hold the first message for us behind this SUBACK
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             self._subscribe_refused = ", ".join(failed)
@@ -748,6 +756,23 @@ def _no_delay(sock: object) -> None:
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def _ack_now(sock: object) -> None:
+    """Acknowledge what paho just read now, not after the delayed-ACK timer (up to 40 ms on Linux).
+
+    A broker with Nagle on (Mosquitto's default, ``set_tcp_nodelay false``)
+    holds a message for us until we acknowledge the one before it, so two
+    answers sent back to back, such as the first ones on a new connection,
+    arrived ~40 ms apart. ``TCP_QUICKACK`` is not sticky: it is set again for
+    every message.
+    """
+    if _QUICKACK is not None and isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
 
 def _describe(exc: BaseException) -> str:

@@ -438,3 +438,52 @@ def test_hub_session_keeps_qos1_messages_while_the_hub_is_away(mosquitto_factory
         with channels(back):
             got = back.recv(timeout=10)
             assert (got.request_id, got.meta, got.sender) == (hello.request_id, {"while": "hub away"}, "edge-1")
+
+
+def test_back_to_back_answers_through_a_nagle_broker_are_not_held_for_a_delayed_ack(mosquitto: Mosquitto) -> None:
+    """Mosquitto's default ``set_tcp_nodelay false`` held the second of two answers until the edge acknowledged
+    the first: ~45 ms on the first such pair of every new connection, before the edge acknowledged at once."""
+    hub = MqttServer(port=mosquitto.port, session_expiry_s=0)
+    edge = MqttClient(device_id="cam-1", port=mosquitto.port, session_expiry_s=0)
+    with channels(hub, edge):
+
+        def answer(envelope: Envelope | Exception) -> None:
+            if isinstance(envelope, Envelope):
+                hub.send(Envelope(Kind.HEARTBEAT, envelope.request_id, "cam-1"), to="cam-1")
+
+        hub.deliver_to(answer)
+        round_trips = []
+        for _ in range(3):
+            edge.send(Envelope(Kind.HEARTBEAT, device_id="cam-1"))
+            started = time.perf_counter()
+            edge.send(Envelope.with_arrays(Kind.HEARTBEAT, {"probe": np.zeros(32_768, np.uint8)}, device_id="cam-1"))
+            edge.recv(timeout=5)
+            edge.recv(timeout=5)
+            round_trips.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.3)
+    assert max(round_trips) < 30, f"round trips of the second message (ms): {round_trips}"
+
+
+def test_a_qos1_request_and_answer_through_a_nagle_broker_take_milliseconds_not_a_delayed_ack(
+    mosquitto: Mosquitto,
+) -> None:
+    """The broker sent its PUBACK, then held the answer until the edge acknowledged that PUBACK: 42-45 ms each."""
+    qos = dict.fromkeys(Kind, 1)
+    hub = MqttServer(port=mosquitto.port, session_expiry_s=0, qos=qos)
+    edge = MqttClient(device_id="cam-1", port=mosquitto.port, session_expiry_s=0, qos=qos)
+    with channels(hub, edge):
+
+        def answer(envelope: Envelope | Exception) -> None:
+            if isinstance(envelope, Envelope):
+                hub.send(Envelope(Kind.RECORD, envelope.request_id, "cam-1"), to="cam-1")
+
+        hub.deliver_to(answer)
+        round_trips = []
+        for _ in range(10):
+            started = time.perf_counter()
+            edge.send(Envelope(Kind.RECORD, device_id="cam-1"))
+            edge.recv(timeout=5)
+            round_trips.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.05)
+    assert sorted(round_trips)[len(round_trips) // 2] < 20, f"round trips (ms): {round_trips}"
+    assert round_trips[0] < 30, f"round trips (ms): {round_trips}"
