@@ -111,6 +111,7 @@ import queue
 import secrets
 import socket
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
@@ -204,6 +205,8 @@ class _MqttChannel(Channel):
         self._subscribe_refused: str | None = None
         self._closed = False
         self._close_lock = threading.Lock()
+        self._read_at = 0.0  # when paho last read a message or an acknowledgement
+        self._reads_in_a_row = 0  # reads in a row, each within _STREAMING_GAP_S of the one before
         self._client = self._make_client(reconnect_min_s, reconnect_max_s, max_queued_messages)
         self._connect()
 
@@ -337,7 +340,7 @@ class _MqttChannel(Channel):
     # -- receiving (paho's network thread) ----------------------------------------------------------------------
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        _ack_now(client.socket())
+        self._acknowledge(client, len(message.payload))
         device = "?"
         try:
             device, kind = self._parse_topic(message.topic)
@@ -358,7 +361,22 @@ class _MqttChannel(Channel):
     def _on_publish(
         self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode, properties: Properties
     ) -> None:
-        _ack_now(client.socket())  # a PUBACK or PUBCOMP read: the broker may be holding an answer behind it
+        self._acknowledge(client, 0)  # a PUBACK or PUBCOMP read: the broker may be holding an answer behind it
+
+    def _acknowledge(self, client: paho.Client, nbytes: int) -> None:
+        """ACK at once (see :func:`_ack_now`) what paho just read, unless the kernel or the traffic will.
+
+        A read of ``_KERNEL_ACKS_BYTES`` or more is acknowledged by the kernel at
+        once anyway. After ``_STREAMING_READS`` reads in a row, each within
+        ``_STREAMING_GAP_S`` of the one before, the traffic is a stream, whose
+        own segments carry ACKs: an ACK per message there cost 6 % (QoS 0) to
+        19 % (QoS 1) of the throughput on loopback.
+        """
+        now = time.monotonic()
+        self._reads_in_a_row = self._reads_in_a_row + 1 if now - self._read_at < _STREAMING_GAP_S else 0
+        self._read_at = now
+        if nbytes < _KERNEL_ACKS_BYTES and self._reads_in_a_row < _STREAMING_READS:
+            _ack_now(client.socket())
 
     def _take(self, item: tuple[str, str, Buffer] | ProtocolError) -> None:
         with self._push_lock:  # under the lock: deliver_to may be handing over the queued messages
@@ -498,7 +516,7 @@ class _MqttChannel(Channel):
     def _on_subscribe(
         self, client: paho.Client, userdata: object, mid: int, reasons: list[ReasonCode], properties: Properties | None
     ) -> None:
-        _ack_now(client.socket())  # the broker may hold the first message for us behind this SUBACK
+        self._acknowledge(client, 0)  # the broker may hold the first message for us behind this SUBACK
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             self._subscribe_refused = ", ".join(failed)
@@ -759,6 +777,9 @@ def _no_delay(sock: object) -> None:
 
 
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_KERNEL_ACKS_BYTES = 64 << 10  # more than a full segment since the last ACK: Linux ACKs at once
+_STREAMING_GAP_S = 0.002
+_STREAMING_READS = 4
 
 
 def _ack_now(sock: object) -> None:
