@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -487,3 +488,30 @@ def test_a_qos1_request_and_answer_through_a_nagle_broker_take_milliseconds_not_
             time.sleep(0.05)
     assert sorted(round_trips)[len(round_trips) // 2] < 20, f"round trips (ms): {round_trips}"
     assert round_trips[0] < 30, f"round trips (ms): {round_trips}"
+
+
+def test_quick_acks_are_left_to_the_kernel_for_large_reads_and_to_the_traffic_within_a_stream(
+    mosquitto: Mosquitto,
+) -> None:
+    class RecordingSocket(socket.socket):
+        acks = 0
+
+        def setsockopt(self, *args: object) -> None:  # type: ignore[override]
+            RecordingSocket.acks += 1
+
+    class FakeClient:
+        def socket(self) -> RecordingSocket:
+            return sock
+
+    sock = RecordingSocket()
+    edge = MqttClient(device_id="cam-1", port=mosquitto.port, session_expiry_s=0)
+    with channels(edge), closing(sock):
+        edge._acknowledge(FakeClient(), 64 << 10)  # type: ignore[arg-type]  # the kernel ACKs this one at once
+        assert RecordingSocket.acks == 0
+        time.sleep(0.01)
+        for _ in range(6):  # a stream: after 4 reads in a row, its own segments carry the ACKs
+            edge._acknowledge(FakeClient(), 100)  # type: ignore[arg-type]
+        assert RecordingSocket.acks == 4
+        time.sleep(0.01)
+        edge._acknowledge(FakeClient(), 0)  # type: ignore[arg-type]  # a PUBACK after a pause
+        assert RecordingSocket.acks == 5
