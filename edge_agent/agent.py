@@ -409,9 +409,10 @@ class EdgeAgent:
             if self._hub_up:
                 backoff = self.config.retry.initial_s
                 if self.config.probe_bytes:
-                    # Half a period after the plain beat, not right behind it: two answers back to back
-                    # through an MQTT broker with Nagle on (Mosquitto's default) hold the second one for
-                    # the edge's delayed ACK, ~40 ms, which would pass for a slow uplink.
+                    # Half a period after the plain beat, not right behind it: through an MQTT broker with
+                    # Nagle on (Mosquitto's default), the second of two answers back to back waits for the
+                    # edge's ACK of the first. The MQTT channel ACKs at once on Linux, not elsewhere; a
+                    # delayed ACK (~40 ms) would pass for a slow uplink.
                     next_probe = now + self.config.probe_interval_s / 2
                 next_beat = now + self.config.probe_interval_s
             else:
