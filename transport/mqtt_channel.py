@@ -361,7 +361,9 @@ class _MqttChannel(Channel):
     def _on_publish(
         self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode, properties: Properties
     ) -> None:
-        self._acknowledge(client, 0)  # a PUBACK or PUBCOMP read: the broker may be holding an answer behind it
+        # QoS > 0: a PUBACK/PUBCOMP was read, and the broker may hold an answer behind it until we ACK.
+        # (paho also calls this when a QoS 0 PUBLISH has been written; an ACK then does no harm.)
+        self._acknowledge(client, 0)
 
     def _acknowledge(self, client: paho.Client, nbytes: int) -> None:
         """ACK at once (see :func:`_ack_now`) what paho just read, unless the kernel or the traffic will.
