@@ -114,6 +114,7 @@ class EdgeAgent:
         self._hub_up = True
         self._failures = 0
         self._last_upload = 0.0
+        self._beat_answered = threading.Event()  # the hub answered the latest plain heartbeat
         self._recent: deque[tuple[float, float]] = deque(maxlen=256)  # (time, latency_ms)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -388,6 +389,7 @@ class EdgeAgent:
                 self.estimator.observe_transfer(probe, round_trip_ms, 0.0)
             else:
                 self.estimator.observe_rtt(round_trip_ms)
+                self._beat_answered.set()
         self._mark_up()
 
     def _maintain(self) -> None:
@@ -399,20 +401,21 @@ class EdgeAgent:
             if now >= next_telemetry and self._hub_up:
                 self._send_quietly(self._telemetry())
                 next_telemetry = now + self.config.telemetry_interval_s
-            if next_probe is not None and now >= next_probe:
+            if next_probe is not None and (self._beat_answered.is_set() or now >= next_probe):
                 next_probe = None
                 if self._hub_up and now - self._last_upload > self.config.probe_interval_s:
                     self._send_quietly(self._heartbeat(probe=True))
             if now < next_beat:
                 continue
+            self._beat_answered.clear()
             self._send_quietly(self._heartbeat(probe=False))
             if self._hub_up:
                 backoff = self.config.retry.initial_s
                 if self.config.probe_bytes:
-                    # Half a period after the plain beat, not right behind it: through an MQTT broker with
-                    # Nagle on (Mosquitto's default), the second of two answers back to back waits for the
-                    # edge's ACK of the first. The MQTT channel ACKs at once on Linux, not elsewhere; a
-                    # delayed ACK (~40 ms) would pass for a slow uplink.
+                    # Once the plain beat is answered (or half a period on), not right behind it: through
+                    # an MQTT broker with Nagle on (Mosquitto's default), the second of two answers back to
+                    # back waits for the edge's ACK of the first. The MQTT channel ACKs at once on Linux,
+                    # not elsewhere; a delayed ACK (~40 ms) would pass for a slow uplink.
                     next_probe = now + self.config.probe_interval_s / 2
                 next_beat = now + self.config.probe_interval_s
             else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import socket
 import time
 from collections.abc import Iterator
@@ -169,30 +168,42 @@ def test_link_estimates_come_from_heartbeats_and_probes(running: tuple[EdgeAgent
     assert agent.estimator.snapshot().rtt_ms < 100  # loopback
 
 
-def test_a_probe_goes_half_a_period_after_the_plain_heartbeat(toy_plan: tuple[AgentPlan, Path]) -> None:
-    """Never right behind it: two answers back to back through a broker with Nagle on hold the second ~40 ms."""
+def test_a_probe_goes_once_the_plain_heartbeat_is_answered(toy_plan: tuple[AgentPlan, Path]) -> None:
+    """Not right behind it: two answers back to back through a broker with Nagle on hold the second ~40 ms.
+
+    Nor half a period later (the fallback when no answer comes): the link is measured soon after start.
+    """
     plan, tail = toy_plan
     port = free_port()
     hub = start_hub(tail, port)
-    agent = agent_for(plan, port, probe_interval_s=0.4)
-    beats: list[tuple[float, bool]] = []
-    send = agent.channel.send
+    agent = agent_for(plan, port, probe_interval_s=1.0)
+    events: list[tuple[float, str]] = []
+    send, on_heartbeat = agent.channel.send, agent._on_heartbeat
 
     def recording_send(envelope: Envelope, **kwargs: object) -> None:
         if envelope.kind is Kind.HEARTBEAT:
-            beats.append((time.monotonic(), bool(envelope.meta.get("probe_bytes"))))
+            events.append((time.monotonic(), "probe" if envelope.meta.get("probe_bytes") else "beat"))
         send(envelope, **kwargs)  # type: ignore[arg-type]
 
+    def recording_answer(envelope: Envelope) -> None:
+        on_heartbeat(envelope)
+        events.append((time.monotonic(), "probe answered" if envelope.meta.get("probe_bytes") else "answered"))
+
     agent.channel.send = recording_send  # type: ignore[method-assign]
+    agent._on_heartbeat = recording_answer  # type: ignore[method-assign]
     agent.start()
     try:
-        wait_until(lambda: sum(probe for _, probe in beats) >= 3)
+        wait_until(lambda: sum(what == "probe" for _, what in events) >= 3)
     finally:
         agent.stop()
         hub.stop()
-    for (before, was_probe), (at, probe) in itertools.pairwise(beats):
-        if probe:
-            assert not was_probe and at - before >= 0.2 - 0.02, beats
+    for i, (at, what) in enumerate(events):
+        if what != "probe":
+            continue
+        beat_at = max(t for t, w in events[:i] if w == "beat")
+        answers = [t for t, w in events[:i] if w == "answered" and t >= beat_at]
+        assert answers, events  # the probe waited for the plain beat's answer
+        assert at - beat_at < 0.35, events  # and did not wait for the half-period fallback (0.5 s)
 
 
 def test_bad_inputs_name_what_the_model_takes(running: tuple[EdgeAgent, Hub, int]) -> None:
