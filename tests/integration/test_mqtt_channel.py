@@ -441,18 +441,23 @@ def test_hub_session_keeps_qos1_messages_while_the_hub_is_away(mosquitto_factory
             assert (got.request_id, got.meta, got.sender) == (hello.request_id, {"while": "hub away"}, "edge-1")
 
 
+def answer_each_message(hub: MqttServer, kind: Kind) -> None:
+    """Have ``hub`` answer every envelope it receives with an empty ``kind`` one, from paho's thread."""
+
+    def answer(envelope: Envelope | Exception) -> None:
+        if isinstance(envelope, Envelope):
+            hub.send(Envelope(kind, envelope.request_id, envelope.device_id), to=envelope.device_id)
+
+    hub.deliver_to(answer)
+
+
 def test_back_to_back_answers_through_a_nagle_broker_are_not_held_for_a_delayed_ack(mosquitto: Mosquitto) -> None:
     """Mosquitto's default ``set_tcp_nodelay false`` held the second of two answers until the edge acknowledged
     the first: ~45 ms on the first such pair of every new connection, before the edge acknowledged at once."""
     hub = MqttServer(port=mosquitto.port, session_expiry_s=0)
     edge = MqttClient(device_id="cam-1", port=mosquitto.port, session_expiry_s=0)
     with channels(hub, edge):
-
-        def answer(envelope: Envelope | Exception) -> None:
-            if isinstance(envelope, Envelope):
-                hub.send(Envelope(Kind.HEARTBEAT, envelope.request_id, "cam-1"), to="cam-1")
-
-        hub.deliver_to(answer)
+        answer_each_message(hub, Kind.HEARTBEAT)
         round_trips = []
         for _ in range(3):
             edge.send(Envelope(Kind.HEARTBEAT, device_id="cam-1"))
@@ -473,12 +478,7 @@ def test_a_qos1_request_and_answer_through_a_nagle_broker_take_milliseconds_not_
     hub = MqttServer(port=mosquitto.port, session_expiry_s=0, qos=qos)
     edge = MqttClient(device_id="cam-1", port=mosquitto.port, session_expiry_s=0, qos=qos)
     with channels(hub, edge):
-
-        def answer(envelope: Envelope | Exception) -> None:
-            if isinstance(envelope, Envelope):
-                hub.send(Envelope(Kind.RECORD, envelope.request_id, "cam-1"), to="cam-1")
-
-        hub.deliver_to(answer)
+        answer_each_message(hub, Kind.RECORD)
         round_trips = []
         for _ in range(10):
             started = time.perf_counter()

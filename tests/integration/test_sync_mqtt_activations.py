@@ -39,6 +39,16 @@ from transport.factory import open_client
 pytestmark = pytest.mark.broker
 
 
+def start_toy_hub(channel_config: MqttConfig, tail_path: Path) -> Hub:
+    """A started hub serving the toy plan's tail over MQTT."""
+    hub = Hub(
+        HubConfig(plans=[tail_path.parent], channels=[channel_config], metrics=MetricsConfig(port=None)),
+        [Tail("toy", 1, "s1", open_executor("onnxruntime", tail_path))],
+    )
+    hub.start()
+    return hub
+
+
 def test_edge_agent_against_the_hub_over_mqtt_with_sync_beside_it(
     mosquitto: Mosquitto,
     tmp_path: Path,
@@ -46,11 +56,7 @@ def test_edge_agent_against_the_hub_over_mqtt_with_sync_beside_it(
 ) -> None:
     plan, tail_path = toy_plan
     channel_config = MqttConfig(port=mosquitto.port)
-    hub = Hub(
-        HubConfig(plans=[tail_path.parent], channels=[channel_config], metrics=MetricsConfig(port=None)),
-        [Tail("toy", 1, "s1", open_executor("onnxruntime", tail_path))],
-    )
-    hub.start()
+    hub = start_toy_hub(channel_config, tail_path)
     config = EdgeConfig(device_id="cam-1", plan=plan.full_model.parent, codec="fp16", channel=channel_config,
                         deadline_ms=2000, probe_interval_s=0.2)  # fmt: skip
     agent = EdgeAgent(config, plan, open_client(channel_config, device_id="cam-1"))
@@ -85,11 +91,7 @@ def test_probes_through_a_default_mosquitto_measure_the_link(
     """The broker runs Mosquitto's default ``set_tcp_nodelay false``; the probes still measure loopback."""
     plan, tail_path = toy_plan
     channel_config = MqttConfig(port=mosquitto.port)
-    hub = Hub(
-        HubConfig(plans=[tail_path.parent], channels=[channel_config], metrics=MetricsConfig(port=None)),
-        [Tail("toy", 1, "s1", open_executor("onnxruntime", tail_path))],
-    )
-    hub.start()
+    hub = start_toy_hub(channel_config, tail_path)
     config = EdgeConfig(device_id="cam-1", plan=plan.full_model.parent, codec="raw", channel=channel_config,
                         probe_interval_s=0.5, probe_bytes=32_768)  # fmt: skip
     agent = EdgeAgent(config, plan, open_client(channel_config, device_id="cam-1"))
