@@ -20,8 +20,9 @@ bytes still count. Nodes that launch no kernel (reshapes, shapes,
 constants) cost nothing. No other fusion is modelled, so for graphs of many
 small ops the estimate errs high, and more so on the faster device.
 
-Specs live in ``configs/devices/<name>.yaml``; :func:`load_device_spec`
-finds them by name.
+Specs ship inside the package, in ``partitioner/device_specs/<name>.yaml``
+(package data, so a wheel install has them too); :func:`load_device_spec`
+finds them by name, or reads any other spec file by path.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = [
     "speed_ratio",
 ]
 
-DEVICES_DIR = Path(__file__).resolve().parent.parent / "configs" / "devices"
+DEVICES_DIR = Path(__file__).resolve().parent / "device_specs"
 PRECISIONS = ("fp32", "fp16", "int8")
 Precision = Literal["fp32", "fp16", "int8"]
 _BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -94,12 +95,12 @@ class DeviceSpec(StrictModel):
 
 
 def known_devices() -> list[str]:
-    """Names of the specs shipped in ``configs/devices``."""
+    """Names of the specs shipped in ``partitioner/device_specs``."""
     return sorted(path.stem for path in DEVICES_DIR.glob("*.yaml"))
 
 
 def load_device_spec(name_or_path: str | Path) -> DeviceSpec:
-    """Load a spec by name (``orin_nano_8gb``) from ``configs/devices``, or from a YAML path."""
+    """Load a spec by name (``orin_nano_8gb``) from ``partitioner/device_specs``, or from a YAML path."""
     text = str(name_or_path)
     candidate = Path(text)
     if candidate.suffix in (".yaml", ".yml") or candidate.is_file() or "/" in text:

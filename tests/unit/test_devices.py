@@ -1,4 +1,4 @@
-"""Device specs load from configs/devices, and the roofline estimate follows its formula."""
+"""Device specs load from partitioner/device_specs (package data), and the roofline estimate follows its formula."""
 
 from __future__ import annotations
 
