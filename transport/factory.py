@@ -36,8 +36,9 @@ def open_client(
 
     A ZeroMQ server bound to a wildcard port (``tcp://host:*``) is reached at the
     address it reports; an in-process client needs the ``server`` it attaches to.
-    With ``wait=False`` a ZeroMQ client does not wait for the server to be up
-    (the edge agent starts, and serves locally, while the hub is down).
+    With ``wait=False`` the client does not wait for the hub (ZeroMQ) or the
+    broker (MQTT) to be up: the edge agent starts, and serves locally, while
+    they are down, and connects once they answer.
     """
     if isinstance(config, ZmqConfig):
         from transport.zmq_channel import ZmqClient
@@ -52,7 +53,7 @@ def open_client(
     if isinstance(config, MqttConfig):
         from transport.mqtt_channel import MqttClient
 
-        return MqttClient.from_config(config, device_id=device_id, limits=limits)
+        return MqttClient.from_config(config, device_id=device_id, limits=limits, wait_for_broker=wait)
     if isinstance(config, InProcConfig):
         from transport.inproc import InProcServer
 

@@ -186,6 +186,7 @@ class _MqttChannel(Channel):
         reconnect_max_s: float,
         max_queued_messages: int,
         chunk_timeout_s: float,
+        wait_for_broker: bool = True,
     ) -> None:
         self._config = config
         self._prefix = config.topic_prefix
@@ -208,7 +209,7 @@ class _MqttChannel(Channel):
         self._read_at = 0.0  # when paho last read a message or an acknowledgement
         self._reads_in_a_row = 0  # reads in a row, each within _STREAMING_GAP_S of the one before
         self._client = self._make_client(reconnect_min_s, reconnect_max_s, max_queued_messages)
-        self._connect()
+        self._connect(wait_for_broker)
 
     # -- public -------------------------------------------------------------------------------------------------
 
@@ -437,22 +438,25 @@ class _MqttChannel(Channel):
         except (OSError, ValueError) as exc:
             raise ConnectError(f"TLS setup for the MQTT broker at {self._where} failed: {exc}") from exc
 
-    def _connect(self) -> None:
+    def _connect(self, wait: bool) -> None:
+        """Connect and subscribe; without ``wait``, paho does both in the background, retrying with backoff."""
         config = self._config
         properties = Properties(PacketTypes.CONNECT)
         if config.session_expiry_s > 0:
             properties.SessionExpiryInterval = config.session_expiry_s
         scheme = "mqtts" if config.tls else "mqtt"
         log.info(
-            "MQTT %s %s connecting to %s://%s (session expiry %d s)",
+            "MQTT %s %s connecting to %s://%s (session expiry %d s)%s",
             self._role,
             self.client_id,
             scheme,
             self._where,
             config.session_expiry_s,
+            "" if wait else "; in the background, retrying until the broker answers",
         )
+        connect = self._client.connect if wait else self._client.connect_async
         try:
-            self._client.connect(
+            connect(
                 config.host,
                 config.port,
                 keepalive=config.keepalive_s,
@@ -464,6 +468,8 @@ class _MqttChannel(Channel):
             self._shutdown()
             raise ConnectError(f"cannot connect to the MQTT broker at {self._where}: {_describe(exc)}") from exc
         self._client.loop_start()
+        if not wait:
+            return
         timeout = config.connect_timeout_s
         if not self._connack.wait(timeout):
             self._shutdown()
@@ -497,6 +503,7 @@ class _MqttChannel(Channel):
                       self._where, reason)  # fmt: skip
             self._connack.set()
             return
+        self._refused = None  # a broker that refused an earlier attempt accepted this one
         self._broker_max_packet = getattr(properties, "MaximumPacketSize", None)
         _no_delay(client.socket())
         again = "re" if self._connack.is_set() else ""
@@ -544,7 +551,9 @@ class MqttServer(_MqttChannel):
     Keyword arguments mirror :class:`~transport.config.MqttConfig`; besides them, ``limits`` bound what is
     accepted, ``reconnect_min_s``/``reconnect_max_s`` set paho's reconnect backoff, ``max_queued_messages``
     caps QoS > 0 messages paho holds while disconnected, and ``chunk_timeout_s`` ends partial chunked messages.
-    Connects (and subscribes) before returning; ``ConnectError`` otherwise.
+    Connects (and subscribes) before returning, ``ConnectError`` otherwise; with ``wait_for_broker=False``
+    it returns at once and paho connects in the background, retrying with the reconnect backoff (sends
+    fail with ``ConnectError`` until then, as while reconnecting).
     """
 
     _role = "hub"
@@ -570,6 +579,7 @@ class MqttServer(_MqttChannel):
         reconnect_max_s: float = 30.0,
         max_queued_messages: int = 10000,
         chunk_timeout_s: float = 30.0,
+        wait_for_broker: bool = True,
     ) -> None:
         config = MqttConfig(
             host=host, port=port, topic_prefix=_check_prefix(topic_prefix), client_id=client_id, username=username,
@@ -592,6 +602,7 @@ class MqttServer(_MqttChannel):
             reconnect_max_s=reconnect_max_s,
             max_queued_messages=max_queued_messages,
             chunk_timeout_s=chunk_timeout_s,
+            wait_for_broker=wait_for_broker,
         )
 
     @classmethod
@@ -678,6 +689,7 @@ class MqttClient(_MqttChannel):
         max_queued_messages: int = 10000,
         chunk_timeout_s: float = 30.0,
         groups: Sequence[str] = (),
+        wait_for_broker: bool = True,
     ) -> None:
         self.device_id = _check_name("device id", device_id)
         self.groups = tuple(_check_name("group", group) for group in groups)
@@ -700,6 +712,7 @@ class MqttClient(_MqttChannel):
             reconnect_max_s=reconnect_max_s,
             max_queued_messages=max_queued_messages,
             chunk_timeout_s=chunk_timeout_s,
+            wait_for_broker=wait_for_broker,
         )
 
     @classmethod

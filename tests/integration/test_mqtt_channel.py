@@ -20,6 +20,7 @@ from transport.chunking import CHUNK_MAGIC
 from transport.config import MqttConfig, TlsConfig
 from transport.envelope import PACKED_MAGIC, Envelope, Kind, pack
 from transport.errors import ChannelClosed, ChannelTimeout, ConnectError, MalformedHeader, ProtocolError
+from transport.factory import open_client
 from transport.mqtt_channel import SERVER_SENDER, MqttClient, MqttServer
 from transport.serve import receive_forever
 
@@ -377,6 +378,54 @@ def test_no_broker_is_a_connect_error_naming_host_and_port() -> None:
     port = free_port()
     with pytest.raises(ConnectError, match=rf"cannot connect to the MQTT broker at 127\.0\.0\.1:{port}: .*refused"):
         MqttClient(device_id="edge-1", port=port, connect_timeout_s=2)
+
+
+def test_a_client_that_does_not_wait_starts_before_its_broker_and_connects_when_it_comes(
+    mosquitto_factory: Callable[..., Mosquitto],
+) -> None:
+    port = free_port()
+    started = time.monotonic()
+    edge = MqttClient(device_id="edge-1", port=port, wait_for_broker=False, **FAST_RECONNECT)
+    with channels(edge):
+        assert time.monotonic() - started < 1.0
+        assert not edge.connected
+        with pytest.raises(ConnectError, match=rf"not connected to the MQTT broker at 127\.0\.0\.1:{port}"):
+            edge.send(activation(np.ones(2, np.float32)))
+        broker = mosquitto_factory(port=port)
+        hub = MqttServer(port=broker.port)
+        with channels(hub):
+            wait_until(lambda: edge.connected, timeout=10)
+            deadline = time.monotonic() + 10
+            while True:  # the edge's SUBACK may trail its CONNACK: until then a reply would find no subscriber
+                request = activation(np.arange(4, dtype=np.float32))
+                edge.send(request)
+                got = hub.recv(timeout=5)
+                hub.send(got.reply(Kind.RESULT), to=got.sender)
+                try:
+                    answer = edge.recv(timeout=0.5)
+                    break
+                except ChannelTimeout:
+                    assert time.monotonic() < deadline, "the late-connected edge never heard the hub"
+            assert (answer.kind, answer.request_id) == (Kind.RESULT, request.request_id)
+
+
+def test_an_edge_opened_without_waiting_starts_while_the_broker_is_down() -> None:
+    # What `tandem edge` does: it serves locally until the broker answers, as over ZeroMQ.
+    port = free_port()
+    edge = open_client(MqttConfig(port=port), device_id="edge-1", wait=False)
+    with channels(edge):
+        assert isinstance(edge, MqttClient) and not edge.connected
+    with pytest.raises(ConnectError, match=rf"cannot connect to the MQTT broker at 127\.0\.0\.1:{port}"):
+        open_client(MqttConfig(port=port, connect_timeout_s=2), device_id="edge-1")
+
+
+def test_closing_a_client_that_never_reached_its_broker_is_quick() -> None:
+    edge = MqttClient(device_id="edge-1", port=free_port(), wait_for_broker=False)
+    started = time.monotonic()
+    edge.close()
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(ChannelClosed):
+        edge.recv(timeout=0.1)
 
 
 def test_refused_credentials_are_a_connect_error(mosquitto_factory: Callable[..., Mosquitto]) -> None:

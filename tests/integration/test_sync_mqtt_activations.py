@@ -8,6 +8,7 @@ records on topics of their own, so the two kinds of traffic never mix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.sampling import InferenceRecorder
 from edge_agent.sync_config import SamplingConfig
 from tandem.executors import open_executor
-from tests.fixtures.broker import Mosquitto
+from tests.fixtures.broker import Mosquitto, free_port
 from tests.integration.sync_support import (
     closing_all,
     edge_config,
@@ -109,3 +110,30 @@ def test_probes_through_a_default_mosquitto_measure_the_link(
     assert sorted(probes)[len(probes) // 2] < 15, f"probe round trips (ms): {[round(ms, 1) for ms in probes]}"
     bandwidth = agent.estimator.snapshot().bandwidth_mbps
     assert bandwidth is not None and bandwidth > 50  # loopback
+
+
+def test_an_edge_agent_started_before_the_broker_answers_locally_then_uses_the_hub(
+    mosquitto_factory: Callable[..., Mosquitto],
+    toy_plan: tuple,  # noqa: F811
+) -> None:
+    """`tandem edge` opens its MQTT channel without waiting: a broker that is down costs answers, not the agent."""
+    plan, tail_path = toy_plan
+    port = free_port()
+    channel_config = MqttConfig(port=port)
+    config = EdgeConfig(device_id="cam-1", plan=plan.full_model.parent, codec="raw", channel=channel_config,
+                        deadline_ms=2000, probe_interval_s=0.2, retry={"initial_s": 0.1, "max_s": 0.5})  # fmt: skip
+    agent = EdgeAgent(config, plan, open_client(channel_config, device_id="cam-1", wait=False))
+    agent.start()
+    with closing_all(agent):
+        x = np.random.default_rng(1).normal(size=(1, 4)).astype(np.float32)
+        wait_until(lambda: not agent.hub_up, 5, "hub marked down")
+        local = agent.infer(x)
+        assert (local.source, local.degraded) == ("fallback", True)
+        np.testing.assert_allclose(local.outputs["logits"], reference(x), rtol=1e-4, atol=1e-5)
+        mosquitto_factory(port=port)
+        hub = start_toy_hub(channel_config, tail_path)
+        with closing_all(hub):
+            wait_until(lambda: agent.hub_up, 20, "hub reachable through the late broker")
+            answer = agent.infer(x)
+            assert answer.source == "hub", answer.reason
+            np.testing.assert_allclose(answer.outputs["logits"], reference(x), rtol=2e-3, atol=2e-3)
