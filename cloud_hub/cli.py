@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.config import load_config
+from tandem.config_paths import resolve_relative_paths
 
 
 def register(subparsers: Any) -> None:
@@ -24,14 +25,14 @@ def run(args: argparse.Namespace) -> int:
     from cloud_hub.plans import load_tails
     from cloud_hub.server import Hub
 
-    config = load_config(args.config, HubConfig)
-    base = args.config.parent
-    tails = [tail for plan_dir in config.plans for tail in load_tails(_resolve(base, plan_dir), config.executor)]
+    base = args.config.resolve().parent
+    config = resolve_relative_paths(load_config(args.config, HubConfig), base)
+    tails = [tail for plan_dir in config.plans for tail in load_tails(plan_dir, config.executor)]
     for tail in tails:
         print(f"loaded plan {tail.plan_id} v{tail.plan_version} split {tail.split_id}: {tail.executor.describe()}")
     hub = Hub(config, tails)
     hub.start()
-    sync = _start_sync(config, hub, base)
+    sync = _start_sync(config, hub)
     for address in hub.addresses:
         print(f"listening on {address}", flush=True)
     if hub.metrics_port is not None:
@@ -46,23 +47,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_sync(config: Any, hub: Any, base: Path) -> tuple[Any, Any] | None:
+def _start_sync(config: Any, hub: Any) -> tuple[Any, Any] | None:
     """Records, samples and plans with the fleet over MQTT, when ``sync:`` is configured."""
     if config.sync is None:
         return None
     from cloud_hub.store import SqliteStore
     from cloud_hub.sync import HubSync
 
-    store = SqliteStore(_resolve(base, config.sync.store.path), synchronous=config.sync.store.synchronous)
-    sync = HubSync(config.sync, store, registry=hub.metrics.registry, limits=config.limits.to_limits(), base=base)
+    store = SqliteStore(config.sync.store.path, synchronous=config.sync.store.synchronous)
+    sync = HubSync(config.sync, store, registry=hub.metrics.registry, limits=config.limits.to_limits())
     sync.start()
     mqtt = config.sync.mqtt
     print(f"sync: MQTT {mqtt.host}:{mqtt.port} prefix {mqtt.topic_prefix}, store {store.path}", flush=True)
     return sync, store
-
-
-def _resolve(base: Path, path: Path) -> Path:
-    return path if path.is_absolute() else base / path
 
 
 def _wait_for_signal() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.config import load_config
+from tandem.config_paths import resolve_relative_paths
 
 
 def register(subparsers: Any) -> None:
@@ -27,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from transport.factory import open_client
     from transport.link import EmulatedLink
 
-    config = load_config(args.config, EdgeConfig)
-    base = args.config.parent
-    plan = _initial_plan(config, base)
+    base = args.config.resolve().parent
+    config = resolve_relative_paths(load_config(args.config, EdgeConfig), base)
+    plan = _initial_plan(config)
     print(f"device {config.device_id}: plan {plan.plan_id} v{plan.version}, splits {[s.split_id for s in plan.splits]}")
     channel = open_client(config.channel, device_id=config.device_id, limits=config.limits.to_limits(), wait=False)
     link = None
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         channel = link
     agent = EdgeAgent(config, plan, channel)
     agent.start()
-    sync = _start_sync(config, agent, base)
+    sync = _start_sync(config, agent)
     print(f"hub channel: {config.channel.type} {_where(config.channel)}", flush=True)
     endpoint = None
     if config.endpoint.address:
@@ -60,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(base: Path, path: Path) -> Path:
-    return path if path.is_absolute() else base / path
-
-
-def _initial_plan(config: Any, base: Path) -> Any:
+def _initial_plan(config: Any) -> Any:
     """The plan version sync installed last, if any (a restart keeps it), else ``plan:`` from the config."""
     import dataclasses
 
@@ -73,15 +70,15 @@ def _initial_plan(config: Any, base: Path) -> Any:
     if config.sync is not None:
         from edge_agent.artifacts import PlanReleases
 
-        current = PlanReleases(_resolve(base, config.sync.plans_dir)).current()
+        current = PlanReleases(config.sync.plans_dir).current()
         if current is not None:
             manifest, folder = current
             print(f"plan: synced release {manifest.plan_id} v{manifest.version} in {folder}")
             return dataclasses.replace(load_agent_plan(folder, config.codec), version=manifest.version)
-    return load_agent_plan(_resolve(base, config.plan), config.codec)
+    return load_agent_plan(config.plan, config.codec)
 
 
-def _start_sync(config: Any, agent: Any, base: Path) -> Any:
+def _start_sync(config: Any, agent: Any) -> Any:
     """Outbox, sampling and plan updates over MQTT, when ``sync:`` is configured."""
     if config.sync is None:
         return None
@@ -100,7 +97,7 @@ def _start_sync(config: Any, agent: Any, base: Path) -> Any:
         estimate = agent.estimator.snapshot()
         return estimate.rtt_ms, estimate.bandwidth_mbps
 
-    outbox = Outbox.from_config(config.sync.outbox, device_id=config.device_id, base=base)
+    outbox = Outbox.from_config(config.sync.outbox, device_id=config.device_id)
     recorder = InferenceRecorder(outbox, config.sync.sampling, device_id=config.device_id, plan_in_use=plan_in_use)
     agent.on_result = recorder
     install = make_installer(
@@ -116,7 +113,7 @@ def _start_sync(config: Any, agent: Any, base: Path) -> Any:
         install=install,
         plan_in_use=plan_in_use,
         link_estimate=link,
-        plans_dir=_resolve(base, config.sync.plans_dir),
+        plans_dir=config.sync.plans_dir,
     )
     sync.start()
     print(f"sync: MQTT {config.sync.mqtt.host}:{config.sync.mqtt.port}, outbox {outbox.path}", flush=True)

@@ -428,6 +428,9 @@ class _MqttChannel(Channel):
         return client
 
     def _set_tls(self, client: paho.Client, tls: TlsConfig) -> None:
+        for setting, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+            if path is not None and not path.is_file():  # ssl's own error names no file
+                raise ConnectError(f"tls.{setting}: {path} not found (TLS towards the MQTT broker at {self._where})")
         try:
             client.tls_set(
                 ca_certs=str(tls.ca_file),

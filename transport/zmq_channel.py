@@ -128,6 +128,8 @@ def _load_key_pair(path: Path, setting: str) -> tuple[bytes, bytes]:
 
 
 def _load_certificate(path: Path, setting: str) -> tuple[bytes, bytes | None]:
+    if not path.is_file():  # pyzmq says "Invalid certificate file" for a missing one
+        raise ConnectError(f"{setting}: CURVE key file {path} not found (make one with `tandem keys`)")
     try:
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:

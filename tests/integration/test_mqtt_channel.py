@@ -374,6 +374,14 @@ def test_tls_with_the_wrong_ca_is_a_connect_error(mosquitto_tls: Mosquitto, tmp_
         MqttServer(port=port, tls=TlsConfig(ca_file=other.ca_file))
 
 
+def test_a_missing_tls_file_is_named_with_its_setting(tls_files: TlsFiles, tmp_path: Path) -> None:
+    missing = tmp_path / "certs" / "nope.pem"
+    with pytest.raises(ConnectError, match=r"tls\.ca_file: .*certs/nope\.pem not found"):
+        MqttServer(port=free_port(), tls=TlsConfig(ca_file=missing))
+    with pytest.raises(ConnectError, match=r"tls\.key_file: .*certs/nope\.pem not found"):
+        MqttClient(device_id="cam", port=free_port(), tls=TlsConfig(ca_file=tls_files.ca_file, key_file=missing))
+
+
 def test_no_broker_is_a_connect_error_naming_host_and_port() -> None:
     port = free_port()
     with pytest.raises(ConnectError, match=rf"cannot connect to the MQTT broker at 127\.0\.0\.1:{port}: .*refused"):

@@ -396,8 +396,12 @@ def test_curve_client_needs_the_server_public_key(keys: dict[str, Path]) -> None
     with pytest.raises(ConnectError, match=r"curve\.authorized_clients_dir: .*hub\.key is not a directory"):
         ZmqServer(address=ANY_PORT, curve=not_a_folder)
     missing = CurveConfig(secret_key_file=keys["authorized"] / "nope.key_secret")
-    with pytest.raises(ConnectError, match=r"curve\.secret_key_file: cannot load CURVE key file .*nope\.key_secret"):
+    with pytest.raises(ConnectError, match=r"curve\.secret_key_file: CURVE key file .*nope\.key_secret not found"):
         ZmqServer(address=ANY_PORT, curve=missing)
+    garbled = keys["authorized"].parent / "garbled.key_secret"
+    garbled.write_text("not a key\n")
+    with pytest.raises(ConnectError, match=r"curve\.secret_key_file: cannot load CURVE key file .*garbled\.key_secret"):
+        ZmqServer(address=ANY_PORT, curve=CurveConfig(secret_key_file=garbled))
 
 
 def test_truncated_tensor_frame_names_its_field(server: ZmqServer, raw_dealer: zmq.Socket) -> None:
