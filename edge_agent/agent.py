@@ -323,16 +323,26 @@ class EdgeAgent:
         return open_executor(self.config.executor, path, threads=self.config.executor_threads)
 
     def _feeds(self, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs from ``inputs``, checked against the full model, which must be able to answer them."""
+        names = list(self.plan.input_names)
         if isinstance(inputs, dict):
-            missing = set(self.plan.input_names) - set(inputs)
+            missing = set(names) - set(inputs)
             if missing:
-                raise ValueError(
-                    f"missing model input(s) {sorted(missing)}; the model takes {list(self.plan.input_names)}"
-                )
-            return {name: inputs[name] for name in self.plan.input_names}
-        if len(self.plan.input_names) != 1:
-            raise ValueError(f"the model takes {list(self.plan.input_names)}: pass a dict of arrays")
-        return {self.plan.input_names[0]: inputs}
+                raise ValueError(f"missing model input(s) {sorted(missing)}; the model takes {names}")
+            unknown = set(inputs) - set(names)
+            if unknown:
+                raise ValueError(f"unknown model input(s) {sorted(unknown)}; the model takes {names}")
+            feeds = {name: inputs[name] for name in names}
+        elif len(names) != 1:
+            raise ValueError(f"the model takes {names}: pass a dict of arrays")
+        else:
+            feeds = {names[0]: inputs}
+        for info in self.full.inputs:
+            array = feeds.get(info.name)
+            why = info.accepts(array) if isinstance(array, np.ndarray) else f"type {type(array).__name__}, not an array"
+            if why:
+                raise ValueError(f"model input {info.name!r} has {why}")
+        return feeds
 
     def _request_rate(self) -> float | None:
         if len(self._recent) < 2:

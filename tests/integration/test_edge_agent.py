@@ -210,3 +210,13 @@ def test_bad_inputs_name_what_the_model_takes(running: tuple[EdgeAgent, Hub, int
     agent, _, _ = running
     with pytest.raises(ValueError, match=r"missing model input\(s\) \['x'\]; the model takes \['x'\]"):
         agent.infer({"y": np.ones((1, 4), np.float32)})
+    with pytest.raises(ValueError, match=r"unknown model input\(s\) \['mask'\]; the model takes \['x'\]"):
+        agent.infer({"x": np.ones((1, 4), np.float32), "mask": np.ones((1, 4), np.float32)})
+    # Checked against the full model before anything runs: the agent must be able to answer locally too.
+    with pytest.raises(ValueError, match=r"model input 'x' has shape \[1, 5\], expected \['\?', 4\]"):
+        agent.infer(np.ones((1, 5), np.float32))
+    with pytest.raises(ValueError, match=r"model input 'x' has dtype float64, expected float32"):
+        agent.infer(np.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"model input 'x' has type list, not an array"):
+        agent.infer([[1.0, 2.0, 3.0, 4.0]])  # type: ignore[arg-type]
+    assert agent.counters["fallback"] == 0 and agent.infer(np.ones((1, 4), np.float32)).source == "hub"
