@@ -11,6 +11,8 @@ names the file, the key path, the bad value and what was expected::
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +40,23 @@ class ConfigError(ValueError):
         super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key]})", key_node.start_mark
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, model: type[M]) -> M:
     """Read ``path`` as YAML and validate it against ``model``."""
     source = str(path)
@@ -48,7 +67,7 @@ def load_config(path: str | Path, model: type[M]) -> M:
     except OSError as exc:
         raise ConfigError(source, [f"cannot be read: {exc.strerror}"]) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -64,57 +83,97 @@ def parse_config(data: Any, model: type[M], *, source: str = "<config>") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(error, model) for error in exc.errors()]) from None
+        raise ConfigError(source, _merge([_describe(error, model) for error in exc.errors()])) from None
+
+
+def _merge(problems: list[str]) -> list[str]:
+    """One line per bad value: the alternatives of an untagged union (``float | 'auto'``) joined with "or"."""
+    out: list[str] = []
+    for problem in dict.fromkeys(problems):
+        subject, sep, why = problem.partition(" is not valid: ")
+        if sep and out and out[-1].startswith(subject + sep):
+            out[-1] = f"{out[-1]}; or {why}"
+        else:
+            out.append(problem)
+    return out
 
 
 def _describe(error: Any, model: type[BaseModel]) -> str:
-    loc, allowed = _resolve(model, tuple(error["loc"]))
+    loc, allowed, at = _resolve(model, tuple(error["loc"]))
     key = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean {guess[0]!r}?" if guess else f"allowed keys here: {', '.join(sorted(allowed))}"
-        return f"{key}: unknown key; {hint}"
+        if guess:
+            return f"{key}: unknown key; did you mean {guess[0]!r}?"
+        if not allowed:
+            return f"{key}: unknown key"
+        return f"{key}: unknown key; allowed keys here: {', '.join(sorted(allowed))}"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    if error["type"] == "union_tag_invalid":
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         ctx = error["ctx"]
         tag_key = ctx["discriminator"].strip("'")
-        return f"{key}.{tag_key}: value {ctx['tag']!r} is not valid: expected one of {ctx['expected_tags']}"
+        expected = ctx.get("expected_tags") or ", ".join(repr(tag) for tag in _union_tags(at))
+        if error["type"] == "union_tag_not_found":
+            return f"{key}.{tag_key}: required key is missing; expected one of {expected}"
+        return f"{key}.{tag_key}: value {ctx['tag']!r} is not valid: expected one of {expected}"
     message = error["msg"].removeprefix("Value error, ")
     message = message[0].lower() + message[1:]
     return f"{key}: value {error.get('input')!r} is not valid: {message}"
 
 
-def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[str]]:
-    """The user-facing key path (union tags dropped) and the keys allowed beside its last part."""
+def _resolve(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[str], Any]:
+    """Follow pydantic's error location through the schema.
+
+    Returns the user-facing key path (list indices kept, union tags and member
+    labels dropped), the keys allowed in the mapping that holds its last part,
+    and the annotation found at the end of the path.
+    """
     path: list[Any] = []
     current: Any = model
-    parent: Any = None
+    allowed: list[str] = []
     for i, part in enumerate(loc):
         if part == "[key]":
             continue
-        if i == len(loc) - 1:
-            parent = current
+        current = _strip(current)
         fields = getattr(current, "model_fields", None)
-        if fields is not None and part in fields:
+        if fields is not None:
+            if i == len(loc) - 1:
+                allowed = list(fields)
             path.append(part)
-            if i < len(loc) - 1:
-                current = _unwrap_optional(fields[part].annotation)
+            current = fields[part].annotation if part in fields else None
             continue
-        member = _union_member(current, part)
-        if member is not None:
-            current = member
+        item = _item_type(current)
+        if item is not None:
+            path.append(part)
+            current = item
+            continue
+        members = _union_args(current)
+        if len(members) > 1 and isinstance(part, str):
+            current = _union_member(current, part) or _named_member(members, part) or current
             continue
         path.append(part)
         current = None
-    fields = getattr(parent, "model_fields", None)
-    return tuple(path), list(fields) if fields else []
+    return tuple(path), allowed, _strip(current)
 
 
-def _unwrap_optional(annotation: Any) -> Any:
-    """``Model | None`` -> ``Model``; anything else unchanged."""
+def _strip(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` -> ``X``; ``X | None`` -> ``X``; anything else unchanged."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
     members = [arg for arg in _union_args(annotation) if arg is not type(None)]
-    return members[0] if len(members) == 1 and getattr(members[0], "model_fields", None) is not None else annotation
+    return members[0] if len(members) == 1 and members[0] is not annotation else annotation
+
+
+def _item_type(annotation: Any) -> Any:
+    """The item type of ``list[X]``, ``tuple[X, ...]``, ``set[X]`` or the value type of ``dict[K, X]``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (list, set, frozenset, tuple) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
 
 
 def _union_member(annotation: Any, tag: Any) -> Any:
@@ -126,9 +185,27 @@ def _union_member(annotation: Any, tag: Any) -> Any:
     return None
 
 
+def _named_member(members: list[Any], label: str) -> Any:
+    """The member of an untagged union that pydantic labels ``label`` (a model's class name)."""
+    return next((m for m in members if getattr(m, "model_fields", None) is not None and m.__name__ == label), None)
+
+
+def _union_tags(annotation: Any) -> list[Any]:
+    """The ``type`` values of a tagged union's models."""
+    tags = []
+    for arg in _union_args(annotation):
+        fields = getattr(arg, "model_fields", None)
+        if fields and "type" in fields:
+            tags.append(fields["type"].default)
+    return tags
+
+
 def _union_args(annotation: Any) -> list[Any]:
-    args = list(getattr(annotation, "__args__", ()))
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return [annotation]
     out: list[Any] = []
-    for arg in args:
-        out.extend(_union_args(arg) if getattr(arg, "__args__", None) else [arg])
+    for arg in typing.get_args(annotation):
+        out.extend(_union_args(arg))
     return out
