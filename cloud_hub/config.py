@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from cloud_hub.sync_config import HubSyncConfig
 from tandem.config import StrictModel
+from tandem.executors.base import check_executor_name
 from transport.codec import CodecSpec
 from transport.config import ChannelConfig, LimitsConfig, ZmqConfig
 
@@ -28,6 +29,11 @@ class ExecutorConfig(StrictModel):
     name: str = "auto"
     providers: list[str] | None = Field(None, description="onnxruntime only: execution providers, in order")
     threads: int = Field(0, ge=0, description="onnxruntime only: intra-op threads, 0 = its default")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_executor_name(value)
 
 
 class MetricsConfig(StrictModel):

@@ -6,12 +6,13 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edge_agent.sync_config import EdgeSyncConfig
 from tandem.config import StrictModel
+from tandem.executors.base import check_executor_name
 from transport.codec import CodecSpec
-from transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig
+from transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig, check_topic_name
 
 __all__ = ["EdgeConfig", "EmulationConfig", "EndpointConfig", "HysteresisConfig", "ObjectiveConfig", "RetryConfig"]
 
@@ -68,6 +69,14 @@ class EmulationConfig(StrictModel):
     link: LinkConfig | None = None
     schedule: list[LinkStep] = Field(default_factory=list, description="link changes over time (demo, tests)")
 
+    @field_validator("schedule")
+    @classmethod
+    def _needs_a_link(cls, schedule: list[LinkStep], info: ValidationInfo) -> list[LinkStep]:
+        # ``link`` is absent from info.data when it failed itself; that error is reported already.
+        if schedule and "link" in info.data and info.data["link"] is None:
+            raise ValueError("a schedule changes the emulated link, so emulation.link must be set too")
+        return schedule
+
 
 class LinkStep(StrictModel):
     """At ``at_s`` seconds after start, set the emulated link to these values."""
@@ -108,3 +117,14 @@ class EdgeConfig(StrictModel):
     def _codec(cls, value: str) -> str:
         CodecSpec.parse(value)
         return value
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value: str) -> str:
+        return check_executor_name(value)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        # Always checked: the id is an MQTT topic level for channel: mqtt and for sync.
+        return check_topic_name("device id", value)

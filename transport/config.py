@@ -12,6 +12,7 @@ from transport.envelope import Kind, Limits
 
 __all__ = [
     "DEFAULT_QOS",
+    "FORBIDDEN_IN_TOPIC_NAMES",
     "ChannelConfig",
     "CurveConfig",
     "InProcConfig",
@@ -20,6 +21,8 @@ __all__ = [
     "MqttConfig",
     "TlsConfig",
     "ZmqConfig",
+    "check_topic_name",
+    "check_topic_prefix",
 ]
 
 DEFAULT_QOS: dict[Kind, int] = {
@@ -35,6 +38,25 @@ DEFAULT_QOS: dict[Kind, int] = {
     Kind.PLAN: 1,
     Kind.ARTIFACT: 1,
 }
+
+
+# A device id, group or shared group is one MQTT topic level: no level separator,
+# no wildcard, no NUL (MQTT 5, section 4.7).
+FORBIDDEN_IN_TOPIC_NAMES = ("/", "+", "#", "\x00")
+
+
+def check_topic_name(what: str, value: str) -> str:
+    """``value`` when it can be one MQTT topic level; else ValueError naming ``what``."""
+    if not value or any(ch in value for ch in FORBIDDEN_IN_TOPIC_NAMES):
+        raise ValueError(f"{what} {value!r} cannot be used in an MQTT topic: it must be non-empty, without / + # NUL")
+    return value
+
+
+def check_topic_prefix(prefix: str) -> str:
+    """``prefix`` when it is topic levels such as ``tandem/v1``; else ValueError."""
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "+#\x00"):
+        raise ValueError(f"topic_prefix {prefix!r}: expected levels such as 'tandem/v1', without + # or outer slashes")
+    return prefix
 
 
 class LimitsConfig(StrictModel):
@@ -105,6 +127,16 @@ class MqttConfig(StrictModel):
     shared_group: str | None = Field(None, description="server side: consume through $share/<group>/...")
     session_expiry_s: int = Field(3600, ge=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return check_topic_prefix(value)
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        return None if value is None else check_topic_name("shared_group", value)
 
     def qos_for(self, kind: Kind) -> int:
         """The QoS for ``kind``: this config's override or the default."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -12,13 +13,37 @@ import numpy as np
 
 from transport.codec import dtype_name
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorError", "TensorInfo", "engine_for", "open_executor"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "ExecutorError",
+    "TensorInfo",
+    "check_executor_name",
+    "engine_for",
+    "executor_names",
+    "open_executor",
+]
 
 # name -> "module:Class"; add a line (and a file) to add an executor.
 EXECUTORS = {
     "onnxruntime": "tandem.executors.onnxruntime_executor:OnnxRuntimeExecutor",
     "tensorrt": "tandem.executors.tensorrt_executor:TensorRTExecutor",
 }
+
+
+def executor_names() -> tuple[str, ...]:
+    """The names a config may give: ``auto`` and every registered executor."""
+    return ("auto", *EXECUTORS)
+
+
+def check_executor_name(name: str) -> str:
+    """``name`` when it is one of :func:`executor_names`; else ValueError saying which are known."""
+    known = executor_names()
+    if name in known:
+        return name
+    guess = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {guess[0]!r}?" if guess else ""
+    raise ValueError(f"unknown executor {name!r}; known: {', '.join(known)}{hint}")
 
 
 class ExecutorError(Exception):
@@ -98,7 +123,10 @@ def open_executor(name: str, path: str | Path, **options: Any) -> Executor:
         else:
             name = "tensorrt" if tensorrt_ready() and Path(path).suffix in (".engine", ".plan") else "onnxruntime"
     if name not in EXECUTORS:
-        raise ExecutorError(f"unknown executor {name!r}; known: auto, {', '.join(EXECUTORS)}")
+        try:
+            check_executor_name(name)
+        except ValueError as exc:
+            raise ExecutorError(str(exc)) from None
     if name != "onnxruntime":
         options = {}  # providers and threads are ONNX Runtime settings
     module_name, class_name = EXECUTORS[name].split(":")

@@ -107,3 +107,107 @@ def test_unknown_key_in_an_optional_section_lists_its_keys(tmp_path: Path) -> No
     path = write(tmp_path, "optional_link: {rtt: 5}\n")
     with pytest.raises(ConfigError, match=r"optional_link\.rtt: unknown key; did you mean 'rtt_ms'\?"):
         load_config(path, Section)
+
+
+def problems(path: Path, model: type[StrictModel]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, model)
+    return info.value.problems
+
+
+def test_unknown_key_in_a_list_item_names_the_index_not_the_union_tag(tmp_path: Path) -> None:
+    from cloud_hub.config import HubConfig
+
+    path = write(
+        tmp_path,
+        "plans: [p]\nchannels:\n  - {type: zmq, adress: 'tcp://127.0.0.1:5555'}\n  - {type: mqtt, colour: red}\n"
+        "  - {type: zmq, address: '127.0.0.1:5555'}\n  - {address: 'tcp://127.0.0.1:5555'}\n"
+        "sync:\n  mqtt: {host: a}\n  publish: [{plan: p, version: 1, devise: x}]\n",
+    )
+    assert problems(path, HubConfig) == [
+        "channels.0.adress: unknown key; did you mean 'address'?",
+        "channels.1.colour: unknown key; allowed keys here: client_id, connect_timeout_s, host, keepalive_s, "
+        "max_payload_bytes, password, port, qos, session_expiry_s, shared_group, tls, topic_prefix, type, username",
+        "channels.2.address: value '127.0.0.1:5555' is not valid: expected a ZeroMQ endpoint such as "
+        "'tcp://127.0.0.1:5555'",
+        "channels.3.type: required key is missing; expected one of 'zmq', 'mqtt', 'inproc'",
+        "sync.publish.0.devise: unknown key; did you mean 'device'?",
+    ]
+
+
+def test_unknown_key_in_a_schedule_step_and_a_demo_phase(tmp_path: Path) -> None:
+    from edge_agent.config import EdgeConfig
+    from tandem.commands.demo import DemoConfig
+
+    edge = write(tmp_path, "plan: p\nemulation:\n  link: {}\n  schedule: [{at_s: 1, bandwith_mbps: 3}]\n")
+    assert problems(edge, EdgeConfig) == [
+        "emulation.schedule.0.bandwith_mbps: unknown key; did you mean 'bandwidth_mbps'?"
+    ]
+    demo = write(tmp_path, "phases:\n  - {at_s: 0, bandwith_mbps: 50}\n  - {at_s: 9, bandwidth_mbps: fast}\n")
+    assert problems(demo, DemoConfig) == [
+        "phases.0.bandwidth_mbps: required key is missing",
+        "phases.0.bandwith_mbps: unknown key; did you mean 'bandwidth_mbps'?",
+        "phases.1.bandwidth_mbps: value 'fast' is not valid: input should be a valid number, unable to parse string "
+        "as a number; or input should be 'auto'",
+    ]
+
+
+def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "batching: {max_batch_size: 4}\nlink: {}\nbatching: {max_batch_size: 8}\n")
+    assert problems(path, Section) == ["line 3, column 1: not valid YAML: key 'batching' given twice (first on line 1)"]
+    nested = write(tmp_path, "link:\n  rtt_ms: 1\n  rtt_ms: 2\n")
+    assert problems(nested, Section) == ["line 3, column 3: not valid YAML: key 'rtt_ms' given twice (first on line 2)"]
+
+
+def test_executor_names_come_from_the_registry(tmp_path: Path) -> None:
+    from cloud_hub.config import HubConfig
+    from edge_agent.config import EdgeConfig
+    from tandem.executors.base import EXECUTORS, executor_names
+
+    assert executor_names() == ("auto", *EXECUTORS)
+    edge = write(tmp_path, "plan: p\nexecutor: onnxrt\n")
+    assert problems(edge, EdgeConfig) == [
+        "executor: value 'onnxrt' is not valid: unknown executor 'onnxrt'; known: auto, onnxruntime, tensorrt; "
+        "did you mean 'onnxruntime'?"
+    ]
+    hub = write(tmp_path, "plans: [p]\nexecutor: {name: foo}\n")
+    assert problems(hub, HubConfig) == [
+        "executor.name: value 'foo' is not valid: unknown executor 'foo'; known: auto, onnxruntime, tensorrt"
+    ]
+    for name in executor_names():
+        assert load_config(write(tmp_path, f"plan: p\nexecutor: {name}\n"), EdgeConfig).executor == name
+
+
+@pytest.mark.parametrize("device_id", ["cam/01", "cam+", "#", ""])
+def test_device_id_must_fit_in_an_mqtt_topic(tmp_path: Path, device_id: str) -> None:
+    from edge_agent.config import EdgeConfig
+
+    path = write(tmp_path, f"plan: p\ndevice_id: {device_id!r}\n")
+    assert problems(path, EdgeConfig) == [
+        f"device_id: value {device_id!r} is not valid: device id {device_id!r} cannot be used in an MQTT topic: "
+        "it must be non-empty, without / + # NUL"
+    ]
+
+
+def test_mqtt_topic_prefix_and_shared_group_are_checked_in_the_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "channel: {type: mqtt, topic_prefix: /tandem, shared_group: 'hubs/a'}\n")
+    assert problems(path, Section) == [
+        "channel.topic_prefix: value '/tandem' is not valid: topic_prefix '/tandem': expected levels such as "
+        "'tandem/v1', without + # or outer slashes",
+        "channel.shared_group: value 'hubs/a' is not valid: shared_group 'hubs/a' cannot be used in an MQTT topic: "
+        "it must be non-empty, without / + # NUL",
+    ]
+
+
+def test_emulation_schedule_needs_a_link(tmp_path: Path) -> None:
+    from edge_agent.config import EdgeConfig
+
+    path = write(tmp_path, "plan: p\nemulation:\n  schedule: [{at_s: 5, bandwidth_mbps: 3}]\n")
+    assert problems(path, EdgeConfig) == [
+        "emulation.schedule: value [{'at_s': 5, 'bandwidth_mbps': 3}] is not valid: a schedule changes the emulated "
+        "link, so emulation.link must be set too"
+    ]
+    bad_link = write(tmp_path, "plan: p\nemulation:\n  link: {rtt_ms: -1}\n  schedule: [{at_s: 5}]\n")
+    assert problems(bad_link, EdgeConfig) == [
+        "emulation.link.rtt_ms: value -1 is not valid: input should be greater than or equal to 0"
+    ]
