@@ -9,11 +9,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["HubMetrics"]
+__all__ = ["HubMetrics", "MetricsError"]
 
 logger = logging.getLogger("tandem.hub.metrics")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class MetricsError(Exception):
+    """The metrics endpoint could not be started; the message names ``metrics.port`` and why."""
 
 
 class HubMetrics:
@@ -65,8 +69,18 @@ class HubMetrics:
         return child
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP exporter; returns the port it listens on."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start the HTTP exporter; returns the port it listens on.
+
+        Raises :class:`MetricsError` when ``host:port`` cannot be bound (in use, no such address).
+        """
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise MetricsError(
+                f"metrics.port {port}: cannot listen on {host}:{port}: {reason}; "
+                "choose another metrics.port (0 picks a free one) or set it to null to turn metrics off"
+            ) from exc
         bound = server.server_address[1]
         self._server = server
         logger.info("metrics on http://%s:%d/metrics", host, bound)

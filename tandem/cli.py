@@ -12,13 +12,14 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from tandem import __version__
 from tandem.config import ConfigError
 
-__all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "ERROR_FAMILIES", "build_parser", "main"]
 
 COMMAND_MODULES = (
     "tandem.commands.demo",
@@ -30,6 +31,20 @@ COMMAND_MODULES = (
     "tandem.commands.check_config",
     "tandem.commands.keys",
     "tandem.commands.loopback",
+)
+
+
+# The project's own error roots ("module:Class"): their messages already say what
+# and where, so a command that raises one ends with that line, not a traceback.
+# Anything else is a bug and keeps its traceback.
+ERROR_FAMILIES = (
+    "tandem.executors.base:ExecutorError",
+    "transport.errors:TransportError",
+    "partitioner.errors:PartitionError",
+    "edge_agent.outbox:OutboxError",
+    "edge_agent.artifacts:ArtifactRejected",
+    "cloud_hub.store:StoreError",
+    "cloud_hub.metrics:MetricsError",
 )
 
 
@@ -84,6 +99,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not isinstance(exc, _known_errors()):
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"tandem {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """The classes of :data:`ERROR_FAMILIES` whose module is loaded.
+
+    Nothing is imported here: an error can only have been raised by a module
+    that is loaded, and an edge install lacks the partitioner's extras.
+    """
+    known = []
+    for spec in ERROR_FAMILIES:
+        module_name, class_name = spec.split(":")
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            known.append(cls)
+    return tuple(known)
 
 
 if __name__ == "__main__":
