@@ -11,9 +11,19 @@ from tandem.config import ConfigError, load_config
 
 def register(subparsers: Any) -> None:
     """Add the ``check-config`` command."""
-    parser = subparsers.add_parser("check-config", help="validate a config file and print it with defaults filled in")
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--kind", help="config kind (default: the file's stem, e.g. hub for hub.yaml)")
+    from tandem.cli import CONFIG_SCHEMAS
+
+    kinds = sorted(CONFIG_SCHEMAS)
+    parser = subparsers.add_parser(
+        "check-config",
+        help="validate a config file and print it with defaults filled in",
+        description="Validate a config file without starting anything. Errors name the file, the key path, "
+        "the bad value and what was expected; a valid file is printed with every default filled in.",
+    )
+    parser.add_argument("file", type=Path, help="the YAML file, e.g. configs/hub.yaml")
+    parser.add_argument(
+        "--kind", choices=kinds, help=f"one of {', '.join(kinds)} (default: the file's stem, e.g. hub for hub.yaml)"
+    )
     parser.set_defaults(func=run)
 
 

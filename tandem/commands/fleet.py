@@ -13,17 +13,22 @@ from typing import Any
 
 from pydantic import ConfigDict
 
-from tandem.config import StrictModel, load_config
+from tandem.config import ConfigError, StrictModel, load_config
 
 __all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
     """Add the ``fleet`` command."""
-    parser = subparsers.add_parser("fleet", help="show the fleet: plan versions, link, outbox backlog per device")
+    parser = subparsers.add_parser(
+        "fleet",
+        help="show the fleet: plan versions, link, outbox backlog per device",
+        description="Show each device the hub's sync store knows: last contact, plan version, link, "
+        "outbox backlog and dropped records. Reads the store directly; works while the hub runs.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--store", type=Path, help="the hub's sync store folder")
-    source.add_argument("--config", type=Path, help="hub.yaml (its sync.store.path is read)")
+    source.add_argument("--config", type=Path, help="hub.yaml with a sync: section (its sync.store.path is read)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.set_defaults(func=run)
 
@@ -57,7 +62,14 @@ def _store_from_config(config: Path) -> Path:
         """hub.yaml read for its ``sync`` section only (the rest is the hub's business)."""
 
         model_config = ConfigDict(extra="ignore", frozen=True)
-        sync: HubSyncConfig
+        sync: HubSyncConfig | None = None
 
-    path = load_config(config, _SyncSection).sync.store.path
+    sync = load_config(config, _SyncSection).sync
+    if sync is None:
+        raise ConfigError(
+            str(config),
+            ["sync: no such section; tandem fleet needs a hub config with a `sync:` section "
+             "(it reads sync.store.path), or pass --store DIR"],
+        )  # fmt: skip
+    path = sync.store.path
     return path if path.is_absolute() else config.parent / path

@@ -49,7 +49,12 @@ class LoopbackConfig(StrictModel):
 
 def register(subparsers: Any) -> None:
     """Add the ``loopback`` command."""
-    parser = subparsers.add_parser("loopback", help="send real activations through a channel and an emulated link")
+    parser = subparsers.add_parser(
+        "loopback",
+        help="send real activations through a channel and an emulated link",
+        description="Send a real ResNet-18 feature map through one channel behind an emulated link, once per "
+        "codec, and print per codec: bytes on the wire, ratio, expected and measured round trip, max error.",
+    )
     parser.add_argument("--config", type=Path, help="loopback.yaml (default: built-in 5 Mbit/s, 40 ms over ZeroMQ)")
     parser.set_defaults(func=run)
 

@@ -76,3 +76,28 @@ def test_loopback_sends_real_activations_through_an_emulated_link(tmp_path: Path
     assert float(rows["int8@1+zstd"][2]) > 3.0  # compresses real post-ReLU features
     # The emulated link shows: raw at 50 Mbit/s (200 kB = 32 ms + 10 ms RTT) is not faster than that.
     assert float(rows["raw"][4]) >= 0.9 * float(rows["raw"][3])
+
+
+def test_startup_error_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(f"plans: [{tmp_path / 'nowhere'}]\nmetrics: {{port: null}}\n")
+    result = tandem_run("hub", "--config", str(hub))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"tandem hub: error: {tmp_path / 'nowhere'}: plan folder not found"
+
+
+def test_check_config_rejects_what_would_fail_at_start(tmp_path: Path) -> None:
+    edge = tmp_path / "edge.yaml"
+    edge.write_text("plan: p\ndevice_id: cam/01\nexecutor: foo\nemulation: {schedule: [{at_s: 5, rtt_ms: 80}]}\n")
+    result = tandem_run("check-config", str(edge))
+    assert result.returncode == 2
+    assert f"{edge}: device_id: value 'cam/01' is not valid: device id 'cam/01' cannot be used in an MQTT topic" in (
+        result.stderr
+    )
+    assert f"{edge}: executor: value 'foo' is not valid: unknown executor 'foo'; known: auto, onnxruntime" in (
+        result.stderr
+    )
+    assert f"{edge}: emulation.schedule: value [{{'at_s': 5, 'rtt_ms': 80}}] is not valid: a schedule changes" in (
+        result.stderr
+    )

@@ -1,0 +1,148 @@
+"""``tandem`` ends on the project's own errors with one line, not a traceback; bugs keep theirs."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tandem.cli
+from cloud_hub.metrics import HubMetrics, MetricsError
+from edge_agent.outbox import OutboxError
+from partitioner.plan import ArtifactError, PlanError
+from tandem.cli import main
+from tandem.executors import ExecutorError
+from transport.errors import ConnectError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _with_command(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """Make ``tandem boom`` a command that raises ``exc``."""
+
+    def build() -> tuple[argparse.ArgumentParser, list[str]]:
+        parser = argparse.ArgumentParser(prog="tandem")
+        parser.add_argument("-v", "--verbose", action="store_true")
+        sub = parser.add_subparsers(dest="command")
+
+        def boom(args: argparse.Namespace) -> int:
+            raise exc
+
+        sub.add_parser("boom").set_defaults(func=boom)
+        return parser, []
+
+    monkeypatch.setattr(tandem.cli, "build_parser", build)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ExecutorError("unknown executor 'foo'; known: auto, onnxruntime, tensorrt"),
+        ConnectError("cannot bind ZeroMQ server to tcp://999.1.1.1:5555: No such device"),
+        PlanError("/nowhere: plan folder not found"),
+        ArtifactError("plan/model.onnx: sha256 differs from the plan's"),
+        OutboxError("outbox.sqlite: cannot be opened"),
+        MetricsError("metrics.port 9464: cannot listen on 127.0.0.1:9464: Address already in use"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_own_errors_end_in_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], exc: Exception
+) -> None:
+    _with_command(monkeypatch, exc)
+    assert main(["boom"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tandem boom: error: {exc}\n"
+
+
+def test_verbose_keeps_the_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _with_command(monkeypatch, PlanError("/nowhere: plan folder not found"))
+    assert main(["-v", "boom"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.endswith("tandem boom: error: /nowhere: plan folder not found\n")
+
+
+def test_unexpected_errors_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    _with_command(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["boom"])
+    _with_command(monkeypatch, ValueError("also a bug"))
+    with pytest.raises(ValueError, match="also a bug"):
+        main(["boom"])
+
+
+def test_error_families_name_real_classes() -> None:
+    import importlib
+
+    for spec in tandem.cli.ERROR_FAMILIES:
+        module, name = spec.split(":")
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), spec
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_metrics_port_in_use_names_the_key_and_the_port(busy_port: int) -> None:
+    with pytest.raises(MetricsError) as info:
+        HubMetrics().serve("127.0.0.1", busy_port)
+    assert str(info.value) == (
+        f"metrics.port {busy_port}: cannot listen on 127.0.0.1:{busy_port}: Address already in use; "
+        "choose another metrics.port (0 picks a free one) or set it to null to turn metrics off"
+    )
+
+
+def test_keys_twice_needs_overwrite_and_name_must_be_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "hub", "--out", str(tmp_path)]) == 0
+    secret = (tmp_path / "hub.key_secret").read_text()
+    capsys.readouterr()
+    assert main(["keys", "hub", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"tandem keys: error: {tmp_path / 'hub.key'} already exists; pass --overwrite to replace the pair, "
+        "or choose another NAME\n"
+    )
+    assert main(["keys", "hub", "--out", str(tmp_path), "--overwrite"]) == 0
+    assert (tmp_path / "hub.key_secret").read_text() != secret
+    capsys.readouterr()
+    assert main(["keys", "../evil", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "tandem keys: error: NAME '../evil' must be a plain file name such as hub or cam-01 "
+        "(use --out for the folder)\n"
+    )
+    assert not (tmp_path.parent / "evil.key").exists()
+    (tmp_path / "file").write_text("")
+    assert main(["keys", "hub", "--out", str(tmp_path / "file")]) == 1
+    assert "--out " + str(tmp_path / "file") + " is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_fleet_with_a_hub_config_without_sync_says_what_it_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = tmp_path / "hub.yaml"
+    hub.write_text("plans: [plan]\n")
+    assert main(["fleet", "--config", str(hub)]) == 2
+    assert capsys.readouterr().err == (
+        f"tandem fleet: config error:\n{hub}: sync: no such section; tandem fleet needs a hub config with a "
+        "`sync:` section (it reads sync.store.path), or pass --store DIR\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["check-config", "fleet", "keys", "loopback"])
+def test_own_commands_have_a_description(command: str) -> None:
+    parser, _missing = tandem.cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sub.choices[command].description
+
+
+def test_check_config_kind_lists_its_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check-config", "--help"])
+    assert "--kind {demo,edge,hub,loopback,partition}" in capsys.readouterr().out
