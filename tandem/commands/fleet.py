@@ -68,7 +68,7 @@ def _store_from_config(config: Path) -> Path:
     if sync is None:
         raise ConfigError(
             str(config),
-            ["sync: no such section; tandem fleet needs a hub config with a `sync:` section "
+            ["sync: required key is missing: tandem fleet needs a hub config with a `sync:` section "
              "(it reads sync.store.path), or pass --store DIR"],
         )  # fmt: skip
     path = sync.store.path

@@ -130,7 +130,7 @@ def test_fleet_with_a_hub_config_without_sync_says_what_it_needs(
     hub.write_text("plans: [plan]\n")
     assert main(["fleet", "--config", str(hub)]) == 2
     assert capsys.readouterr().err == (
-        f"tandem fleet: config error:\n{hub}: sync: no such section; tandem fleet needs a hub config with a "
+        f"tandem fleet: config error:\n{hub}: sync: required key is missing: tandem fleet needs a hub config with a "
         "`sync:` section (it reads sync.store.path), or pass --store DIR\n"
     )
 
