@@ -87,7 +87,7 @@ class Hub:
 
     @property
     def addresses(self) -> list[str]:
-        """Where each channel listens (the bound ZeroMQ endpoint, or the channel type)."""
+        """Where each channel listens (the bound ZeroMQ endpoint, the MQTT broker and topics, or the channel type)."""
         return [str(getattr(c, "address", type(c).__name__)) for c in self.channels]
 
     def _receive(self, channel: Channel) -> None:

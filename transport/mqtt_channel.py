@@ -214,6 +214,13 @@ class _MqttChannel(Channel):
     # -- public -------------------------------------------------------------------------------------------------
 
     @property
+    def address(self) -> str:
+        """The broker and what this end hears there, e.g. ``mqtt://127.0.0.1:1883 topics tandem/v1/+/up/+``."""
+        scheme = "mqtts" if self._config.tls else "mqtt"
+        topics = ", ".join((self._subscription, *self._extra_subscriptions))
+        return f"{scheme}://{self._where} topics {topics}"
+
+    @property
     def connected(self) -> bool:
         """Whether the broker connection is up right now."""
         return self._client.is_connected()

@@ -64,7 +64,7 @@ import threading
 import time
 from abc import abstractmethod
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import zmq
 import zmq.auth
@@ -283,6 +283,35 @@ class _ZmqChannel(Channel):
         """The Tandem error for a failed send to ``to``."""
 
 
+class _RefusalsAsWarnings(logging.LoggerAdapter[logging.Logger]):
+    """pyzmq's authenticator logs a refused CURVE client at DEBUG; a hub operator needs to see it.
+
+    Each refused key is logged as a warning once a minute (a refused client
+    retries every few hundred milliseconds); the rest stays at DEBUG.
+    """
+
+    _REPEAT_S = 60.0
+    _MAX_KEYS = 1024
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self._warned: dict[str, float] = {}
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log a ``DENIED`` line as a warning, the rest as debug."""
+        if not (args and args[0] == "DENIED") and not str(msg).startswith("DENIED"):
+            super().debug(msg, *args, **kwargs)
+            return
+        line = str(msg) % args if args else str(msg)
+        now = time.monotonic()
+        if now - self._warned.get(line, -math.inf) < self._REPEAT_S:
+            return
+        if len(self._warned) >= self._MAX_KEYS:
+            self._warned.clear()
+        self._warned[line] = now
+        self.warning("refused a client: %s (its public key is not in curve.authorized_clients_dir)", line)
+
+
 def _as_zmq_frame(frame: Buffer) -> Buffer | zmq.Frame:
     """A received frame forwarded as is goes back as its ``zmq.Frame``.
 
@@ -391,7 +420,8 @@ class ZmqServer(_ZmqChannel):
         keys = sorted(folder.glob("*.key"))
         if not keys:
             logger.warning("curve.authorized_clients_dir %s holds no *.key files: every client is refused", folder)
-        authenticator = ThreadAuthenticator(context, log=logging.getLogger("tandem.transport.zmq.auth"))
+        auth_log = _RefusalsAsWarnings(logging.getLogger("tandem.transport.zmq.auth"))
+        authenticator = ThreadAuthenticator(context, log=auth_log)
         authenticator.start()
         try:
             authenticator.configure_curve(domain="*", location=str(folder))

@@ -351,6 +351,9 @@ def test_from_config_round_trip_with_qos_overrides(mosquitto: Mosquitto) -> None
         )
     with pytest.raises(ValueError, match=r"MqttClient\.from_config needs device_id"):
         MqttClient.from_config(config)
+    # What `tandem hub` prints as where it listens.
+    assert hub.address == f"mqtt://127.0.0.1:{mosquitto.port} topics site7/tandem/+/up/+"
+    assert edge.address == f"mqtt://127.0.0.1:{mosquitto.port} topics site7/tandem/cam-3/down/+"
 
 
 def test_round_trip_over_tls(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import stat
@@ -362,7 +363,10 @@ def test_generate_keypair_writes_loadable_private_keys_and_refuses_to_overwrite(
     assert generate_keypair(tmp_path, "cam-01", overwrite=True) == (public, secret)
 
 
-def test_curve_admits_an_authorised_client_and_shuts_out_another(keys: dict[str, Path]) -> None:
+def test_curve_admits_an_authorised_client_and_shuts_out_another(
+    keys: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tandem.transport.zmq.auth")
     server_curve = CurveConfig(secret_key_file=keys["server_secret"], authorized_clients_dir=keys["authorized"])
     with ZmqServer(address=ANY_PORT, curve=server_curve) as server:
 
@@ -386,6 +390,10 @@ def test_curve_admits_an_authorised_client_and_shuts_out_another(keys: dict[str,
                 assert request.sender == edge.routing_id
                 server.send(request.reply(Kind.RESULT), to=request.sender)
                 assert edge.recv(timeout=5).request_id == request.request_id
+    # Seen at the default level, and once, although the rogue key was refused on every (re)connect.
+    refusals = [r for r in caplog.records if r.levelno == logging.WARNING and "refused a client" in r.message]
+    assert len(refusals) == 1, [r.message for r in refusals]
+    assert "DENIED (CURVE)" in refusals[0].message and "curve.authorized_clients_dir" in refusals[0].message
 
 
 def test_curve_client_needs_the_server_public_key(keys: dict[str, Path]) -> None:
