@@ -71,13 +71,17 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
         if split.kind != "edge-only":
             figures = next((c for c in split.codecs if c.codec == codec), None)
             if figures is None or not figures.verified:
-                logging.getLogger("tandem.edge").warning("split %s: codec %s not verified; not used", split.id, codec)
+                verified_here = [c.codec for c in split.codecs if c.verified]
+                logging.getLogger("tandem.edge").warning(
+                    "split %s: codec %s not verified (verified: %s); not used", split.id, codec, verified_here
+                )
                 continue
         options.append(_option(plan_dir, split, codec))
-    if not options:
+    if not any(not option.edge_only for option in options) and any(s.kind != "edge-only" for s in plan.splits):
         verified = sorted({c.codec for s in plan.splits for c in s.codecs if c.verified})
         raise PlanError(
-            f"{plan_dir}: no split of plan {plan.plan_id} is verified for codec {codec!r}; verified: {verified}"
+            f"{plan_dir}: codec {codec!r} (the edge config's `codec`) is not verified on any split of plan "
+            f"{plan.plan_id} that uses the hub, so only edge-only would be left; verified: {verified}"
         )
     return AgentPlan(
         plan_id=plan.plan_id,
