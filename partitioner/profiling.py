@@ -44,6 +44,7 @@ __all__ = [
     "DeviceProfile",
     "OrtModel",
     "ProfileError",
+    "check_provider",
     "emulation_factor",
     "load_profile",
     "profile_model",
@@ -129,6 +130,23 @@ def _session_options(threads: int, level: str, profile_prefix: Path | None = Non
     return options
 
 
+def check_provider(provider: str, where: str = "provider") -> str:
+    """Return ``provider`` if this ONNX Runtime offers it; else a :class:`ProfileError` naming ``where``.
+
+    ONNX Runtime itself only warns and falls back to the CPU for an unknown provider, so a profile
+    would silently measure the CPU under another provider's name.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ProfileError(
+            f"{where}: execution provider {provider!r} is not available in this ONNX Runtime "
+            f"({ort.__version__}); available: {', '.join(available)}"
+        )
+    return provider
+
+
 class OrtModel:
     """An ONNX Runtime session with Tandem's measurement settings (sequential, fixed threads)."""
 
@@ -144,6 +162,7 @@ class OrtModel:
         import onnxruntime as ort
 
         source = model if isinstance(model, bytes) else str(model)
+        check_provider(provider)
         try:
             self.session = ort.InferenceSession(
                 source, _session_options(threads, level, profile_prefix), providers=[provider]
@@ -151,6 +170,8 @@ class OrtModel:
         except Exception as exc:  # ORT raises untyped errors
             name = "model bytes" if isinstance(model, bytes) else str(model)
             raise ProfileError(f"{name}: ONNX Runtime cannot load it with {provider}: {exc}") from exc
+        # the provider ONNX Runtime really uses first: it falls back to the CPU when one fails to initialise
+        self.provider: str = self.session.get_providers()[0]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -187,12 +208,18 @@ def profile_model(
 
     if repetitions < 1 or warmup < 0:
         raise ProfileError(f"profiling needs repetitions >= 1 and warmup >= 0, got {repetitions} and {warmup}")
+    check_provider(provider)
     model_bytes = graph.model.SerializeToString()
     runs = 2 * (warmup + repetitions)
     bar = tqdm(total=runs, desc=f"profiling {graph.name}", unit="run", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="tandem-profile-") as tmp:
         per_node = _profile_nodes(model_bytes, graph, threads, provider, warmup, repetitions, Path(tmp), bar)
     whole = OrtModel(model_bytes, threads=threads, provider=provider, level="all")
+    if whole.provider != provider:
+        raise ProfileError(
+            f"provider {provider!r}: ONNX Runtime could not use it for {graph.name!r} and fell back to "
+            f"{whole.provider!r}; the profile would not measure {provider!r}"
+        )
     totals = []
     for index in range(warmup + repetitions):
         _, elapsed = whole.timed_run(_feeds(graph.samples, index))
@@ -211,7 +238,7 @@ def profile_model(
         model_name=graph.name,
         model_sha256=graph.sha256,
         onnxruntime_version=ort.__version__,
-        provider=provider,
+        provider=whole.provider,
         threads=threads,
         repetitions=repetitions,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
