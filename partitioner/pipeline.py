@@ -46,6 +46,8 @@ from partitioner.plan import (
 )
 from partitioner.profiling import DeviceProfile, OrtModel, emulation_factor, load_profile, profile_model, spec_times
 from partitioner.search import Limits, candidate_splits, choose, front
+from tandem.config import ConfigError
+from transport.codec import CodecSpec
 
 __all__ = [
     "DeviceTimes",
@@ -54,6 +56,8 @@ __all__ = [
     "SearchOutcome",
     "analyse_model",
     "build_cost_model",
+    "check_codecs",
+    "check_out_dir",
     "choose_splits",
     "export_splits",
     "load_inputs",
@@ -258,12 +262,43 @@ def profile_devices(
     return edge, cloud
 
 
+def _movable(graph: ModelGraph) -> dict[str, np.ndarray]:
+    """The sample's value of every tensor that may cross a cut (each one with a consumer)."""
+    return {name: graph.activations[name] for name, t in graph.tensors.items() if t.consumers}
+
+
+def check_codecs(graph: ModelGraph, codecs: Sequence[str], *, source: str = "<config>") -> None:
+    """Refuse a per-channel int8 codec (``int8@AXIS``) whose axis a floating tensor that may cross lacks.
+
+    Raises :class:`ConfigError` naming ``source``, the ``codecs`` key, the codec, the tensor and its shape.
+    """
+    for text in codecs:
+        axis = CodecSpec.parse(text).axis
+        if axis is None:
+            continue
+        for name, array in _movable(graph).items():
+            rank = array.ndim
+            if array.dtype.kind == "f" and not -rank <= axis < rank:
+                fix = f"an axis from {-rank} to {rank - 1}, or plain int8" if rank else "plain int8"
+                raise ConfigError(
+                    source,
+                    [
+                        f"codecs: value {text!r} is not valid for model {graph.name!r}: channel axis {axis} is out "
+                        f"of range for tensor {name!r} of shape {list(array.shape)}, which may cross a cut; use {fix}"
+                    ],
+                )
+
+
 def build_cost_model(
     graph: ModelGraph, config: PartitionConfig, edge: DeviceTimes, cloud: DeviceTimes, *, progress: bool = True
 ) -> CostModel:
     """Measure every codec on the sample's activations and combine with the node times."""
-    movable = {name: graph.activations[name] for name, t in graph.tensors.items() if t.consumers}
-    codecs = measure_codecs(movable, config.codecs, repetitions=config.profiling.codec_repetitions, progress=progress)
+    try:
+        codecs = measure_codecs(
+            _movable(graph), config.codecs, repetitions=config.profiling.codec_repetitions, progress=progress
+        )
+    except ValueError as exc:  # transport.codec refuses a tensor (an axis, NaN); name the config key
+        raise PartitionError(f"codecs {config.codecs}: cannot encode the activations of {graph.name!r}: {exc}") from exc
     return CostModel(
         graph,
         edge.node_seconds,
@@ -596,8 +631,10 @@ def build_plan(
     choices: Sequence[LinkChoice],
     config: PartitionConfig,
     artifacts: Sequence[Artifact],
+    *,
+    version: int = 1,
 ) -> Plan:
-    """Assemble the :class:`Plan`."""
+    """Assemble the :class:`Plan` (``version``: what plan.yaml records, validated like the file)."""
     graph = costs.graph
     splits = sorted(exported.values(), key=lambda item: (costs.edge_time(item.parts.edge_nodes), item.split_id))
     content = hashlib.sha256()
@@ -616,6 +653,7 @@ def build_plan(
     sweep = config.search
     return Plan(
         plan_id=f"{source.name}-{content.hexdigest()[:12]}",
+        version=version,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         tandem_version=tandem.__version__,
         model=ModelInfo(
@@ -660,6 +698,14 @@ def build_plan(
     )
 
 
+def check_out_dir(out_dir: str | Path, *, where: str = "out_dir") -> Path:
+    """The plan folder as a path; a :class:`PartitionError` naming ``where`` if it exists and is not a folder."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PartitionError(f"{where} {out}: exists and is not a folder; give a folder for the plan (made if missing)")
+    return out
+
+
 def partition(
     model: str,
     out_dir: str | Path,
@@ -667,14 +713,23 @@ def partition(
     *,
     cut: Sequence[str] | None = None,
     inputs: Path | None = None,
+    version: int = 1,
+    config_source: str = "<config>",
     progress: bool = True,
     say: Say = _quiet,
 ) -> Plan:
-    """Partition an ONNX file or a reference model (by name) and write the plan folder ``out_dir``."""
+    """Partition an ONNX file or a reference model (by name) and write the plan folder ``out_dir``.
+
+    ``version`` is recorded in plan.yaml; ``config_source`` names the config in error messages.
+    """
+    check_out_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix="tandem-partition-") as work:
         source = load_source(model, Path(work), inputs=inputs, say=say)
         graph = analyse_model(source, say)
-        return partition_graph(source, graph, out_dir, config, cut=cut, progress=progress, say=say)
+        return partition_graph(
+            source, graph, out_dir, config, cut=cut, version=version, config_source=config_source,
+            progress=progress, say=say,
+        )  # fmt: skip
 
 
 def partition_graph(
@@ -685,23 +740,46 @@ def partition_graph(
     *,
     cut: Sequence[str] | None = None,
     measured: DeviceProfile | None = None,
+    version: int = 1,
+    config_source: str = "<config>",
     progress: bool = True,
     say: Say = _quiet,
 ) -> Plan:
     """The steps after analysis: profile, price, search, export and verify, choose, plot, write the plan.
 
     ``measured`` is a profile of this machine to use instead of measuring again. A previous plan in
-    ``out_dir`` (plan.yaml, model.onnx, splits/, the plot) is replaced.
+    ``out_dir`` (plan.yaml, model.onnx, splits/, the plot) is replaced once the search has succeeded;
+    a folder this call created is removed again if it fails.
     """
-    from partitioner.plot import plot_plan
-
     config = config or PartitionConfig()
+    out = check_out_dir(out_dir)
+    if version < 1:
+        raise PartitionError(f"plan version {version} is not valid: a plan's version is an integer >= 1")
     if cut:
         graph.cut_from_tensors(list(cut))  # a bad cut fails before any profiling
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PLAN_FILE).unlink(missing_ok=True)
-    shutil.rmtree(out / "splits", ignore_errors=True)
+    check_codecs(graph, config.codecs, source=config_source)
+    created = not out.exists()
+    try:
+        return _profile_to_plan(source, graph, out, config, cut, measured, version, progress, say)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _profile_to_plan(
+    source: ModelSource,
+    graph: ModelGraph,
+    out: Path,
+    config: PartitionConfig,
+    cut: Sequence[str] | None,
+    measured: DeviceProfile | None,
+    version: int,
+    progress: bool,
+    say: Say,
+) -> Plan:
+    from partitioner.plot import plot_plan
+
     edge, cloud = profile_devices(graph, config, measured=measured, progress=progress, say=say)
     costs = build_cost_model(graph, config, edge, cloud, progress=progress)
     outcome = search_splits(costs, config, cut=cut)
@@ -709,12 +787,15 @@ def partition_graph(
         f"search: {outcome.candidates} candidate splits priced, {len(outcome.kept)} kept "
         f"({'exact' if outcome.exact else 'not proven optimal under constraints'})"
     )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLAN_FILE).unlink(missing_ok=True)
+    shutil.rmtree(out / "splits", ignore_errors=True)
     exported = export_splits(graph, costs, outcome, out, config, source, progress=progress, say=say)
     choices = choose_splits(costs, outcome, exported, config)
     relative = [FULL_MODEL]
     for item in sorted(exported.values(), key=lambda item: item.split_id):
         relative += [p for p in (item.parts.edge_model, item.parts.cloud_model) if p and p != FULL_MODEL]
-    draft = build_plan(source, costs, edge, cloud, outcome, exported, choices, config, [])
+    draft = build_plan(source, costs, edge, cloud, outcome, exported, choices, config, [], version=version)
     plot_plan(draft, out / PLOT_FILE)
     relative.append(PLOT_FILE)
     plan = draft.model_copy(update={"artifacts": [artifact_for(out, rel) for rel in dict.fromkeys(relative)]})
