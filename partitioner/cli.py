@@ -15,14 +15,29 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from partitioner.errors import PartitionError
-from tandem.config import ConfigError, load_config
+from tandem.config import ConfigError, load_config, parse_config
 
 __all__ = ["format_plan", "main", "register"]
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers >= ``minimum``; argparse names the flag in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def register(subparsers: Any) -> None:
@@ -36,31 +51,50 @@ def register(subparsers: Any) -> None:
     partition.add_argument(
         "model", help="ONNX file, or a reference model: resnet50, mobilenet_v2, vgg16, minilm, digits_cnn"
     )
-    partition.add_argument("--out", required=True, type=Path, help="plan folder to write")
-    partition.add_argument("--config", type=Path, help="partition config YAML (see configs/partition.yaml)")
+    partition.add_argument("--out", required=True, type=Path, metavar="DIR", help="plan folder to write")
+    partition.add_argument(
+        "--config", type=Path, metavar="YAML", help="partition config YAML (see configs/partition.yaml)"
+    )
     partition.add_argument(
         "--cut", action="append", metavar="TENSOR", help="force the split crossed by these tensors (repeat for several)"
     )
-    partition.add_argument("--inputs", type=Path, help=".npz file with one sample array per model input")
-    partition.add_argument("--edge-profile", type=Path, help="edge node times from `tandem profile` on the device")
-    partition.add_argument("--cloud-profile", type=Path, help="cloud node times from `tandem profile`")
+    partition.add_argument("--inputs", type=Path, metavar="NPZ", help=".npz file with one sample array per model input")
+    partition.add_argument(
+        "--edge-profile", type=Path, metavar="JSON", help="edge node times from `tandem profile` on the device"
+    )
+    partition.add_argument("--cloud-profile", type=Path, metavar="JSON", help="cloud node times from `tandem profile`")
     partition.add_argument("--no-progress", action="store_true", help="no progress bars")
-    partition.add_argument("--plan-version", type=int, default=1, help="version recorded in plan.yaml (default 1)")
+    partition.add_argument(
+        "--plan-version",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="version recorded in plan.yaml, >= 1 (default 1)",
+    )
     partition.set_defaults(func=run_partition)
 
     profile = subparsers.add_parser(
         "profile",
         help="measure a model's per-node times on this device",
-        description="Run MODEL with ONNX Runtime's profiler and write per-node median times as a device profile.",
+        description="Run MODEL with ONNX Runtime's profiler on this device and write per-node median times as a "
+        "device profile JSON, for `tandem partition --edge-profile` (or --cloud-profile).",
     )
     profile.add_argument("model", help="ONNX file or reference model name")
-    profile.add_argument("--device-name", required=True, help="name of this device, recorded in the profile")
-    profile.add_argument("--out", required=True, type=Path, help="profile JSON file to write")
-    profile.add_argument("--repetitions", type=int, default=20, help="timed runs (default 20)")
-    profile.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    profile.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: ORT decides)")
-    profile.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
-    profile.add_argument("--inputs", type=Path, help=".npz file with one sample array per model input")
+    profile.add_argument(
+        "--device-name", required=True, metavar="NAME", help="name of this device, recorded in the profile"
+    )
+    profile.add_argument("--out", required=True, type=Path, metavar="JSON", help="profile JSON file to write")
+    profile.add_argument("--repetitions", type=_int_at_least(1), default=20, help="timed runs (default 20)")
+    profile.add_argument("--warmup", type=_int_at_least(0), default=3, help="untimed runs first (default 3)")
+    profile.add_argument(
+        "--threads", type=_int_at_least(0), default=0, help="ONNX Runtime intra-op threads (0: ORT decides)"
+    )
+    profile.add_argument(
+        "--provider",
+        default="CPUExecutionProvider",
+        help="ONNX Runtime execution provider, one of those this install offers (default CPUExecutionProvider)",
+    )
+    profile.add_argument("--inputs", type=Path, metavar="NPZ", help=".npz file with one sample array per model input")
     profile.add_argument("--no-progress", action="store_true", help="no progress bar")
     profile.set_defaults(func=run_profile)
 
@@ -73,28 +107,57 @@ def _fail(command: str, exc: Exception) -> int:
     return 1
 
 
+def _check_inputs_file(path: Path | None, flag: str) -> None:
+    if path is not None and not path.is_file():
+        raise PartitionError(f"{flag} {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+
+
+def _check_profile(path: Path | None, where: str) -> None:
+    """Read a device profile now, so that a missing or bad file fails before any measuring."""
+    from partitioner.profiling import ProfileError, load_profile
+
+    if path is None:
+        return
+    try:
+        load_profile(path)
+    except ProfileError as exc:
+        raise ProfileError(f"{where}: {exc}") from exc
+
+
+def _partition_config(args: argparse.Namespace) -> Any:
+    """The config file (or the defaults) with --edge-profile/--cloud-profile applied, every path checked."""
+    from partitioner.config import PartitionConfig
+
+    data = load_config(args.config, PartitionConfig).model_dump() if args.config else {}
+    name = f"{args.config}: " if args.config else ""
+    for side, flag in (("edge", args.edge_profile), ("cloud", args.cloud_profile)):
+        if flag is not None:
+            _check_profile(flag, f"--{side}-profile")
+            data.setdefault(side, {}).update(source="profile", profile=flag)
+        elif data.get(side, {}).get("source") == "profile":
+            _check_profile(data[side]["profile"], f"{name}{side}.profile")
+    return parse_config(data, PartitionConfig, source=str(args.config or "command line"))
+
+
 def run_partition(args: argparse.Namespace) -> int:
     """Handler of ``tandem partition``."""
-    from partitioner.config import PartitionConfig
-    from partitioner.pipeline import partition
-    from partitioner.plan import save_plan
+    from partitioner.pipeline import check_out_dir, partition
 
     try:
-        config = load_config(args.config, PartitionConfig) if args.config else PartitionConfig()
-        if args.edge_profile is not None:
-            config = config.model_copy(
-                update={"edge": config.edge.model_copy(update={"source": "profile", "profile": args.edge_profile})}
-            )
-        if args.cloud_profile is not None:
-            config = config.model_copy(
-                update={"cloud": config.cloud.model_copy(update={"source": "profile", "profile": args.cloud_profile})}
-            )
+        check_out_dir(args.out, where="--out")
+        _check_inputs_file(args.inputs, "--inputs")
+        config = _partition_config(args)
         plan = partition(
-            args.model, args.out, config, cut=args.cut, inputs=args.inputs, progress=not args.no_progress, say=print
+            args.model,
+            args.out,
+            config,
+            cut=args.cut,
+            inputs=args.inputs,
+            version=args.plan_version,
+            config_source=str(args.config) if args.config else "the default partition config",
+            progress=not args.no_progress,
+            say=print,
         )
-        if args.plan_version != plan.version:
-            plan = plan.model_copy(update={"version": args.plan_version})
-            save_plan(plan, args.out)
     except (PartitionError, ConfigError) as exc:
         return _fail("partition", exc)
     print(format_plan(plan))
@@ -104,9 +167,13 @@ def run_partition(args: argparse.Namespace) -> int:
 def run_profile(args: argparse.Namespace) -> int:
     """Handler of ``tandem profile``."""
     from partitioner.pipeline import analyse_model, load_source
-    from partitioner.profiling import profile_model
+    from partitioner.profiling import check_provider, profile_model
 
     try:
+        check_provider(args.provider, "--provider")
+        if args.out.is_dir():
+            raise PartitionError(f"--out {args.out}: is a folder; give the profile JSON file to write")
+        _check_inputs_file(args.inputs, "--inputs")
         with tempfile.TemporaryDirectory(prefix="tandem-profile-") as work:
             source = load_source(args.model, Path(work), inputs=args.inputs, say=print)
             graph = analyse_model(source, say=print)
@@ -127,7 +194,7 @@ def run_profile(args: argparse.Namespace) -> int:
         return 1
     print(
         f"wrote {path}: {graph.name} (sha256 {graph.sha256[:12]}...) on {args.device_name}: "
-        f"{profile.total_seconds * 1e3:.2f} ms per run, {len(profile.node_seconds)} nodes, {args.provider}"
+        f"{profile.total_seconds * 1e3:.2f} ms per run, {len(profile.node_seconds)} nodes, {profile.provider}"
     )
     return 0
 

@@ -99,6 +99,8 @@ def test_forced_cut_is_used_for_every_bandwidth(tiny_model: Path, tmp_path: Path
         ("tiny", ["tiny.onnx", "--cut", "w1"], "tensor 'w1' is a weight or constant; weights never cross a cut"),
         ("tiny", ["tiny.onnx", "--cut", "c"], "tensors ['c'] do not form a cut: 'mu', 'a' also cross"),
         ("tiny", ["tiny.onnx", "--edge-profile", "other.json"], "profile of another model: it was measured on 'other'"),
+        ("tiny", ["tiny.onnx", "--edge-profile", "gone.json"], "--edge-profile: gone.json: profile file not found"),
+        ("tiny", ["tiny.onnx", "--inputs", "gone.npz"], "tandem partition: error: --inputs gone.npz: file not found"),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_clear_error(make: str | None, args: list[str], message: str, tmp_path: Path) -> None:
@@ -124,7 +126,7 @@ def test_bad_input_is_a_clear_error(make: str | None, args: list[str], message: 
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert message in result.stderr
-    assert not (tmp_path / "out" / "plan.yaml").exists()
+    assert not (tmp_path / "out").exists()  # no plan folder, not even an empty one
 
 
 def test_config_errors_name_the_key(tiny_model: Path, tmp_path: Path) -> None:
