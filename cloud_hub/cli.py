@@ -14,7 +14,12 @@ from tandem.config_paths import resolve_relative_paths
 
 def register(subparsers: Any) -> None:
     """Add the ``hub`` command."""
-    parser = subparsers.add_parser("hub", help="run the cloud hub")
+    parser = subparsers.add_parser(
+        "hub",
+        help="run the cloud hub",
+        description="Load the cloud parts of the plans, listen on the configured channels, batch requests per "
+        "split and serve them until SIGINT/SIGTERM; Prometheus metrics on /metrics.",
+    )
     parser.add_argument("--config", type=Path, required=True, help="hub.yaml")
     parser.set_defaults(func=run)
 

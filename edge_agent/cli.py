@@ -15,7 +15,12 @@ from tandem.config_paths import resolve_relative_paths
 
 def register(subparsers: Any) -> None:
     """Add the ``edge`` command."""
-    parser = subparsers.add_parser("edge", help="run the edge agent")
+    parser = subparsers.add_parser(
+        "edge",
+        help="run the edge agent",
+        description="Run the edge agent: load the plan, connect to the hub, pick the split from the measured link, "
+        "answer locally while the hub is down, and serve the local endpoint until SIGINT/SIGTERM.",
+    )
     parser.add_argument("--config", type=Path, required=True, help="edge.yaml")
     parser.set_defaults(func=run)
 
@@ -128,9 +133,7 @@ def _follow_schedule(config: Any, link: Any, stop: threading.Event) -> None:
     """Apply the emulated link's schedule (demo and tests) on a timer thread."""
     steps = sorted(config.emulation.schedule, key=lambda step: step.at_s)
     if not steps:
-        return
-    if link is None:
-        raise SystemExit("emulation.schedule needs emulation.link")
+        return  # a schedule without emulation.link is a config error
 
     def follow() -> None:
         started = time.monotonic()

@@ -45,6 +45,7 @@ ERROR_FAMILIES = (
     "edge_agent.artifacts:ArtifactRejected",
     "cloud_hub.store:StoreError",
     "cloud_hub.metrics:MetricsError",
+    "tandem.commands.demo:DemoError",
 )
 
 

@@ -125,7 +125,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from transport.channel import Channel, PushHandler
 from transport.chunking import CHUNK_MAGIC, Reassembler, split
-from transport.config import MqttConfig, TlsConfig
+from transport.config import MqttConfig, TlsConfig, check_topic_name, check_topic_prefix
 from transport.envelope import Buffer, Envelope, Kind, Limits, pack, unpack
 from transport.errors import (
     ChannelClosed,
@@ -140,7 +140,6 @@ __all__ = ["SERVER_SENDER", "MqttClient", "MqttServer"]
 
 SERVER_SENDER = "server"
 _PUBLISH_OVERHEAD = 16  # fixed header, topic length, packet id, properties length
-_FORBIDDEN_IN_NAMES = ("/", "+", "#", "\x00")
 _CLOSED = object()
 
 log = logging.getLogger("tandem.transport.mqtt")
@@ -155,18 +154,6 @@ class _QuietNotConnected(logging.Filter):
 
 
 _paho_log.addFilter(_QuietNotConnected())
-
-
-def _check_name(what: str, value: str) -> str:
-    if not value or any(ch in value for ch in _FORBIDDEN_IN_NAMES):
-        raise ValueError(f"{what} {value!r} cannot be used in an MQTT topic: it must be non-empty, without / + # NUL")
-    return value
-
-
-def _check_prefix(prefix: str) -> str:
-    if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "+#\x00"):
-        raise ValueError(f"topic_prefix {prefix!r}: expected levels such as 'tandem/v1', without + # or outer slashes")
-    return prefix
 
 
 class _MqttChannel(Channel):
@@ -592,14 +579,14 @@ class MqttServer(_MqttChannel):
         wait_for_broker: bool = True,
     ) -> None:
         config = MqttConfig(
-            host=host, port=port, topic_prefix=_check_prefix(topic_prefix), client_id=client_id, username=username,
+            host=host, port=port, topic_prefix=check_topic_prefix(topic_prefix), client_id=client_id, username=username,
             password=password, keepalive_s=keepalive_s, tls=tls, qos=_qos_overrides(qos),
             max_payload_bytes=max_payload_bytes, shared_group=shared_group, session_expiry_s=session_expiry_s,
             connect_timeout_s=connect_timeout_s,
         )  # fmt: skip
         subscription = f"{topic_prefix}/+/up/+"
         if shared_group is not None:
-            subscription = f"$share/{_check_name('shared_group', shared_group)}/{subscription}"
+            subscription = f"$share/{check_topic_name('shared_group', shared_group)}/{subscription}"
         self._subscription = subscription
         self._shared_group = shared_group
         self._warned_shared_chunks = False
@@ -629,14 +616,14 @@ class MqttServer(_MqttChannel):
             raise ValueError(
                 f"MqttServer.send needs to=<device id>: the hub publishes on {self._prefix}/<device>/down/<kind>"
             )
-        _check_name("device id", to)
+        check_topic_name("device id", to)
         envelope = self._own_device(envelope, to)
         self._publish_envelope(envelope, f"{self._prefix}/{to}/down/{envelope.kind.value}")
 
     def send_to_group(self, envelope: Envelope, group: str) -> None:
         """Publish ``envelope`` on ``{prefix}/group/{group}/down/{kind}``, heard by every edge in ``group``."""
         self._check_open()
-        _check_name("group", group)
+        check_topic_name("group", group)
         if envelope.device_id:
             raise ValueError(f"group message: device_id must be empty (it is for every member): {envelope.device_id!r}")
         self._publish_envelope(envelope, f"{self._prefix}/group/{group}/down/{envelope.kind.value}")
@@ -701,10 +688,10 @@ class MqttClient(_MqttChannel):
         groups: Sequence[str] = (),
         wait_for_broker: bool = True,
     ) -> None:
-        self.device_id = _check_name("device id", device_id)
-        self.groups = tuple(_check_name("group", group) for group in groups)
+        self.device_id = check_topic_name("device id", device_id)
+        self.groups = tuple(check_topic_name("group", group) for group in groups)
         config = MqttConfig(
-            host=host, port=port, topic_prefix=_check_prefix(topic_prefix), client_id=client_id, username=username,
+            host=host, port=port, topic_prefix=check_topic_prefix(topic_prefix), client_id=client_id, username=username,
             password=password, keepalive_s=keepalive_s, tls=tls, qos=_qos_overrides(qos),
             max_payload_bytes=max_payload_bytes, shared_group=None, session_expiry_s=session_expiry_s,
             connect_timeout_s=connect_timeout_s,

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from edge_agent.plan_view import SplitOption
 
-__all__ = ["DEMO_MIN_GAIN", "DemoConfig", "register", "run", "showcase_bandwidth"]
+__all__ = ["DEMO_MIN_GAIN", "DEMO_MODELS", "DemoConfig", "DemoError", "register", "run", "showcase_bandwidth"]
 
 DEMO_MIN_GAIN = 0.15
 """The agents' hysteresis: a split is left for one predicted this much faster."""
@@ -72,10 +72,18 @@ class Outage(StrictModel):
     duration_s: float = Field(..., gt=0)
 
 
+# The reference models the demo can feed: it streams 224x224 crops of photos (ImageNet-normalised).
+DEMO_MODELS = ("mobilenet_v2", "resnet50", "vgg16")
+
+
+class DemoError(Exception):
+    """A step of the demo failed (partitioning, a process that did not start); the message says which and where."""
+
+
 class DemoConfig(StrictModel):
     """``configs/demo.yaml``; every key has a default, so ``tandem demo`` runs without a file."""
 
-    model: str = "mobilenet_v2"
+    model: str = Field("mobilenet_v2", description=f"one of {', '.join(DEMO_MODELS)}")
     workdir: Path = Path("demo-out")
     codec: str = "int8+zstd"
     agents: int = Field(2, ge=1, le=8)
@@ -93,10 +101,24 @@ class DemoConfig(StrictModel):
     endpoint_port: int = Field(5760, gt=0, lt=65536, description="agent i listens on endpoint_port + i")
 
 
+    @field_validator("model")
+    @classmethod
+    def _photo_classifier(cls, value: str) -> str:
+        if value not in DEMO_MODELS:
+            raise ValueError(
+                f"the demo streams 224x224 photo crops, so it runs one of {', '.join(DEMO_MODELS)}; "
+                "partition other models with `tandem partition` and serve them with `tandem hub` / `tandem edge`"
+            )
+        return value
+
+
 def register(subparsers: Any) -> None:
     """Add the ``demo`` command."""
     parser = subparsers.add_parser(
-        "demo", help="partition, start hub and agents, stream, change the link, kill the hub"
+        "demo",
+        help="partition, start hub and agents, stream, change the link, kill the hub",
+        description="Everything on loopback: partition the model, start a hub and edge agents, stream real "
+        "photos, change the uplink, kill and restart the hub, and write demo-summary.json and demo.png.",
     )
     parser.add_argument("--config", type=Path, help="demo.yaml (default: built-in MobileNetV2 scenario)")
     parser.add_argument("--reuse-plan", action="store_true", help="skip partitioning when WORKDIR/plan exists")
@@ -184,7 +206,8 @@ def _resolve_auto_phases(config: DemoConfig, plan_dir: Path) -> DemoConfig:
 def _partition(config: DemoConfig, plan_dir: Path) -> None:
     print(f"== tandem partition {config.model} --out {plan_dir}", flush=True)
     command = [sys.executable, "-m", "tandem.cli", "partition", config.model, "--out", str(plan_dir)]
-    subprocess.run(command, check=True)
+    if subprocess.run(command).returncode != 0:
+        raise DemoError(f"partitioning {config.model} failed (its error is above); nothing was started")
 
 
 def _inputs(full_model: Path, input_name: str, count: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -293,7 +316,7 @@ class _Processes:
         deadline = time.monotonic() + timeout
         while ready not in log.read_text(errors="replace"):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+                raise DemoError(f"{name} did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
         print(f"   started {name} (pid {process.pid}), log {log}", flush=True)
         return process

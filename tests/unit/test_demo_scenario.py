@@ -79,3 +79,13 @@ def test_a_phase_bandwidth_must_be_positive_or_auto(bad: object, tmp_path: Path)
 
 def test_auto_is_the_default_drop() -> None:
     assert [p.bandwidth_mbps for p in DemoConfig().phases] == [50, "auto"]
+
+
+@pytest.mark.parametrize("model", ["digits_cnn", "minilm", "resnet51"])
+def test_the_demo_model_must_be_one_it_can_feed_photos(model: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"model": model}, DemoConfig, source=str(tmp_path / "demo.yaml"))
+    message = str(caught.value)
+    assert "demo.yaml" in message and "model" in message and repr(model) in message
+    assert "224x224 photo crops" in message and "mobilenet_v2, resnet50, vgg16" in message
+    assert DemoConfig.model_validate({"model": "resnet50"}).model == "resnet50"
