@@ -255,7 +255,11 @@ def _make_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], onnx_path: 
 def register(subparsers: Any) -> None:
     """Add the ``build-engine`` command."""
     parser = subparsers.add_parser(
-        "build-engine", help="build TensorRT engines from an ONNX file or every ONNX file in a plan folder"
+        "build-engine",
+        help="build TensorRT engines from an ONNX file or every ONNX file in a plan folder",
+        description="Build a TensorRT engine (.plan) for an ONNX file, or for every ONNX file in a plan folder, "
+        "on this machine's GPU: engines are specific to the GPU and TensorRT version they are built with, so run "
+        "it on the Jetson or the hub that will load them.",
     )
     parser.add_argument("source", type=Path, metavar="ONNX_OR_PLAN_DIR", help="an .onnx file or a plan folder")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the engines into")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 import traceback
@@ -21,17 +22,23 @@ from tandem.config import ConfigError
 
 __all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "ERROR_FAMILIES", "build_parser", "main"]
 
-COMMAND_MODULES = (
-    "tandem.commands.demo",
-    "partitioner.cli",
-    "partitioner.engine",
-    "cloud_hub.cli",
-    "edge_agent.cli",
-    "tandem.commands.fleet",
-    "tandem.commands.check_config",
-    "tandem.commands.keys",
-    "tandem.commands.loopback",
-)
+# module: (its commands, the extra that installs what they import, those packages).
+# A command whose packages are missing here is left out, not offered and then failing half-way.
+COMMAND_MODULES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
+    "tandem.commands.demo": (
+        ("demo",),
+        "edge,cloud,partition",
+        ("onnx", "onnxruntime", "networkx", "matplotlib", "sklearn", "torch", "torchvision", "prometheus_client"),
+    ),
+    "partitioner.cli": (("partition", "profile"), "partition", ("onnx", "onnxruntime", "networkx", "matplotlib")),
+    "partitioner.engine": (("build-engine",), "", ()),  # says itself when TensorRT is missing
+    "cloud_hub.cli": (("hub",), "cloud", ("onnxruntime", "prometheus_client")),
+    "edge_agent.cli": (("edge",), "edge", ("onnxruntime", "psutil")),
+    "tandem.commands.fleet": (("fleet",), "cloud", ("prometheus_client",)),
+    "tandem.commands.check_config": (("check-config",), "", ()),
+    "tandem.commands.keys": (("keys",), "", ()),
+    "tandem.commands.loopback": (("loopback",), "partition", ("torch", "torchvision")),
+}
 
 
 # The project's own error roots ("module:Class"): their messages already say what
@@ -63,35 +70,40 @@ CONFIG_SCHEMAS: dict[str, Callable[[], Any]] = {
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    """The top-level parser, and the command modules that could not be loaded."""
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The top-level parser, and the commands left out of this install with why (see :data:`COMMAND_MODULES`)."""
     parser = argparse.ArgumentParser(prog="tandem", description="Edge-cloud split inference.")
     parser.add_argument("--version", action="version", version=f"tandem {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    missing = []
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            missing.append(f"{name} ({exc.name} is not installed)")
+    missing: dict[str, str] = {}
+    for name, (commands, extra, packages) in COMMAND_MODULES.items():
+        absent = [package for package in packages if importlib.util.find_spec(package) is None]
+        if absent:
+            why = f"needs {', '.join(absent)}: pip install 'tandem-inference[{extra}]'"
+            missing.update(dict.fromkeys(commands, why))
             continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
+    if missing:
+        parser.epilog = "not available in this install: " + "; ".join(f"{c} ({why})" for c, why in missing.items())
     return parser, missing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tandem`` with ``argv``; returns the process exit code."""
     parser, missing = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in given if not arg.startswith("-")), None)
+    if command in missing:
+        print(f"tandem {command}: not available in this install; it {missing[command]}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(given)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if not getattr(args, "func", None):
         parser.print_help()
-        if missing:
-            print("\nnot available in this install: " + "; ".join(missing), file=sys.stderr)
         return 2
     try:
         return int(args.func(args))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _with_command(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     """Make ``tandem boom`` a command that raises ``exc``."""
 
-    def build() -> tuple[argparse.ArgumentParser, list[str]]:
+    def build() -> tuple[argparse.ArgumentParser, dict[str, str]]:
         parser = argparse.ArgumentParser(prog="tandem")
         parser.add_argument("-v", "--verbose", action="store_true")
         sub = parser.add_subparsers(dest="command")
@@ -32,7 +33,7 @@ def _with_command(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
             raise exc
 
         sub.add_parser("boom").set_defaults(func=boom)
-        return parser, []
+        return parser, {}
 
     monkeypatch.setattr(tandem.cli, "build_parser", build)
 
@@ -135,8 +136,11 @@ def test_fleet_with_a_hub_config_without_sync_says_what_it_needs(
     )
 
 
-@pytest.mark.parametrize("command", ["check-config", "fleet", "keys", "loopback"])
-def test_own_commands_have_a_description(command: str) -> None:
+@pytest.mark.parametrize(
+    "command",
+    ["check-config", "fleet", "keys", "loopback", "hub", "edge", "demo", "partition", "profile", "build-engine"],
+)
+def test_every_command_has_a_description(command: str) -> None:
     parser, _missing = tandem.cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert sub.choices[command].description
@@ -146,3 +150,25 @@ def test_check_config_kind_lists_its_choices(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         main(["check-config", "--help"])
     assert "--kind {demo,edge,hub,loopback,partition}" in capsys.readouterr().out
+
+
+def test_a_command_whose_extra_is_not_installed_is_left_out_and_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An edge box installs tandem-inference[edge]: no torch, onnx or matplotlib there."""
+    find_spec = importlib.util.find_spec
+    absent = {"torch", "torchvision", "onnx", "networkx", "matplotlib", "sklearn"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else find_spec(name, *a))
+    parser, missing = tandem.cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"edge", "hub", "keys", "check-config", "fleet", "build-engine"} <= set(sub.choices)
+    assert set(missing) == {"demo", "partition", "profile", "loopback"}
+    assert missing["partition"] == "needs onnx, networkx, matplotlib: pip install 'tandem-inference[partition]'"
+    assert main(["partition", "model.onnx", "--out", "plan"]) == 2
+    assert capsys.readouterr().err == (
+        "tandem partition: not available in this install; it needs onnx, networkx, matplotlib: "
+        "pip install 'tandem-inference[partition]'\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "not available in this install: demo (needs" in " ".join(capsys.readouterr().out.split())
