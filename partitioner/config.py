@@ -6,6 +6,7 @@ Every key has a default, so an empty file (or none) is a valid config. See
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from tandem.config import StrictModel
 from transport.codec import CodecSpec
 
 __all__ = [
+    "DEVICE_SPECS_DIR",
     "AccuracySettings",
     "CloudDevice",
     "Constraints",
@@ -25,6 +27,21 @@ __all__ = [
     "SearchSettings",
     "Verification",
 ]
+
+
+DEVICE_SPECS_DIR = Path(__file__).resolve().parent / "device_specs"
+
+
+def check_spec_name(value: str) -> str:
+    """``value`` when it names a shipped device spec or is the path of a spec file of one's own."""
+    if value.endswith((".yaml", ".yml")) or "/" in value:
+        return value
+    known = sorted(path.stem for path in DEVICE_SPECS_DIR.glob("*.yaml"))
+    if value in known:
+        return value
+    guess = difflib.get_close_matches(value, known, n=1)
+    hint = f"did you mean {guess[0]!r}? " if guess else ""
+    raise ValueError(f"unknown device spec; {hint}known: {', '.join(known)} (or the path of a spec .yaml file)")
 
 
 class EdgeDevice(StrictModel):
@@ -46,6 +63,8 @@ class EdgeDevice(StrictModel):
     emulation_factor: float | None = Field(None, gt=0)
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     codec_time_scale: float = Field(1.0, gt=0, description="edge CPU encode time / this CPU's")
+
+    _known_spec = field_validator("spec")(check_spec_name)
 
     @model_validator(mode="after")
     def _profile_given(self) -> EdgeDevice:
@@ -69,6 +88,8 @@ class CloudDevice(StrictModel):
     profile: Path | None = None
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     decode_time_scale: float = Field(1.0, gt=0, description="cloud CPU decode time / this CPU's")
+
+    _known_spec = field_validator("spec")(check_spec_name)
 
     @model_validator(mode="after")
     def _profile_given(self) -> CloudDevice:

@@ -33,6 +33,7 @@ from typing import Literal
 import onnx
 from pydantic import Field
 
+from partitioner.config import DEVICE_SPECS_DIR
 from partitioner.errors import DeviceSpecError
 from partitioner.flops import NodeCost, count_node_costs
 from tandem.config import ConfigError, StrictModel, load_config
@@ -50,7 +51,7 @@ __all__ = [
     "speed_ratio",
 ]
 
-DEVICES_DIR = Path(__file__).resolve().parent / "device_specs"
+DEVICES_DIR = DEVICE_SPECS_DIR
 PRECISIONS = ("fp32", "fp16", "int8")
 Precision = Literal["fp32", "fp16", "int8"]
 _BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}

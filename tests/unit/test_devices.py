@@ -92,6 +92,21 @@ def test_unknown_name_lists_known_devices():
     assert isinstance(info.value, PartitionError)
 
 
+def test_a_partition_config_naming_an_unknown_spec_is_a_config_error_before_any_work(tmp_path):
+    from partitioner.config import PartitionConfig
+    from tandem.config import ConfigError, parse_config
+
+    source = str(tmp_path / "partition.yaml")
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"edge": {"spec": "orin_nano_9gb"}, "cloud": {"spec": "h200"}}, PartitionConfig, source=source)
+    message = str(caught.value)
+    assert f"{source}: edge.spec: value 'orin_nano_9gb' is not valid: unknown device spec; did you mean " in message
+    assert "'orin_nano_8gb'? known: a100_80gb_sxm, agx_orin_64gb," in message
+    assert f"{source}: cloud.spec: value 'h200' is not valid: unknown device spec" in message
+    own = tmp_path / "my_board.yaml"
+    assert PartitionConfig.model_validate({"edge": {"spec": str(own)}}).edge.spec == str(own)  # a file of one's own
+
+
 def test_bad_key_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text((DEVICES_DIR / "orin_nano_8gb.yaml").read_text().replace("memory_gb:", "memory_gib:"))
