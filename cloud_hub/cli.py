@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     base = args.config.resolve().parent
     config = resolve_relative_paths(load_config(args.config, HubConfig), base)
-    tails = [tail for plan_dir in config.plans for tail in load_tails(plan_dir, config.executor)]
+    tails = _load_plans(args.config, config, load_tails)
     for tail in tails:
         print(f"loaded plan {tail.plan_id} v{tail.plan_version} split {tail.split_id}: {tail.executor.describe()}")
     hub = Hub(config, tails)
@@ -50,6 +50,25 @@ def run(args: argparse.Namespace) -> int:
         sync[1].close()
     hub.stop()
     return 0
+
+
+def _load_plans(source: Path, config: Any, load_tails: Any) -> list[Any]:
+    """The tails of every plan in ``plans``; a plan version found in two entries is a config error."""
+    from tandem.config import ConfigError
+
+    tails: list[Any] = []
+    found: dict[tuple[str, int], int] = {}
+    for i, plan_dir in enumerate(config.plans):
+        loaded = load_tails(plan_dir, config.executor)
+        for key in {(tail.plan_id, tail.plan_version) for tail in loaded}:
+            if key in found:
+                raise ConfigError(
+                    str(source),
+                    [f"plans.{i}: {plan_dir} holds plan {key[0]} v{key[1]}, already loaded from plans.{found[key]}"],
+                )
+            found[key] = i
+        tails.extend(loaded)
+    return tails
 
 
 def _start_sync(config: Any, hub: Any) -> tuple[Any, Any] | None:

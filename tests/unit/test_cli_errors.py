@@ -172,3 +172,23 @@ def test_a_command_whose_extra_is_not_installed_is_left_out_and_says_what_to_ins
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "not available in this install: demo (needs" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_plan_version_listed_twice_in_a_hub_config_is_a_config_error(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cloud_hub.cli import _load_plans
+    from cloud_hub.config import HubConfig
+    from tandem.config import ConfigError
+
+    holds = {"a": ("resnet", 1), "b": ("resnet", 2), "c": ("resnet", 1)}  # folder c is a copy of a
+
+    def load_tails(plan_dir: Path, executor: object) -> list[SimpleNamespace]:
+        plan_id, version = holds[plan_dir.name]
+        return [SimpleNamespace(plan_id=plan_id, plan_version=version, split_id=s) for s in ("cut-1", "cut-2")]
+
+    source = tmp_path / "hub.yaml"
+    assert len(_load_plans(source, HubConfig(plans=[tmp_path / "a", tmp_path / "b"]), load_tails)) == 4
+    with pytest.raises(ConfigError) as caught:
+        _load_plans(source, HubConfig(plans=[tmp_path / n for n in "abc"]), load_tails)
+    assert str(caught.value) == f"{source}: plans.2: {tmp_path / 'c'} holds plan resnet v1, already loaded from plans.0"
