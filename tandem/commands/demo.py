@@ -100,7 +100,6 @@ class DemoConfig(StrictModel):
     hub_port: int = Field(5755, gt=0, lt=65536)
     endpoint_port: int = Field(5760, gt=0, lt=65536, description="agent i listens on endpoint_port + i")
 
-
     @field_validator("model")
     @classmethod
     def _photo_classifier(cls, value: str) -> str:
