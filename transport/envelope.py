@@ -299,7 +299,7 @@ def _parse_header_typed(frame: Buffer, limits: Limits) -> Envelope | None:
     """The common case, typed by msgspec in C; None sends the header to the checked path."""
     try:
         header = _HEADER_DECODER.decode(frame)
-    except msgspec.DecodeError:  # the checked path names what is wrong
+    except (msgspec.DecodeError, RecursionError):  # the checked path names what is wrong
         return None
     kind = _KINDS.get(header.kind)
     if kind is None or header.v != PROTOCOL_VERSION or len(header.tensors) > limits.max_tensors:
@@ -351,6 +351,8 @@ def _parse_header_checked(frame: Buffer, limits: Limits) -> Envelope:
         header = msgspec.msgpack.decode(frame)
     except msgspec.DecodeError as exc:
         raise MalformedHeader(f"header is not valid msgpack: {exc}", field="header") from exc
+    except RecursionError:  # msgspec checks its C recursion depth; a header this deep is hostile
+        raise MalformedHeader("header nests too deeply to decode", field="header") from None
     if not isinstance(header, dict):
         raise MalformedHeader(f"header is a {type(header).__name__}, expected a map", field="header")
     version = header.get("v")

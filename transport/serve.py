@@ -12,6 +12,8 @@ from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, Protoc
 
 __all__ = ["receive_forever"]
 
+_AFTER_UNEXPECTED_S = 0.05
+
 
 def receive_forever(
     channel: Channel,
@@ -75,5 +77,9 @@ def receive_forever(
             return
         except ChannelError as exc:
             logger.warning("receive failed: %s", exc)
+            continue
+        except Exception:  # a bug in receiving must not leave a live server deaf
+            logger.exception("receive failed unexpectedly; receiving goes on")
+            stop.wait(_AFTER_UNEXPECTED_S)  # a failure that repeats must not spin
             continue
         handle(envelope)

@@ -171,6 +171,24 @@ def test_garbage_header_is_malformed_not_a_crash() -> None:
         decode([msgpack.packb({"kind": "activation"})])
 
 
+def test_a_header_nested_deeper_than_the_decoder_recurses_is_malformed_not_a_crash() -> None:
+    # A header map whose meta opens 200,000 one-element arrays: 200 KB, under max_header_bytes.
+    fields = {k: v for k, v in header_of(activation()).items() if k != "meta"}
+    header = msgpack.packb(fields)
+    assert header[0] == 0x80 | len(fields)  # a fixmap: the count is in the first byte
+    deep = bytes([header[0] + 1]) + header[1:] + msgpack.packb("meta") + b"\x91" * 200_000 + b"\xc0"
+    with pytest.raises(MalformedHeader, match="header nests too deeply to decode") as caught:
+        decode([deep])
+    assert caught.value.field == "header"
+    with pytest.raises(MalformedHeader, match="header nests too deeply to decode"):
+        unpack(pack_header_only(deep))
+
+
+def pack_header_only(header: bytes) -> bytes:
+    """What :func:`pack` makes of a message with this header frame and no tensors."""
+    return envelope_module._PACKED_PREFIX.pack(envelope_module.PACKED_MAGIC, len(header)) + header
+
+
 def test_size_limits_are_enforced_before_allocating() -> None:
     sent = activation()
     with pytest.raises(MessageTooLarge, match="over the limit of 100"):
