@@ -31,7 +31,10 @@ Bounds: at most ``max_records`` entries and ``max_bytes`` of bodies. When a new
 entry does not fit, ``drop_oldest`` deletes the oldest entries to make room
 and ``stop_sampling`` refuses the new one; both count what was lost in the
 persisted ``dropped`` counter. One entry over ``max_record_bytes`` raises
-:class:`RecordTooLarge` (counted as ``too_large``).
+:class:`RecordTooLarge` (counted as ``too_large``). Losses are logged at
+WARNING, naming the file, the bound hit and the config key to raise: the first
+at once, then at most one summary line a minute (and one at ``close``) with the
+count since the line before.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,6 +81,45 @@ class RecordTooLarge(OutboxError):
     """An entry is over ``max_record_bytes``."""
 
     code = "record_too_large"
+
+
+class _LossLog:
+    """WARNING lines for entries a full outbox drops or refuses: the first at once, then one summary a minute."""
+
+    def __init__(self, path: Path, when_full: str, *, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.path = path
+        refused = "new {} refused (when_full: stop_sampling)"
+        self.lost_as = "oldest {} dropped" if when_full == "drop_oldest" else refused
+        self.interval_s = interval_s
+        self.clock = clock
+        self.pending = 0
+        self.limits: set[str] = set()
+        self.last: float | None = None
+
+    def lost(self, count: int, limits: Iterable[str]) -> None:
+        """Note ``count`` entries lost to ``limits``; log if they are the first, or a minute after the last line."""
+        self.pending += count
+        self.limits.update(limits)
+        if self.last is None or self.clock() - self.last >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log what was lost since the last line, if anything."""
+        if not self.pending:
+            return
+        since = "" if self.last is None else f" in the last {self.clock() - self.last:.0f} s"
+        entries = self.lost_as.format("entry" if self.pending == 1 else "entries")
+        hit = " and ".join(sorted(self.limits))
+        keys = " / ".join(f"sync.outbox.{limit}" for limit in sorted(self.limits))
+        logger.warning(
+            "outbox %s is full (%s reached): %d %s%s; raise %s, or find why the hub does not acknowledge "
+            "(the persisted 'dropped' counter keeps the total)",
+            self.path, hit, self.pending, entries, since, keys,
+        )  # fmt: skip
+        self.pending = 0
+        self.limits.clear()
+        self.last = self.clock()
 
 
 @dataclass(frozen=True)
@@ -136,6 +178,7 @@ class Outbox:
             raise
         self._prefix = f"{device_id}:{self.epoch}:"
         self._closed = False
+        self._loss_log = _LossLog(self.path, when_full)
         logger.info(
             "outbox %s: %d entries (%d bytes) waiting, epoch %s, when full: %s",
             self.path, self._count, self._bytes, self.epoch, when_full,
@@ -172,8 +215,9 @@ class Outbox:
             self._check_open()
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                dropped = 0
+                dropped, limits = 0, set[str]()
                 for kind, body in entries:
+                    limits.update(self._limits_hit(len(body)))
                     made_room, refused = self._make_room(len(body))
                     dropped += made_room + refused
                     if refused:
@@ -192,6 +236,8 @@ class Outbox:
             except BaseException:
                 self._rollback()
                 raise
+            if dropped:
+                self._loss_log.lost(dropped, limits)
         return ids
 
     def _check_entry(self, kind: str, body: bytes) -> None:
@@ -207,6 +253,11 @@ class Outbox:
                 f"record_too_large: a {kind} entry of {len(body)} bytes is over the outbox limit of "
                 f"{self.max_record_bytes} bytes (sync.outbox.max_record_bytes); not stored"
             )
+
+    def _limits_hit(self, size: int) -> list[str]:
+        """The bounds one more entry of ``size`` would break: ``max_records``, ``max_bytes``, both or none."""
+        over = {"max_records": self._count + 1 > self.max_records, "max_bytes": self._bytes + size > self.max_bytes}
+        return [name for name, hit in over.items() if hit]
 
     def _make_room(self, size: int) -> tuple[int, int]:
         """(entries dropped, 1 if the new one is refused) so that one more entry of ``size`` fits."""
@@ -352,6 +403,7 @@ class Outbox:
                 return
             self._closed = True
             self._db.close()
+            self._loss_log.flush()
 
     def __enter__(self) -> Outbox:
         return self

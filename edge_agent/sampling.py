@@ -4,8 +4,9 @@
 it writes an inference record (request id, time, plan, split, source, degraded,
 latency, top output) and, when :class:`SamplingPolicy` says so, a sample: the
 request's input tensors packed as a ``sample`` envelope. Anything the outbox
-refuses (too large, full under ``stop_sampling``) is logged with its reason and
-counted; inference is never held up by it.
+refuses is counted and logged: an entry too large at WARNING each time; a full
+outbox (``stop_sampling``) by the outbox itself, at WARNING at once and then
+once a minute, and here at DEBUG per entry. Inference is never held up by it.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class InferenceRecorder:
             return
         if stored is None:
             self.counts["refused"] += 1
+            # The outbox warns (rate-limited) with the bound hit; one line per refusal would flood the log.
             logger.debug("%s not stored: the outbox is full (when_full: stop_sampling)", kind)
             return
         self.counts["records" if kind == "record" else "samples"] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -151,3 +152,59 @@ def test_concurrent_writers_and_a_drainer_lose_nothing(tmp_path: Path) -> None:
         assert set(drained) == set(written)
         assert outbox.last_seq == 2000
         assert outbox.counters()["acked"] == 2000
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def full_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tandem.edge.outbox" and r.levelno == logging.WARNING]
+
+
+def test_drops_warn_at_once_then_once_a_minute(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "o.sqlite"
+    with caplog.at_level(logging.WARNING), Outbox(path, device_id="d", max_records=2) as outbox:
+        outbox._loss_log.clock = clock = FakeClock()
+        outbox.put_many([("record", body(i)) for i in range(3)])
+        assert full_warnings(caplog) == [
+            f"outbox {path} is full (max_records reached): 1 oldest entry dropped; raise sync.outbox.max_records, "
+            "or find why the hub does not acknowledge (the persisted 'dropped' counter keeps the total)"
+        ]
+        for i in range(5):
+            clock.now += 10
+            outbox.put("record", body(i))
+        assert len(full_warnings(caplog)) == 1  # within the minute: counted, not logged
+        clock.now += 20
+        outbox.put("record", body(9))
+        assert full_warnings(caplog)[1].startswith(
+            f"outbox {path} is full (max_records reached): 6 oldest entries dropped in the last 70 s; "
+            "raise sync.outbox.max_records"
+        )
+        clock.now += 5
+        outbox.put("record", body(10))
+        assert len(full_warnings(caplog)) == 2
+        assert outbox.dropped == 8
+    assert full_warnings(caplog)[2].startswith(  # closing logs what was left untold
+        f"outbox {path} is full (max_records reached): 1 oldest entry dropped in the last 5 s"
+    )
+
+
+def test_stop_sampling_refusals_are_warned_with_the_bound_hit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "o.sqlite"
+    with caplog.at_level(logging.WARNING), Outbox(path, device_id="d", max_bytes=2048, max_record_bytes=1024,
+                                                  when_full="stop_sampling") as outbox:  # fmt: skip
+        for i in range(4):
+            outbox.put("sample", body(i, 1000))
+        assert full_warnings(caplog) == [
+            f"outbox {path} is full (max_bytes reached): 1 new entry refused (when_full: stop_sampling); "
+            "raise sync.outbox.max_bytes, or find why the hub does not acknowledge "
+            "(the persisted 'dropped' counter keeps the total)"
+        ]
+    assert full_warnings(caplog)[1].startswith(f"outbox {path} is full (max_bytes reached): 1 new entry refused")

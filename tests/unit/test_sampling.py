@@ -76,7 +76,10 @@ def test_refusals_are_logged_and_counted_not_raised(tmp_path: Path, caplog: pyte
         assert "sample not stored: record_too_large: a sample entry of 4" in caplog.text
         assert recorder.counts["too_large"] == 1 and recorder.counts["records"] == 1
         for i in range(4):
-            recorder(result(logits, i), {"x": np.zeros((1, 4), np.float32)})
+            with caplog.at_level(logging.WARNING):
+                recorder(result(logits, i), {"x": np.zeros((1, 4), np.float32)})
         assert outbox.backlog == 3 and outbox.full
+        full = f"outbox {outbox.path} is full (max_records reached): 1 new entry refused (when_full: stop_sampling)"
+        assert f"{full}; raise sync.outbox.max_records" in caplog.text
         assert recorder.counts["refused"] >= 2
         assert outbox.dropped == recorder.counts["refused"]
