@@ -283,7 +283,7 @@ class _ZmqChannel(Channel):
         """The Tandem error for a failed send to ``to``."""
 
 
-class _RefusalsAsWarnings(logging.LoggerAdapter[logging.Logger]):
+class _RefusalsAsWarnings(logging.LoggerAdapter):  # not subscripted: Python 3.10 cannot
     """pyzmq's authenticator logs a refused CURVE client at DEBUG; a hub operator needs to see it.
 
     Each refused key is logged as a warning once a minute (a refused client
