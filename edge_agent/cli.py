@@ -114,6 +114,7 @@ def _start_sync(config: Any, agent: Any) -> Any:
         config.sync,
         outbox,
         device_id=config.device_id,
+        model=sync_model(config, agent.plan),
         limits=config.limits.to_limits(),
         install=install,
         plan_in_use=plan_in_use,
@@ -123,6 +124,15 @@ def _start_sync(config: Any, agent: Any) -> Any:
     sync.start()
     print(f"sync: MQTT {config.sync.mqtt.host}:{config.sync.mqtt.port}, outbox {outbox.path}", flush=True)
     return sync
+
+
+def sync_model(config: Any, plan: Any) -> str | None:
+    """The model plan updates must be for: ``sync.model``, else the model of the plan being served.
+
+    Never left open: an edge that took the first announced plan's model would
+    then refuse the right plans (``plan_for_another_model``).
+    """
+    return config.sync.model or plan.model_name or None
 
 
 def _where(channel: Any) -> str:

@@ -46,6 +46,7 @@ class AgentPlan:
     output_names: tuple[str, ...]
     full_model: Path
     splits: tuple[SplitOption, ...]
+    model_name: str = ""  # plan.yaml's model.name: the model that plan updates must be for
 
     def split(self, split_id: str) -> SplitOption:
         """The split called ``split_id``."""
@@ -90,6 +91,7 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
         output_names=tuple(t.name for t in plan.model.outputs),
         full_model=plan_dir / plan.model.path,
         splits=tuple(options),
+        model_name=plan.model.name,
     )
 
 

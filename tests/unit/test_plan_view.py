@@ -33,6 +33,20 @@ def test_the_agent_gets_the_splits_verified_for_its_codec(plan_dir: Path) -> Non
     assert sum(split.edge_only for split in plan.splits) == 1
 
 
+def test_plan_updates_must_be_for_the_model_the_edge_serves_unless_the_config_names_one(plan_dir: Path) -> None:
+    from edge_agent.cli import sync_model
+    from edge_agent.config import EdgeConfig
+
+    plan = load_agent_plan(plan_dir, "raw")
+    assert plan.model_name == "tiny"  # plan.yaml's model.name
+    config = EdgeConfig.model_validate({"device_id": "cam-1", "plan": str(plan_dir), "sync": {"mqtt": {}}})
+    assert sync_model(config, plan) == "tiny"
+    named = EdgeConfig.model_validate(
+        {"device_id": "cam-1", "plan": str(plan_dir), "sync": {"mqtt": {}, "model": "resnet50"}}
+    )
+    assert sync_model(named, plan) == "resnet50"
+
+
 def test_a_codec_the_plan_never_verified_is_an_error_not_a_silent_edge_only_agent(plan_dir: Path) -> None:
     with pytest.raises(
         PlanError,
