@@ -41,6 +41,9 @@ class MetricsConfig(StrictModel):
 
     host: str = "127.0.0.1"
     port: int | None = Field(9464, ge=0, lt=65536)
+    max_devices: int = Field(
+        10_000, gt=0, description="device label values kept; devices beyond it are counted as 'other'"
+    )
 
 
 def _default_channel() -> ChannelConfig:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["HubMetrics", "MetricsError"]
+__all__ = ["OTHER_DEVICES", "UNIDENTIFIED", "HubMetrics", "MetricsError"]
 
 logger = logging.getLogger("tandem.hub.metrics")
 
+OTHER_DEVICES = "other"  # the label of devices beyond max_devices
+UNIDENTIFIED = "unidentified"  # the label of a sender no valid message has named yet
+
+_MAX_TELEMETRY_NAMES = 128
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -21,9 +26,19 @@ class MetricsError(Exception):
 
 
 class HubMetrics:
-    """Requests, latency per stage, batch sizes, errors per device, fleet gauges."""
+    """Requests, latency per stage, batch sizes, errors per device, fleet gauges.
 
-    def __init__(self) -> None:
+    Device labels go through :meth:`device_label`: at most ``max_devices``
+    distinct values, valid UTF-8, and none made up by a sender whose messages
+    never passed validation, so hostile or broken clients cannot grow the
+    series without bound or break the exporter.
+    """
+
+    def __init__(self, *, max_devices: int = 10_000) -> None:
+        self.max_devices = max_devices
+        self._devices: set[str] = set()
+        self._telemetry_names: set[str] = set()
+        self._devices_lock = threading.Lock()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -50,16 +65,51 @@ class HubMetrics:
         # labels() costs a lookup, a lock and checks each time; the hot path keeps the children.
         self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
+    def device_label(self, name: str | None, *, identified: bool = True) -> str:
+        """The label for device ``name``.
+
+        ``identified``: ``name`` comes from a message that passed validation;
+        otherwise (a malformed message's claimed device, a bare routing id) only
+        a device already labelled keeps its name, any other is ``unidentified``.
+        Past ``max_devices`` distinct devices, new ones are ``other``.
+        """
+        label = _printable(name or "") or UNIDENTIFIED
+        if label in self._devices:
+            return label
+        if not identified:
+            return UNIDENTIFIED
+        with self._devices_lock:
+            if len(self._devices) >= self.max_devices:
+                if len(self._devices) == self.max_devices:
+                    self._devices.add(OTHER_DEVICES)  # once: it is not counted against the limit again
+                    logger.warning(
+                        "metrics: %d devices labelled (metrics.max_devices); further devices are counted as %r",
+                        self.max_devices, OTHER_DEVICES,
+                    )  # fmt: skip
+                return OTHER_DEVICES
+            self._devices.add(label)
+        return label
+
+    def telemetry_name(self, name: str) -> str | None:
+        """``name`` as a telemetry label, or None past ``_MAX_TELEMETRY_NAMES`` distinct names (an edge sets them)."""
+        if name in self._telemetry_names:
+            return name
+        with self._devices_lock:
+            if len(self._telemetry_names) >= _MAX_TELEMETRY_NAMES:
+                return None
+            self._telemetry_names.add(name)
+        return name
+
     def seen(self, device: str) -> None:
-        """Note that ``device`` was heard from just now."""
-        self._child(self.last_seen, device).set(time.time())
+        """Note that ``device`` (from a valid message) was heard from just now."""
+        self._child(self.last_seen, self.device_label(device)).set(time.time())
 
     def answered(self, device: str, plan: str, split: str, stage_seconds: dict[str, float], batch_size: int) -> None:
         """Record one answered activation: its time per stage and the size of the batch it ran in."""
         for stage, seconds in stage_seconds.items():
             self._child(self.latency, stage).observe(seconds)
         self._child(self.batch_size, plan, split).observe(batch_size)
-        self._child(self.requests, device, plan, split, "ok").inc()
+        self._child(self.requests, self.device_label(device), plan, split, "ok").inc()
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         key = (metric, labels)
@@ -92,3 +142,8 @@ class HubMetrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def _printable(name: str) -> str:
+    """``name`` as valid UTF-8: a routing id decoded with ``surrogateescape`` shows its odd bytes as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -35,7 +35,7 @@ class Hub:
 
     def __init__(self, config: HubConfig, tails: Iterable[Tail]) -> None:
         self.config = config
-        self.metrics = HubMetrics()
+        self.metrics = HubMetrics(max_devices=config.metrics.max_devices)
         self.tails = {tail.key: tail for tail in tails}
         self._reply_codec = CodecSpec.parse(config.reply_codec)
         batching = config.batching
@@ -193,8 +193,8 @@ class Hub:
 
     def _reject_malformed(self, channel: Channel, exc: ProtocolError) -> None:
         device = exc.device_id or exc.sender or "unknown"
-        logger.info("rejected a message from %s: %s", device, exc)
-        self.metrics.errors.labels(device, exc.code).inc()
+        logger.info("rejected a message from %r: %s", device, exc)
+        self.metrics.errors.labels(self.metrics.device_label(device, identified=False), exc.code).inc()
         if exc.sender is None:
             return
         reply = Envelope(
@@ -207,15 +207,18 @@ class Hub:
 
     def _error(self, channel: Channel, request: Envelope, code: str, message: str, field: str = "") -> None:
         logger.info("error %s for %s request %s: %s", code, request.device_id, request.request_id, message)
-        self.metrics.errors.labels(request.device_id or str(request.sender), code).inc()
-        self.metrics.requests.labels(request.device_id, request.plan_id, request.split_id, code).inc()
+        device = self.metrics.device_label(request.device_id or str(request.sender))
+        self.metrics.errors.labels(device, code).inc()
+        self.metrics.requests.labels(device, request.plan_id, request.split_id, code).inc()
         self._send(channel, request.sender, request.error_reply(code, message, field_name=field))
 
     def _send(self, channel: Channel, to: str | None, envelope: Envelope) -> None:
         try:
             channel.send(envelope, to=to)
         except ChannelError as exc:
-            self.metrics.dropped_replies.labels(envelope.device_id or str(to)).inc()
+            self.metrics.dropped_replies.labels(
+                self.metrics.device_label(envelope.device_id or str(to), identified=False)
+            ).inc()
             logger.debug("reply to %s dropped: %s", to, exc)
 
     def _serving(self) -> dict[str, dict[str, list[str]]]:
@@ -225,9 +228,12 @@ class Hub:
         return held
 
     def _record_telemetry(self, envelope: Envelope) -> None:
+        device = self.metrics.device_label(envelope.device_id)
         for name, value in envelope.meta.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.metrics.telemetry.labels(envelope.device_id, name).set(value)
+                label = self.metrics.telemetry_name(name)
+                if label is not None:
+                    self.metrics.telemetry.labels(device, label).set(value)
 
 
 def _check_feeds(tail: Tail, feeds: dict[str, Any]) -> tuple[str, str]:

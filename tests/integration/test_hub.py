@@ -195,6 +195,43 @@ def test_heartbeat_is_echoed_and_metrics_are_served(hub: Hub) -> None:
     assert "tandem_hub_batch_size_bucket" in text
 
 
+def test_garbage_from_many_senders_neither_breaks_the_metrics_nor_grows_them(hub: Hub) -> None:
+    context = zmq.Context()
+    try:
+        for i in range(40):
+            raw = context.socket(zmq.DEALER)
+            if i % 2:
+                raw.setsockopt(zmq.ROUTING_ID, b"\xffjunk-%d" % i)  # not UTF-8: a non-Python client may send that
+            raw.connect(hub.addresses[0])
+            header = {"v": 1, "kind": "activation", "id": f"r{i}", "device": f"claimed-{i}", "tensors": "nope"}
+            raw.send_multipart([msgpack.packb(header)])
+            assert raw.poll(10_000)
+            assert decode(raw.recv_multipart()).kind is Kind.ERROR
+            raw.close(linger=0)
+    finally:
+        context.term()
+    with client(hub, "cam-1") as edge:
+        assert ask(edge, activation(np.ones((1, 4), np.float32), np.ones((1, 4), np.float32))).kind is Kind.RESULT
+    with urllib.request.urlopen(f"http://127.0.0.1:{hub.metrics_port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    devices = {line.split('device="')[1].split('"')[0] for line in text.splitlines() if 'device="' in line}
+    assert devices == {"cam-1", "unidentified"}, devices  # 40 bad senders, one label
+    assert 'tandem_hub_errors_total{code="malformed_header",device="unidentified"} 40.0' in text
+
+
+def test_device_labels_are_bounded_and_valid_utf8() -> None:
+    from cloud_hub.metrics import OTHER_DEVICES, UNIDENTIFIED, HubMetrics
+
+    metrics = HubMetrics(max_devices=3)
+    labels = [metrics.device_label(f"cam-{i}") for i in range(5)]
+    assert labels == ["cam-0", "cam-1", "cam-2", OTHER_DEVICES, OTHER_DEVICES]
+    assert metrics.device_label("cam-1", identified=False) == "cam-1"  # known: keeps its name
+    assert metrics.device_label("cam-9", identified=False) == UNIDENTIFIED
+    assert HubMetrics().device_label("\udcffjunk") == "\\xffjunk"  # a surrogate-escaped routing id
+    assert HubMetrics().device_label("") == UNIDENTIFIED
+
+
 def test_static_batch_model_is_served_one_request_at_a_time(tmp_path: Path) -> None:
     executor = open_executor("onnxruntime", tail_model(tmp_path / "static.onnx", batch=1))
     assert not executor.batchable
