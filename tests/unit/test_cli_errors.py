@@ -192,3 +192,21 @@ def test_a_plan_version_listed_twice_in_a_hub_config_is_a_config_error(tmp_path:
     with pytest.raises(ConfigError) as caught:
         _load_plans(source, HubConfig(plans=[tmp_path / n for n in "abc"]), load_tails)
     assert str(caught.value) == f"{source}: plans.2: {tmp_path / 'c'} holds plan resnet v1, already loaded from plans.0"
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """`tandem check-config configs/hub.yaml | head -1`, with the reader gone before anything is written."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tandem.cli", "check-config", str(REPO / "configs" / "hub.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # the child is still importing: its first write meets a closed pipe
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr and b"BrokenPipeError" not in stderr
