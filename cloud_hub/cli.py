@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     base = args.config.resolve().parent
     config = resolve_relative_paths(load_config(args.config, HubConfig), base)
     tails = _load_plans(args.config, config, load_tails)
+    _check_published(args.config, config, tails)
     for tail in tails:
         print(f"loaded plan {tail.plan_id} v{tail.plan_version} split {tail.split_id}: {tail.executor.describe()}")
     hub = Hub(config, tails)
@@ -69,6 +70,34 @@ def _load_plans(source: Path, config: Any, load_tails: Any) -> list[Any]:
             found[key] = i
         tails.extend(loaded)
     return tails
+
+
+def _check_published(source: Path, config: Any, tails: list[Any]) -> None:
+    """Each plan in ``sync.publish`` that uses a hub must be one this hub serves.
+
+    Otherwise the edges install it and every request comes back
+    ``unknown_plan_version`` and is answered locally.
+    """
+    if config.sync is None:
+        return
+    from cloud_hub.sync import plan_identity, plan_uses_hub
+    from tandem.config import ConfigError
+
+    served = {(tail.plan_id, tail.plan_version) for tail in tails}
+    for i, item in enumerate(config.sync.publish):
+        found_id, found_version, _ = plan_identity(item.plan)
+        plan_id, version = item.plan_id or found_id, item.version or found_version
+        if (plan_id, version) in served or not plan_uses_hub(item.plan):
+            continue
+        loaded = ", ".join(f"{p} v{v}" for p, v in sorted(served)) or "none"
+        raise ConfigError(
+            str(source),
+            [
+                f"sync.publish.{i}: plan {plan_id} v{version} ({item.plan}) is not among the plans this hub serves "
+                f"({loaded}): edges that install it would get unknown_plan_version on every request; "
+                "add its folder to plans (or publish a version listed there)"
+            ],
+        )
 
 
 def _start_sync(config: Any, hub: Any) -> tuple[Any, Any] | None:

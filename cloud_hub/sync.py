@@ -46,7 +46,7 @@ from transport.envelope import Envelope, Kind, Limits, unpack
 from transport.errors import ChannelError, ProtocolError
 from transport.serve import receive_forever
 
-__all__ = ["HubSync", "open_hub_sync_channel"]
+__all__ = ["HubSync", "open_hub_sync_channel", "plan_identity", "plan_uses_hub"]
 
 logger = logging.getLogger("tandem.hub.sync")
 
@@ -155,7 +155,7 @@ class HubSync:
         if (device is None) == (group is None):
             raise ValueError("publish_plan needs exactly one of device= and group=")
         plan_dir = Path(plan_dir).resolve()
-        found_id, found_version, found_model = _identity_from_plan_yaml(plan_dir)
+        found_id, found_version, found_model = plan_identity(plan_dir)
         plan_id, version, model = plan_id or found_id, version or found_version, model or found_model
         if not plan_id or not model or not version:
             raise ValueError(
@@ -419,15 +419,9 @@ class _Rejected(Exception):
         self.message = message
 
 
-def _identity_from_plan_yaml(plan_dir: Path) -> tuple[str | None, int | None, str | None]:
-    path = plan_dir / "plan.yaml"
-    if not path.is_file():
-        return None, None, None
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        return None, None, None
+def plan_identity(plan_dir: Path) -> tuple[str | None, int | None, str | None]:
+    """(plan_id, version, model.name) from ``plan_dir``'s plan.yaml, each None where it does not say."""
+    data = _plan_yaml(plan_dir)
     plan_id, version, model = data.get("plan_id"), data.get("version"), data.get("model")
     name = model.get("name") if isinstance(model, dict) else None
     return (
@@ -435,3 +429,19 @@ def _identity_from_plan_yaml(plan_dir: Path) -> tuple[str | None, int | None, st
         version if isinstance(version, int) and not isinstance(version, bool) else None,
         name if isinstance(name, str) else None,
     )
+
+
+def plan_uses_hub(plan_dir: Path) -> bool:
+    """Whether a split of the plan in ``plan_dir`` has a cloud part (an edge serving it sends to a hub)."""
+    splits = _plan_yaml(plan_dir).get("splits")
+    return isinstance(splits, list) and any(isinstance(s, dict) and s.get("cloud_model") for s in splits)
+
+
+def _plan_yaml(plan_dir: Path) -> dict[str, Any]:
+    path = plan_dir / "plan.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return data if isinstance(data, dict) else {}

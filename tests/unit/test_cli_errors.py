@@ -210,3 +210,41 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr.decode()
     assert b"Traceback" not in stderr and b"BrokenPipeError" not in stderr
+
+
+def test_a_published_plan_the_hub_does_not_serve_is_a_config_error(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cloud_hub.cli import _check_published
+    from cloud_hub.config import HubConfig
+    from tandem.config import ConfigError
+
+    def plan(name: str, version: int, *, cloud: bool = True) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        split = "{id: cut-1, cloud_model: splits/cut-1/cloud.onnx}" if cloud else "{id: edge-only, cloud_model: null}"
+        text = f"plan_id: mnv2\nversion: {version}\nmodel: {{name: mobilenet_v2}}\nsplits: [{split}]\n"
+        (folder / "plan.yaml").write_text(text)
+        return folder
+
+    v1, v4, local = plan("v1", 1), plan("v4", 4), plan("local", 9, cloud=False)
+    tails = [SimpleNamespace(plan_id="mnv2", plan_version=1, split_id="cut-1")]
+
+    def hub(publish: list[dict[str, object]]) -> HubConfig:
+        return HubConfig.model_validate({"plans": [str(v1)], "sync": {"mqtt": {}, "publish": publish}})
+
+    _check_published(tmp_path / "hub.yaml", hub([{"plan": str(v1), "device": "cam-1"}]), tails)
+    _check_published(tmp_path / "hub.yaml", hub([{"plan": str(local), "group": "line-3"}]), tails)  # edge-only
+    with pytest.raises(ConfigError) as caught:
+        _check_published(
+            tmp_path / "hub.yaml",
+            hub([{"plan": str(v1), "device": "cam-1"}, {"plan": str(v4), "device": "cam-1"}]),
+            tails,
+        )
+    assert str(caught.value) == (
+        f"{tmp_path / 'hub.yaml'}: sync.publish.1: plan mnv2 v4 ({v4}) is not among the plans this hub serves "
+        "(mnv2 v1): edges that install it would get unknown_plan_version on every request; add its folder to plans "
+        "(or publish a version listed there)"
+    )
+    with pytest.raises(ConfigError, match=r"sync\.publish\.0: plan mnv2 v7 "):
+        _check_published(tmp_path / "hub.yaml", hub([{"plan": str(v1), "version": 7, "device": "cam-1"}]), tails)
