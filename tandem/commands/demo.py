@@ -276,6 +276,7 @@ class _Processes:
         self.hub_config: Path | None = None
         self.agents: list[subprocess.Popen[bytes]] = []
         self.endpoints: list[str] = []
+        self._spawned: set[str] = set()
 
     def start_hub(self, config: Path) -> None:
         self.hub_config = config
@@ -307,18 +308,33 @@ class _Processes:
                 process.kill()
 
     def _spawn(self, name: str, args: list[str], ready: str, timeout: float = 90.0) -> subprocess.Popen[bytes]:
+        """Start ``tandem ARGS`` logging to WORKDIR/NAME.log; return once that start has logged ``ready``.
+
+        A name's first start in this run begins a new log; a restart (the hub
+        after the outage) appends to it. Only what this start wrote counts as
+        ready: an earlier run's or start's "listening on" must not.
+        """
         log = self.work / f"{name}.log"
-        handle = log.open("ab")
+        restart = name in self._spawned
+        self._spawned.add(name)
+        offset = log.stat().st_size if restart and log.exists() else 0
+        handle = log.open("ab" if restart else "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen([sys.executable, "-m", "tandem.cli", *args], stdout=handle, stderr=handle, env=env)
         handle.close()
         deadline = time.monotonic() + timeout
-        while ready not in log.read_text(errors="replace"):
+        while ready not in _text_from(log, offset):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise DemoError(f"{name} did not start; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+                raise DemoError(f"{name} did not start; see {log}:\n{_text_from(log, offset)[-2000:]}")
             time.sleep(0.2)
         print(f"   started {name} (pid {process.pid}), log {log}", flush=True)
         return process
+
+
+def _text_from(log: Path, offset: int) -> str:
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode(errors="replace")
 
 
 def _stream(

@@ -89,3 +89,22 @@ def test_the_demo_model_must_be_one_it_can_feed_photos(model: str, tmp_path: Pat
     assert "demo.yaml" in message and "model" in message and repr(model) in message
     assert "224x224 photo crops" in message and "mobilenet_v2, resnet50, vgg16" in message
     assert DemoConfig.model_validate({"model": "resnet50"}).model == "resnet50"
+
+
+def test_a_process_is_ready_only_when_this_start_says_so(tmp_path: Path) -> None:
+    """A log left by an earlier run, or by the hub's first start, must not pass for a start that has not happened."""
+    from tandem import __version__
+    from tandem.commands.demo import DemoError, _Processes
+
+    (tmp_path / "hub.log").write_text("... listening on tcp://127.0.0.1:5755\n")  # an earlier demo run
+    processes = _Processes(tmp_path)
+    with pytest.raises(DemoError, match="hub did not start"):
+        processes._spawn("hub", ["--version"], "listening on")  # prints its version and exits, never listens
+    assert "listening on" not in (tmp_path / "hub.log").read_text()  # this run's log starts afresh
+
+    version = f"tandem {__version__}"
+    processes._spawn("edge-0", ["--version"], version).wait(timeout=30)
+    with pytest.raises(DemoError, match="edge-0 did not start"):
+        processes._spawn("edge-0", ["check-config", str(tmp_path / "missing.yaml")], version)
+    log = (tmp_path / "edge-0.log").read_text()
+    assert log.startswith(version) and "missing.yaml" in log  # a restart appends to the same log
