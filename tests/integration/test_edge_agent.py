@@ -219,4 +219,6 @@ def test_bad_inputs_name_what_the_model_takes(running: tuple[EdgeAgent, Hub, int
         agent.infer(np.ones((1, 4)))
     with pytest.raises(ValueError, match=r"model input 'x' has type list, not an array"):
         agent.infer([[1.0, 2.0, 3.0, 4.0]])  # type: ignore[arg-type]
-    assert agent.counters["fallback"] == 0 and agent.infer(np.ones((1, 4), np.float32)).source == "hub"
+    assert agent.counters == {"hub": 0, "edge": 0, "fallback": 0, "late_replies": 0, "hub_errors": 0}  # none ran
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_allclose(agent.infer(x).outputs["logits"], reference(x), rtol=2e-3, atol=2e-3)  # still serving
