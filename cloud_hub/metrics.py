@@ -73,6 +73,8 @@ class HubMetrics:
         a device already labelled keeps its name, any other is ``unidentified``.
         Past ``max_devices`` distinct devices, new ones are ``other``.
         """
+        if name and name in self._devices:  # the hot path: a device already labelled (labels are printable)
+            return name
         label = _printable(name or "") or UNIDENTIFIED
         if label in self._devices:
             return label

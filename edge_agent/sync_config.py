@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from tandem.config import StrictModel
-from transport.config import MqttConfig
+from transport.config import MqttConfig, check_topic_name
 
 __all__ = ["SYNC_TOPIC_PREFIX", "EdgeSyncConfig", "OutboxConfig", "SamplingConfig", "sync_topics"]
 
@@ -105,7 +105,4 @@ class EdgeSyncConfig(StrictModel):
     @field_validator("groups")
     @classmethod
     def _topic_safe(cls, groups: list[str]) -> list[str]:
-        for group in groups:
-            if not group or any(ch in group for ch in "/+#\x00"):
-                raise ValueError(f"group {group!r} cannot be used in an MQTT topic: non-empty, without / + # NUL")
-        return groups
+        return [check_topic_name("group", group) for group in groups]
