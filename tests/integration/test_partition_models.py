@@ -38,12 +38,12 @@ VGG16_DISK_GB = 2.0
 
 @pytest.fixture(scope="module")
 def export_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], ExportedModel]]:
-    """Export a reference model once per module, on first use; the exports are removed when the module ends."""
+    """Export a reference model once per module, on first use (again if a test removed it); removed at the end."""
     exported: dict[str, ExportedModel] = {}
     folder = tmp_path_factory.mktemp("exports")
 
     def get(name: str) -> ExportedModel:
-        if name not in exported:
+        if name not in exported or not exported[name].path.exists():
             exported[name] = get_reference(name).export(folder / name / f"{name}.onnx", 1)
         return exported[name]
 
@@ -163,6 +163,8 @@ def test_every_kept_split_and_forced_cuts_recompose_the_model(
         accuracies = [c.accuracy for s in plan.splits for c in s.codecs]
         assert all(a is not None and a > 0.9 for a in accuracies)  # a trained model, top-1 on held-out digits
     if not fractions:
+        if name == "vgg16":
+            shutil.rmtree(exported.path.parent)  # 0.53 GB that no other test reads
         return
     shutil.rmtree(tmp_path / "plan")  # checked; keep the disk use down before writing the forced cuts
 
