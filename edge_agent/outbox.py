@@ -31,7 +31,9 @@ Bounds: at most ``max_records`` entries and ``max_bytes`` of bodies. When a new
 entry does not fit, ``drop_oldest`` deletes the oldest entries to make room
 and ``stop_sampling`` refuses the new one; both count what was lost in the
 persisted ``dropped`` counter. One entry over ``max_record_bytes`` raises
-:class:`RecordTooLarge` (counted as ``too_large``). Losses are logged at
+:class:`RecordTooLarge` (counted as ``too_large``). A write SQLite cannot make
+(the disk is full, an I/O error) is rolled back and raises
+:class:`OutboxStorageError`, naming the file; what was stored stays. Losses are logged at
 WARNING, naming the file, the bound hit and the config key to raise: the first
 at once, then at most one summary line a minute (and one at ``close``) with the
 count since the line before.
@@ -51,7 +53,7 @@ from typing import Literal
 
 from edge_agent.sync_config import OutboxConfig
 
-__all__ = ["ENTRY_KINDS", "Outbox", "OutboxEntry", "OutboxError", "RecordTooLarge"]
+__all__ = ["ENTRY_KINDS", "Outbox", "OutboxEntry", "OutboxError", "OutboxStorageError", "RecordTooLarge"]
 
 logger = logging.getLogger("tandem.edge.outbox")
 
@@ -81,6 +83,12 @@ class RecordTooLarge(OutboxError):
     """An entry is over ``max_record_bytes``."""
 
     code = "record_too_large"
+
+
+class OutboxStorageError(OutboxError):
+    """SQLite could not write (the disk is full, an I/O error); the write was rolled back."""
+
+    code = "storage_failed"
 
 
 class _LossLog:
@@ -168,8 +176,7 @@ class Outbox:
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
             self.epoch = self._identity()
-            totals = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
-            self._count, self._bytes = int(totals[0]), int(totals[1])
+            self._reload_totals()
         except sqlite3.Error as exc:
             self._db.close()
             raise OutboxError(f"{self.path}: not a usable outbox: {exc}") from exc
@@ -233,8 +240,15 @@ class Outbox:
                 if dropped:
                     self._bump("dropped", dropped)
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._reload_totals()
+                what = f"{len(entries)} {'/'.join(sorted({kind for kind, _ in entries}))} entr"
+                what += "y" if len(entries) == 1 else "ies"
+                raise OutboxStorageError(f"{self.path}: storing {what} failed: {exc}") from exc
             except BaseException:
                 self._rollback()
+                self._reload_totals()
                 raise
             if dropped:
                 self._loss_log.lost(dropped, limits)
@@ -344,6 +358,10 @@ class Outbox:
                 self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
                 self._bump("rejected" if rejected else "acked", count)
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                failed = f"deleting {len(seqs)} acknowledged entries failed"
+                raise OutboxStorageError(f"{self.path}: {failed}: {exc}") from exc
             except BaseException:
                 self._rollback()
                 raise
@@ -439,6 +457,11 @@ class Outbox:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+    def _reload_totals(self) -> None:
+        """Count and bytes of the waiting entries, from the file (at open, and after a rolled-back write)."""
+        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        self._count, self._bytes = int(count), int(size)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox, OutboxError, RecordTooLarge
+from edge_agent.outbox import Outbox, OutboxError, OutboxStorageError, RecordTooLarge
 from edge_agent.sync_config import OutboxConfig
 
 
@@ -65,6 +65,32 @@ def test_drop_oldest_by_count_and_by_bytes(tmp_path: Path) -> None:
         outbox.put("sample", body(99, 1000))  # needs two of the 600-byte entries gone
         assert [e.body[:8] for e in outbox.peek()] == [body(4)[:8], body(99)[:8]]
         assert outbox.dropped == 4
+
+
+def fill_the_disk(outbox: Outbox) -> int:
+    """Cap the file at its current size (SQLite then fails as on a full disk); the cap to restore."""
+    before = outbox._db.execute("PRAGMA max_page_count").fetchone()[0]
+    outbox._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = outbox._db.execute("PRAGMA page_count").fetchone()[0]
+    outbox._db.execute(f"PRAGMA max_page_count = {pages}")
+    return int(before)
+
+
+def test_a_full_disk_refuses_the_write_names_the_file_and_loses_nothing_stored(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite", device_id="d", max_records=3, when_full="drop_oldest") as outbox:
+        ids = [outbox.put("record", body(i, 2000)) for i in range(3)]
+        cap = fill_the_disk(outbox)
+        # the put would drop the oldest entry to make room, then fails on the disk: the drop is rolled back too
+        full = r"o\.sqlite: storing 1 sample entry failed: database or disk is full"
+        with pytest.raises(OutboxStorageError, match=full):
+            outbox.put("sample", body(9, 50_000))
+        assert outbox.backlog == 3 and outbox.bytes == 6000 and outbox.dropped == 0
+        assert [e.record_id for e in outbox.peek()] == ids
+        outbox._db.execute(f"PRAGMA max_page_count = {cap}")  # space freed: writing works again
+        assert outbox.put("sample", body(9, 50_000)) is not None
+        assert outbox.backlog == 3 and outbox.dropped == 1
+    with Outbox(tmp_path / "o.sqlite", device_id="d", max_records=3) as reopened:
+        assert reopened.backlog == 3 and reopened.bytes == 2 * 2000 + 50_000
 
 
 def test_stop_sampling_refuses_new_entries_until_the_backlog_drains(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_recorder_writes_a_record_per_answer_and_samples_hard_inputs(tmp_path: P
         assert (sample.kind, sample.request_id, sample.device_id) == (Kind.SAMPLE, "req-1", "cam-1")
         assert sample.meta["why"] == "hard"
         np.testing.assert_array_equal(sample.arrays()["x"], x)
-        assert recorder.counts == {"records": 2, "samples": 1, "refused": 0, "too_large": 0}
+        assert recorder.counts == {"records": 2, "samples": 1, "refused": 0, "too_large": 0, "storage_failed": 0}
         assert recorder.last_feeds is not None
 
 
@@ -83,3 +83,28 @@ def test_refusals_are_logged_and_counted_not_raised(tmp_path: Path, caplog: pyte
         assert f"{full}; raise sync.outbox.max_records" in caplog.text
         assert recorder.counts["refused"] >= 2
         assert outbox.dropped == recorder.counts["refused"]
+
+
+def test_a_full_disk_costs_records_not_answers_and_warns_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Outbox(tmp_path / "o.sqlite", device_id="cam-1") as outbox:
+        outbox._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = outbox._db.execute("PRAGMA page_count").fetchone()[0]
+        outbox._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now fails as on a full disk
+        recorder = InferenceRecorder(outbox, SamplingConfig(mode="all"), device_id="cam-1")
+        clock = [0.0]
+        recorder._storage_failures.clock = lambda: clock[0]
+        x = np.zeros((1, 4000), np.float32)
+        with caplog.at_level(logging.WARNING):
+            for i in range(3):  # a record and a sample each
+                recorder(result(np.ones((1, 3), np.float32), i), {"x": x})
+            clock[0] = 61.0
+            recorder(result(np.ones((1, 3), np.float32), 3), {"x": x})
+        # the small records still fit in the file's free pages; the 16 KB samples do not
+        assert [e.kind for e in outbox.peek()] == ["record"] * 4 and recorder.counts["storage_failed"] == 4
+        lines = [r.getMessage() for r in caplog.records if "not stored, serving goes on" in r.getMessage()]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith(f"sample not stored, serving goes on: {outbox.path}: storing 1 sample entry failed")
+        assert "database or disk is full" in lines[0] and lines[0].endswith("; free disk space for the outbox")
+        assert "(3 entries lost in the last 61 s)" in lines[1]
