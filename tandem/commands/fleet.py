@@ -34,16 +34,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the fleet table (or JSON); 1 when the store cannot be read."""
+    """Print the fleet table (or JSON); a store that cannot be read raises StoreError (one line on stderr)."""
     from cloud_hub.fleet import format_fleet
-    from cloud_hub.store import SqliteStore, StoreError
+    from cloud_hub.store import SqliteStore
 
     path = args.store if args.store is not None else _store_from_config(args.config)
-    try:
-        store = SqliteStore(path, readonly=True)
-    except StoreError as exc:
-        print(f"tandem fleet: {exc}")
-        return 1
+    store = SqliteStore(path, readonly=True)
     try:
         rows = store.devices()
     finally:

@@ -11,6 +11,7 @@ import pytest
 
 from cloud_hub.store import SqliteStore
 from edge_agent.outbox import Outbox
+from tandem.cli import main
 from tandem.commands import fleet
 from tandem.config import ConfigError
 from tests.fixtures.broker import Mosquitto
@@ -69,9 +70,9 @@ def test_fleet_prints_one_line_per_device_from_the_store(
 
 
 def test_fleet_names_a_missing_store_or_sync_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = fleet_command("--store", str(tmp_path / "nowhere"))
-    assert args.func(args) == 1
-    assert f"tandem fleet: {tmp_path / 'nowhere' / 'store.sqlite'}: no hub store here" in capsys.readouterr().out
+    assert main(["fleet", "--store", str(tmp_path / "nowhere")]) == 1
+    out, err = capsys.readouterr()
+    assert f"tandem fleet: error: {tmp_path / 'nowhere' / 'store.sqlite'}: no hub store here" in err and not out
     hub_yaml = tmp_path / "hub.yaml"
     hub_yaml.write_text("plans: [p]\n")
     args = fleet_command("--config", str(hub_yaml))
