@@ -114,7 +114,7 @@ def measure_raw(broker: Mosquitto, qos: int, count: int, *, handoff: bool = Fals
     last = 0.0
     done = threading.Event()
     subscribed = threading.Event()
-    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue[bytes | bytearray] = queue.SimpleQueue()
 
     def count_one() -> None:
         nonlocal received, last

@@ -47,7 +47,7 @@ def export_tail(path: Path) -> Path:
     import torchvision
 
     class Tail(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
+        def __init__(self, net: Any) -> None:
             super().__init__()
             self.features = net.features[11:]
             self.classifier = net.classifier
@@ -225,7 +225,7 @@ class _RawPeer:
         self.payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
 
     def round_trip(self) -> None:
-        self.sock.send(self.payload, copy=False)
+        self.sock.send(self.payload.data, copy=False)
         np.frombuffer(self.sock.recv(copy=False).buffer, np.float32).copy()
 
     def close(self) -> None:
@@ -283,17 +283,18 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
     with _HubProcess(identity, max_batch=1, delay_ms=0.0) as hub:
         split = SplitOption("s1", None, ("x",), edge_ms=0, cloud_ms=0, wire_bytes=ONE_MIB)
         plan = AgentPlan("bench", 1, ("x",), ("y",), identity, (split,))
+        hub_channel = ZmqConfig(address=f"tcp://127.0.0.1:{hub.port}")
         config = EdgeConfig(
             device_id="bench-edge",
             plan=identity.parent,
             codec="raw",
-            channel=ZmqConfig(address=f"tcp://127.0.0.1:{hub.port}"),
+            channel=hub_channel,
             executor="onnxruntime",
             telemetry_interval_s=3600,
             probe_interval_s=3600,
             endpoint={"address": None},
         )
-        channel = ZmqClient(address=config.channel.address, device_id=config.device_id)
+        channel = ZmqClient(address=hub_channel.address, device_id=config.device_id)
         x = np.random.default_rng(0).normal(size=(1, ONE_MIB // 4)).astype(np.float32)
         raw, floor = _raw_echo(), _floor(identity)
         agent_s: list[float] = []

@@ -104,7 +104,7 @@ class _RawPair:
 
     def __init__(self, array: np.ndarray) -> None:
         self._array = array
-        self.payload = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        self.payload = np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
         self.process, address = _start(_raw_echo)
         self._context = zmq.Context(io_threads=1)
         self.req = self._context.socket(zmq.REQ)
