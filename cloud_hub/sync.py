@@ -41,6 +41,7 @@ from cloud_hub.fleet import FleetMetrics
 from cloud_hub.store import DeviceRow, Release, Store, StoredItem, StoreError
 from cloud_hub.sync_config import HubSyncConfig
 from edge_agent.artifacts import PlanManifest, chunk_reply, scan_plan_dir
+from tandem.throttled_log import ThrottledWarning
 from transport.channel import Channel
 from transport.envelope import Envelope, Kind, Limits, unpack
 from transport.errors import ChannelError, ProtocolError
@@ -94,7 +95,10 @@ class HubSync:
         self._touched: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counters = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "bad_messages": 0, "chunks": 0}
+        self.counters = {
+            "batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "bad_messages": 0, "chunks": 0, "store_failed": 0
+        }  # fmt: skip
+        self._store_failures = ThrottledWarning(logger)  # a full disk fails every message until space is freed
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -210,6 +214,17 @@ class HubSync:
         )
 
     def _handle(self, channel: Channel, envelope: Envelope) -> None:
+        try:
+            self._dispatch(channel, envelope)
+        except StoreError as exc:  # the store is the hub's own (disk full, I/O error): the edge resends later
+            self.counters["store_failed"] += 1
+            self._store_failures.warn(
+                f"hub sync: the store failed on a {envelope.kind.value} message from {envelope.sender or '?'}; "
+                f"the edge keeps it and resends: {exc}"
+            )
+            self._reply_error(channel, envelope, "store_failed", "the hub could not store this message; resend later")
+
+    def _dispatch(self, channel: Channel, envelope: Envelope) -> None:
         device = str(envelope.sender or envelope.device_id)
         kind = envelope.kind
         if kind in _ENTRY_KINDS and "ids" in envelope.meta:
@@ -248,12 +263,7 @@ class HubSync:
                 self.metrics.rejected.labels(device, exc.code).inc()
                 logger.warning("hub sync: rejected %s entry %s from %s (%s): %s",
                                kind, record_id, device, exc.code, exc.message)  # fmt: skip
-        try:
-            new = self.store.put(items)
-        except StoreError as exc:
-            logger.error("hub sync: %s", exc)
-            self._reply_error(channel, envelope, "store_failed", "the hub could not store the batch; resend later")
-            return
+        new = self.store.put(items)  # a StoreError is answered by _handle: the edge resends the batch
         self._touched[device] = time.monotonic()
         self.counters["batches"] += 1
         self.counters["stored"] += len(new)

@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_agent.outbox import Outbox, OutboxError, OutboxStorageError, RecordTooLarge
 from edge_agent.sync_config import SamplingConfig
+from tandem.throttled_log import ThrottledWarning
 from transport.envelope import Envelope, Kind, pack
 
 __all__ = ["InferenceRecorder", "SamplingPolicy", "TopPrediction", "top_prediction"]
@@ -118,7 +119,7 @@ class InferenceRecorder:
         self.plan_in_use = plan_in_use
         self.policy = SamplingPolicy(config)
         self.counts = {"records": 0, "samples": 0, "refused": 0, "too_large": 0, "storage_failed": 0}
-        self._storage_failures = _StorageFailureLog()
+        self._storage_failures = ThrottledWarning(logger)  # while the disk stays full, every answer would log
         self.last_feeds: dict[str, np.ndarray] | None = None  # a real input, for a new plan's self-check
 
     def __call__(self, result: _Result, feeds: Mapping[str, np.ndarray]) -> None:
@@ -167,7 +168,7 @@ class InferenceRecorder:
             stored = self.outbox.put(kind, body, created=created)
         except OutboxStorageError as exc:
             self.counts["storage_failed"] += 1
-            self._storage_failures.failed(kind, exc)  # every answer would log it while the disk stays full
+            self._storage_failures.warn(f"{kind} not stored, serving goes on (free disk space for the outbox): {exc}")
             return
         except OutboxError as exc:
             self.counts["too_large" if isinstance(exc, RecordTooLarge) else "refused"] += 1
@@ -180,23 +181,3 @@ class InferenceRecorder:
             return
         self.counts["records" if kind == "record" else "samples"] += 1
 
-
-class _StorageFailureLog:
-    """WARNING lines for entries the outbox's file could not take: the first at once, then one a minute."""
-
-    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.since_last = 0
-        self.last: float | None = None
-
-    def failed(self, kind: str, exc: OutboxStorageError) -> None:
-        """Count one lost entry; log it if it is the first, or a minute after the last line."""
-        self.since_last += 1
-        now = self.clock()
-        if self.last is not None and now - self.last < self.interval_s:
-            return
-        also = "" if self.last is None else f" ({self.since_last} entries lost in the last {now - self.last:.0f} s)"
-        logger.warning("%s not stored, serving goes on: %s%s; free disk space for the outbox", kind, exc, also)
-        self.since_last = 0
-        self.last = now

@@ -157,6 +157,32 @@ def test_entries_over_the_hubs_limit_are_rejected_by_name_and_sync_goes_on(
         assert f"the hub rejected entry {big} (record_too_large)" in caplog.text
 
 
+def test_a_full_hub_disk_loses_nothing_and_warns_once(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteStore(tmp_path / "store")
+    outbox = Outbox(tmp_path / "outbox.sqlite", device_id="cam-1")
+    with store._lock:  # cap the store's file at its size: SQLite then fails as on a full disk
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+    hub = start_hub_sync(hub_config(mosquitto.port), store)
+    edge = start_edge_sync(edge_config(mosquitto.port, tmp_path), outbox, "cam-1")
+    with closing_all(store, outbox, hub, edge), caplog.at_level(logging.WARNING):
+        for i in range(200):
+            outbox.put("record", msgpack.packb({"n": i, "pad": "x" * 1000}))
+        wait_until(lambda: hub.counters["store_failed"] >= 3, 20, "the edge's resends refused")
+        assert outbox.backlog >= 150 and store.count(kind="record") < 50  # what the file's free pages took
+        failed = [r.getMessage() for r in caplog.records if "the store failed" in r.getMessage()]
+        assert len(failed) == 1, failed  # one line a minute, not one per message
+        assert failed[0].startswith("hub sync: the store failed on a record message from cam-1; the edge keeps it")
+        assert f"{store.path}: " in failed[0] and "database or disk is full" in failed[0]
+        assert "sync: hub refused a record batch" in caplog.text and "(store_failed)" in caplog.text
+        with store._lock:
+            store._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+        assert_exactly_once(store, outbox, "cam-1")
+
+
 def test_a_message_on_another_devices_topic_is_rejected_and_sync_goes_on(
     mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -105,6 +105,8 @@ def test_a_full_disk_costs_records_not_answers_and_warns_once_a_minute(
         assert [e.kind for e in outbox.peek()] == ["record"] * 4 and recorder.counts["storage_failed"] == 4
         lines = [r.getMessage() for r in caplog.records if "not stored, serving goes on" in r.getMessage()]
         assert len(lines) == 2, lines
-        assert lines[0].startswith(f"sample not stored, serving goes on: {outbox.path}: storing 1 sample entry failed")
-        assert "database or disk is full" in lines[0] and lines[0].endswith("; free disk space for the outbox")
-        assert "(3 entries lost in the last 61 s)" in lines[1]
+        assert lines[0] == (
+            "sample not stored, serving goes on (free disk space for the outbox): "
+            f"{outbox.path}: storing 1 sample entry failed: database or disk is full"
+        )
+        assert lines[1].endswith("database or disk is full (3 times in the last 61 s)")
