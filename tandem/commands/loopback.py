@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -35,7 +35,9 @@ class LoopbackConfig(StrictModel):
     channel: ChannelConfig = Field(default_factory=lambda: ZmqConfig(address="tcp://127.0.0.1:*"))
     link: LinkConfig = Field(default_factory=lambda: LinkConfig(bandwidth_mbps=5.0, rtt_ms=40.0))
     codecs: list[str] = Field(default_factory=lambda: ["raw", "fp16+lz4", "int8@1+zstd"])
-    layer: str = Field("layer2", description="which ResNet-18 feature map to send: layer1, layer2 or layer3")
+    layer: Literal["layer1", "layer2", "layer3"] = Field(
+        "layer2", description="which ResNet-18 feature map to send: layer1, layer2 or layer3"
+    )
     messages_per_codec: int = Field(5, gt=0)
     timeout_s: float = Field(30.0, gt=0)
 
@@ -82,10 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def _activation(layer: str) -> np.ndarray:
     from models.activations import conv_activations
 
-    features = conv_activations()
-    if layer not in features:
-        raise SystemExit(f"layer {layer!r} is not one of {', '.join(features)}")
-    return features[layer]
+    return conv_activations()[layer]
 
 
 def _open(config: LoopbackConfig) -> tuple[Channel, Channel]:

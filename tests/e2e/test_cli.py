@@ -37,11 +37,12 @@ def test_check_config_accepts_the_shipped_example() -> None:
 
 def test_check_config_names_file_key_value_and_fix(tmp_path: Path) -> None:
     bad = tmp_path / "loopback.yaml"
-    bad.write_text("link:\n  bandwith_mbps: 5\ncodecs: [fp16+gzip]\n")
+    bad.write_text("link:\n  bandwith_mbps: 5\ncodecs: [fp16+gzip]\nlayer: layer4\n")
     result = tandem_run("check-config", str(bad))
     assert result.returncode == 2
     assert f"{bad}: link.bandwith_mbps: unknown key; did you mean 'bandwidth_mbps'?" in result.stderr
     assert f"{bad}: codecs: value ['fp16+gzip'] is not valid: unknown compression 'gzip'" in result.stderr
+    assert f"{bad}: layer: value 'layer4' is not valid: input should be 'layer1', 'layer2' or 'layer3'" in result.stderr
 
 
 def test_check_config_unknown_kind(tmp_path: Path) -> None:
