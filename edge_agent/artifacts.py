@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from tandem.hashing import file_sha256
+from tandem.throttled_log import ThrottledWarning
 from transport.envelope import Envelope, Kind, new_request_id
 
 __all__ = [
@@ -396,8 +397,9 @@ class StagedFile:
     def abort(self) -> None:
         """Close the part file (kept for a later resume)."""
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            with contextlib.suppress(OSError):  # a full disk fails the flush too; the part holds a valid prefix
+                handle.close()
 
 
 @dataclass
@@ -429,7 +431,13 @@ class ArtifactDownloader:
     (sends requests within ``window``, re-requests chunks after ``timeout_s``).
     Installation (``install(manifest, folder)``: load, self-check, swap; raise
     to refuse) runs on a thread of its own; ``on_outcome(manifest, state,
-    reason)`` hears ``installed``, ``rejected`` or ``rolled_back``.
+    reason)`` hears ``installed``, ``rejected``, ``rolled_back`` or ``waiting``.
+
+    A plan is not started when the disk under the staging folder has less free
+    space than its files still need (``free_bytes``), and a download the disk
+    fails part-way is dropped with its staged files, which frees the space for
+    the outbox: both are ``waiting`` with a ``storage_failed`` reason, and the
+    hub's next announcement tries again.
     """
 
     def __init__(
@@ -444,6 +452,7 @@ class ArtifactDownloader:
         window: int = 4,
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        free_bytes: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
     ) -> None:
         self.releases = releases
         self.send = send
@@ -454,6 +463,8 @@ class ArtifactDownloader:
         self.window = window
         self.timeout_s = timeout_s
         self.clock = clock
+        self.free_bytes = free_bytes
+        self._no_room = ThrottledWarning(logger, interval_s=600)  # the hub re-announces every reoffer_s
         self.download: _Download | None = None
         self.installing: PlanManifest | None = None
         self._install_thread: threading.Thread | None = None
@@ -472,14 +483,25 @@ class ArtifactDownloader:
                 return
             logger.info("plan %s supersedes the download of %s", manifest.key, current.manifest.key)
             self._abandon(discard=True)
-        folder = self.releases.stage(manifest)
-        download = _Download(manifest, folder, list(manifest.artifacts), started=self.clock())
-        self.download = download
-        logger.info(
-            "downloading plan %s (%d files, %d bytes) into %s",
-            manifest.key, len(manifest.artifacts), manifest.total_bytes, folder,
-        )  # fmt: skip
-        self._next_file()
+        try:
+            folder = self.releases.stage(manifest)
+            needed = manifest.total_bytes - _bytes_under(folder)
+            free = self.free_bytes(folder)
+            if needed > free:
+                reason = (f"storage_failed: plan {manifest.key} needs {needed} more bytes in {folder}, "
+                          f"{free} are free")  # fmt: skip
+                self._no_room.warn(f"plan {manifest.key} not downloaded, the current plan keeps serving: {reason}")
+                self.on_outcome(manifest, "waiting", reason)
+                return
+            download = _Download(manifest, folder, list(manifest.artifacts), started=self.clock())
+            self.download = download
+            logger.info(
+                "downloading plan %s (%d files, %d bytes) into %s",
+                manifest.key, len(manifest.artifacts), manifest.total_bytes, folder,
+            )  # fmt: skip
+            self._next_file()
+        except OSError as exc:
+            self._storage_failed(manifest, exc)
 
     def on_reply(self, envelope: Envelope) -> bool:
         """Take an ``artifact`` reply or an ``error`` for one of our requests; False if it is not ours."""
@@ -494,6 +516,8 @@ class ArtifactDownloader:
             self._take_chunk(download, request, envelope)
         except ArtifactRejected as exc:
             self._fail(exc)
+        except OSError as exc:
+            self._storage_failed(download.manifest, exc)
         return True
 
     def pump(self) -> None:
@@ -657,6 +681,16 @@ class ArtifactDownloader:
         self.releases.mark_failed(manifest, str(exc))
         self.on_outcome(manifest, "rejected", str(exc))
 
+    def _storage_failed(self, manifest: PlanManifest, exc: OSError) -> None:
+        """The disk failed the download (full, say): drop it and its staged files; wait for the next offer."""
+        logger.error("plan %s: download dropped, the current plan keeps serving: the disk failed it: %s; "
+                     "its staged files are removed to free the space", manifest.key, exc)  # fmt: skip
+        if self.download is not None and self.download.manifest == manifest:
+            self._abandon(discard=True)
+        else:
+            self.releases.discard(manifest)
+        self.on_outcome(manifest, "waiting", f"storage_failed: {exc}")
+
     def _abandon(self, *, discard: bool) -> None:
         download = self.download
         if download is None:
@@ -666,6 +700,11 @@ class ArtifactDownloader:
         self.download = None
         if discard:
             self.releases.discard(download.manifest)
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes of the files already in ``folder`` (a resumed download needs only the rest)."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST_FILE)
 
 
 def chunk_reply(request: Envelope, data: bytes | memoryview, *, path: str, offset: int, size: int) -> Envelope:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import resource
+import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from edge_agent.artifacts import ArtifactEntry, ArtifactRejected, PlanManifest, PlanReleases, StagedFile, scan_plan_dir
+from edge_agent.artifacts import (
+    ArtifactDownloader,
+    ArtifactEntry,
+    ArtifactRejected,
+    PlanManifest,
+    PlanReleases,
+    StagedFile,
+    chunk_reply,
+    scan_plan_dir,
+)
 from edge_agent.plan_gate import PlanGate
+from transport.envelope import Envelope
 
 
 def entry_for(data: bytes, path: str = "model.onnx") -> ArtifactEntry:
@@ -147,3 +159,77 @@ def test_plan_gate_swaps_between_requests_and_is_not_starved() -> None:
     for thread in (first, swapper, late):
         thread.join()
     assert events == ["request start", "request end", "swap", "request start", "request end"]
+
+
+class HubFiles:
+    """Answers the downloader's chunk requests from the files of a plan folder, as the hub does."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.requests: list[Envelope] = []
+
+    def serve(self, downloader: ArtifactDownloader) -> None:
+        """Answer every request (and those its answers cause) until none is left."""
+        downloader.pump()
+        while self.requests:
+            request = self.requests.pop(0)
+            path, offset, length = request.meta["path"], request.meta["offset"], request.meta["length"]
+            data = (self.folder / path).read_bytes()
+            downloader.on_reply(chunk_reply(request, data[offset : offset + length], path=path, offset=offset,
+                                            size=len(data)))  # fmt: skip
+            downloader.pump()
+
+
+def downloader_for(tmp_path: Path, hub: HubFiles, free: list[int]) -> tuple[ArtifactDownloader, list[tuple[str, str]]]:
+    outcomes: list[tuple[str, str]] = []
+    installed = threading.Event()
+
+    def on_outcome(manifest: PlanManifest, state: str, reason: str) -> None:
+        outcomes.append((state, reason))
+        if state == "installed":
+            installed.set()
+
+    downloader = ArtifactDownloader(
+        PlanReleases(tmp_path / "plans"), hub.requests.append, device_id="cam-1",
+        install=lambda manifest, folder: None, on_outcome=on_outcome, chunk_bytes=16 << 10,
+        free_bytes=lambda path: free[0],
+    )  # fmt: skip
+    return downloader, outcomes
+
+
+def test_a_plan_the_disk_cannot_hold_waits_and_a_full_disk_mid_download_frees_its_files(tmp_path: Path) -> None:
+    plan = tmp_path / "hub-plan"
+    plan.mkdir()
+    (plan / "model.onnx").write_bytes(bytes(range(256)) * 800)  # 200 KB
+    announced = scan_plan_dir(plan, plan_id="toy", version=2, model="m")
+    hub = HubFiles(plan)
+    free = [100_000]
+    downloader, outcomes = downloader_for(tmp_path, hub, free)
+    staging = tmp_path / "plans" / "staging" / "toy-v2"
+
+    downloader.offer(announced)  # too little room: nothing is requested
+    assert hub.requests == [] and downloader.busy_with is None
+    assert outcomes == [("waiting", f"storage_failed: plan toy@2 needs 204800 more bytes in {staging}, "
+                                    "100000 are free")]  # fmt: skip
+
+    free[0] = 10**9  # the check passes, but the disk fails at 64 KB (a file size limit, as a full disk would)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, limits[1]))
+    try:
+        downloader.offer(announced)
+        hub.serve(downloader)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert outcomes[-1][0] == "waiting" and outcomes[-1][1].startswith("storage_failed: [Errno 27] File too large")
+    assert downloader.busy_with is None and not staging.exists()  # the space is given back
+
+    downloader.offer(announced)  # the hub announces it again once there is room
+    hub.serve(downloader)
+    deadline = time.monotonic() + 10
+    while outcomes[-1][0] != "installed" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcomes[-1] == ("installed", "")
+    current = tmp_path / "plans" / "current" / "model.onnx"
+    assert current.read_bytes() == (plan / "model.onnx").read_bytes()
