@@ -80,24 +80,16 @@ def _check_published(source: Path, config: Any, tails: list[Any]) -> None:
     """
     if config.sync is None:
         return
-    from cloud_hub.sync import plan_identity, plan_uses_hub
+    from cloud_hub.sync import unserved_plan
     from tandem.config import ConfigError
 
     served = {(tail.plan_id, tail.plan_version) for tail in tails}
     for i, item in enumerate(config.sync.publish):
-        found_id, found_version, _ = plan_identity(item.plan)
-        plan_id, version = item.plan_id or found_id, item.version or found_version
-        if (plan_id, version) in served or not plan_uses_hub(item.plan):
-            continue
-        loaded = ", ".join(f"{p} v{v}" for p, v in sorted(served)) or "none"
-        raise ConfigError(
-            str(source),
-            [
-                f"sync.publish.{i}: plan {plan_id} v{version} ({item.plan}) is not among the plans this hub serves "
-                f"({loaded}): edges that install it would get unknown_plan_version on every request; "
-                "add its folder to plans (or publish a version listed there)"
-            ],
-        )
+        why = unserved_plan(item.plan, item.plan_id, item.version, served)
+        if why is not None:
+            raise ConfigError(
+                str(source), [f"sync.publish.{i}: {why}; add its folder to plans (or publish a version listed there)"]
+            )
 
 
 def _start_sync(config: Any, hub: Any) -> tuple[Any, Any] | None:

@@ -441,6 +441,25 @@ def plan_identity(plan_dir: Path) -> tuple[str | None, int | None, str | None]:
     )
 
 
+def unserved_plan(
+    plan_dir: Path, plan_id: str | None, version: int | None, served: set[tuple[str, int]]
+) -> str | None:
+    """Why edges given this plan would fail at the hub, or None: the hub serves its version, or it needs no hub.
+
+    ``plan_id`` and ``version`` default to plan.yaml's; ``served`` holds the
+    (plan id, version) pairs whose cloud parts the hub loads.
+    """
+    found_id, found_version, _ = plan_identity(plan_dir)
+    plan_id, version = plan_id or found_id, version or found_version
+    if (plan_id, version) in served or not plan_uses_hub(plan_dir):
+        return None
+    loaded = ", ".join(f"{p} v{v}" for p, v in sorted(served)) or "none"
+    return (
+        f"plan {plan_id} v{version} ({plan_dir}) is not among the plans this hub serves ({loaded}): edges that "
+        "install it would get unknown_plan_version on every request"
+    )
+
+
 def plan_uses_hub(plan_dir: Path) -> bool:
     """Whether a split of the plan in ``plan_dir`` has a cloud part (an edge serving it sends to a hub)."""
     splits = _plan_yaml(plan_dir).get("splits")

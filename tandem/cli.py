@@ -36,6 +36,7 @@ COMMAND_MODULES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "cloud_hub.cli": (("hub",), "cloud", ("onnxruntime", "prometheus_client")),
     "edge_agent.cli": (("edge",), "edge", ("onnxruntime", "psutil")),
     "tandem.commands.fleet": (("fleet",), "cloud", ("prometheus_client",)),
+    "tandem.commands.publish": (("publish",), "cloud", ("prometheus_client",)),
     "tandem.commands.check_config": (("check-config",), "", ()),
     "tandem.commands.keys": (("keys",), "", ()),
     "tandem.commands.loopback": (("loopback",), "partition", ("torch", "torchvision")),

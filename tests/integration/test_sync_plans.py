@@ -16,12 +16,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from cloud_hub.store import SqliteStore
 from cloud_hub.sync import HubSync, open_hub_sync_channel
 from edge_agent.agent import EdgeAgent
-from edge_agent.artifacts import PlanManifest
+from edge_agent.artifacts import PlanManifest, scan_plan_dir
 from edge_agent.config import EdgeConfig
 from edge_agent.outbox import Outbox
 from edge_agent.plan_install import full_model_self_check, make_installer
 from edge_agent.plan_view import AgentPlan, SplitOption
 from edge_agent.sync import EdgeSync
+from tandem.cli import main
 from tandem.executors import open_executor
 from tests.fixtures.broker import Mosquitto
 from tests.integration.sync_support import (
@@ -152,6 +153,39 @@ def test_plan_updates_converge_on_every_device(
                 assert current[1].name == "toy-b-v2"
             assert loner.swaps == ["toy-c@3"] and serves(loner, plans["v3"])
             assert all(row.get("plan_state") == "installed" for row in hub.fleet())
+
+
+def test_tandem_publish_rolls_a_plan_out_while_the_hub_runs(
+    mosquitto: Mosquitto, tmp_path: Path, hub: HubSync, plans: dict[str, ToyPlan], capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_yaml = tmp_path / "hub.yaml"  # the running hub's store and broker (the hub fixture's reoffer_s is 1 s)
+    hub_yaml.write_text(f"plans: [{plans['v1'].folder}]\nsync:\n  mqtt: {{port: {mosquitto.port}}}\n"
+                        "  store: {path: store}\n  reoffer_s: 1\n")  # fmt: skip
+    canary = start_device(mosquitto, tmp_path, "cam-0", plans["v1"], groups=["canary"])
+    rest = start_device(mosquitto, tmp_path, "cam-1", plans["v1"], groups=["line-3"])
+    with closing_all(canary, rest):
+        wait_until(lambda: len(hub.fleet()) == 2, 15, "both devices report")
+        assert main(["publish", str(plans["v2"].folder), "--config", str(hub_yaml), "--group", "canary",
+                     "--version", "2"]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        files = scan_plan_dir(plans["v2"].folder, plan_id="toy-b", version=2, model="toy")
+        assert (f"published plan toy-b@2 for model toy ({len(files.artifacts)} files, {files.total_bytes} bytes) "
+                f"to group canary in {hub.store.path}") in out  # fmt: skip
+        assert "within sync.reoffer_s = 1 s" in out
+        wait_until(lambda: fleet_versions(hub) == {"cam-0": 2, "cam-1": 1}, 30, "the canary on v2, the rest on v1")
+        assert canary.swaps == ["toy-b@2"] and serves(canary, plans["v2"]) and rest.swaps == []
+
+        cloud_plan = tmp_path / "needs-a-hub"  # a plan with a cloud part the hub does not load
+        cloud_plan.mkdir()
+        split = "splits: [{id: cut-1, cloud_model: splits/cut-1/cloud.onnx}]"
+        (cloud_plan / "plan.yaml").write_text(f"plan_id: mnv2\nversion: 4\nmodel: {{name: toy}}\n{split}\n")
+        assert main(["publish", str(cloud_plan), "--config", str(hub_yaml), "--group", "line-3"]) == 2
+        err = capsys.readouterr().err
+        assert f"tandem publish: plan mnv2 v4 ({cloud_plan}) is not among the plans this hub serves (none)" in err
+        assert f"add its folder to plans in {hub_yaml} and restart the hubs first" in err
+        assert main(["publish", str(tmp_path), "--config", str(hub_yaml), "--device", "cam-1"]) == 2
+        assert f"tandem publish: {tmp_path}: not a plan folder (no plan.yaml)" in capsys.readouterr().err
+        assert rest.version == 1
 
 
 def test_corrupted_artifact_is_rejected_and_the_old_plan_keeps_serving(
