@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tandem.config import StrictModel
 from transport.envelope import Kind, Limits
@@ -120,6 +120,9 @@ class MqttConfig(StrictModel):
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = Field(
+        None, description="read the password from this file (a mounted Secret); one trailing newline is dropped"
+    )
     keepalive_s: int = Field(30, gt=0)
     tls: TlsConfig | None = None
     qos: dict[Kind, Literal[0, 1, 2]] = Field(default_factory=dict)
@@ -137,6 +140,12 @@ class MqttConfig(StrictModel):
     @classmethod
     def _group(cls, value: str | None) -> str | None:
         return None if value is None else check_topic_name("shared_group", value)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password and password_file: set one of them, not both")
+        return self
 
     def qos_for(self, kind: Kind) -> int:
         """The QoS for ``kind``: this config's override or the default."""

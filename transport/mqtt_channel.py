@@ -114,6 +114,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import paho.mqtt.client as paho
@@ -759,6 +760,20 @@ def _qos_overrides(qos: Mapping[Kind, int] | None) -> dict[Kind, Literal[0, 1, 2
     return cast("dict[Kind, Literal[0, 1, 2]]", dict(qos or {}))  # MqttConfig validates the values
 
 
+def read_password(path: Path) -> str:
+    """The MQTT password in ``path`` (``password_file``), without its trailing newline."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConnectError(f"password_file: {path}: cannot read the MQTT password: {reason}") from exc
+    password = text[:-1] if text.endswith("\n") else text
+    password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        raise ConnectError(f"password_file: {path} is empty")
+    return password
+
+
 def _config_kwargs(config: MqttConfig) -> dict[str, Any]:
     return {
         "host": config.host,
@@ -766,7 +781,7 @@ def _config_kwargs(config: MqttConfig) -> dict[str, Any]:
         "topic_prefix": config.topic_prefix,
         "client_id": config.client_id,
         "username": config.username,
-        "password": config.password,
+        "password": config.password if config.password_file is None else read_password(config.password_file),
         "keepalive_s": config.keepalive_s,
         "tls": config.tls,
         "qos": config.qos,

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from tests.fixtures.broker import Mosquitto, find_mosquitto
+from transport.config import MqttConfig
 from transport.envelope import Envelope, Kind
-from transport.errors import ChannelTimeout
+from transport.errors import ChannelTimeout, ConnectError
 from transport.mqtt_channel import MqttClient, MqttServer
 
 pytestmark = pytest.mark.broker
@@ -92,3 +93,27 @@ def test_a_device_hears_group_announcements_and_its_own_topics_only(acl_broker: 
     finally:
         for channel in (impostor, edge, hub):
             channel.close()
+
+
+def test_logins_read_the_password_from_password_file(acl_broker: AclMosquitto, tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORDS["edge-1"] + "\n")  # as `kubectl create secret --from-file` or an editor leaves it
+    config = MqttConfig(port=acl_broker.port, topic_prefix=SYNC_PREFIX, username="edge-1", password_file=secret)
+    hub = MqttServer(port=acl_broker.port, topic_prefix=SYNC_PREFIX, username="hub", password=PASSWORDS["hub"],
+                     session_expiry_s=0)  # fmt: skip
+    edge = MqttClient.from_config(config, device_id="edge-1")
+    try:
+        edge.send(Envelope(Kind.TELEMETRY))
+        assert hub.recv(timeout=5).sender == "edge-1"
+    finally:
+        edge.close()
+        hub.close()
+    missing = config.model_copy(update={"password_file": tmp_path / "nowhere"})
+    unreadable = rf"password_file: {tmp_path / 'nowhere'}: cannot read the MQTT password: No such file"
+    with pytest.raises(ConnectError, match=unreadable):
+        MqttClient.from_config(missing, device_id="edge-1")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConnectError, match=rf"password_file: {tmp_path / 'empty'} is empty"):
+        MqttClient.from_config(config.model_copy(update={"password_file": tmp_path / "empty"}), device_id="edge-1")
+    with pytest.raises(ValueError, match="password and password_file: set one of them, not both"):
+        MqttConfig(username="edge-1", password="x", password_file=secret)

@@ -127,7 +127,8 @@ def test_unknown_key_in_a_list_item_names_the_index_not_the_union_tag(tmp_path: 
     assert problems(path, HubConfig) == [
         "channels.0.adress: unknown key; did you mean 'address'?",
         "channels.1.colour: unknown key; allowed keys here: client_id, connect_timeout_s, host, keepalive_s, "
-        "max_payload_bytes, password, port, qos, session_expiry_s, shared_group, tls, topic_prefix, type, username",
+        "max_payload_bytes, password, password_file, port, qos, session_expiry_s, shared_group, tls, topic_prefix, "
+        "type, username",
         "channels.2.address: value '127.0.0.1:5555' is not valid: expected a ZeroMQ endpoint such as "
         "'tcp://127.0.0.1:5555'",
         "channels.3.type: required key is missing; expected one of 'zmq', 'mqtt', 'inproc'",

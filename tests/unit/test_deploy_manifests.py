@@ -40,3 +40,18 @@ def test_each_replicas_sync_store_is_on_a_persistent_volume_of_its_own() -> None
     assert under, f"{MANIFEST}: sync.store.path {store} is on no mounted volume (the pod's ephemeral disk)"
     deepest = max(under, key=len)
     assert mounts[deepest] in claims, f"{MANIFEST}: sync.store.path {store} is on {mounts[deepest]!r}, not a claim"
+
+
+def test_broker_passwords_come_from_a_mounted_secret() -> None:
+    objects = manifest()
+    config = yaml.safe_load(objects["ConfigMap"]["data"]["hub.yaml"])
+    logins = [*config["channels"], config["sync"]["mqtt"]]
+    pod = objects["StatefulSet"]["spec"]["template"]["spec"]
+    secrets = {volume["name"] for volume in pod["volumes"] if "secret" in volume}
+    mounts = {mount["mountPath"]: mount["name"] for mount in pod["containers"][0]["volumeMounts"]}
+    for login in logins:
+        assert "password" not in login, f"{MANIFEST}: a password in the ConfigMap; use password_file and a Secret"
+        assert login.get("username") and login.get("password_file"), f"{MANIFEST}: {login} has no broker login"
+        secret = PurePosixPath(login["password_file"])
+        under = [path for path in mounts if secret.is_relative_to(path)]
+        assert under and mounts[max(under, key=len)] in secrets, f"{MANIFEST}: {secret} is not on a Secret volume"
