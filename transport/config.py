@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tandem.config import StrictModel
 from transport.envelope import Kind, Limits
@@ -119,7 +119,7 @@ class MqttConfig(StrictModel):
     topic_prefix: str = "tandem/v1"
     client_id: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = Field(None, description="shown as ********** by check-config")
     password_file: Path | None = Field(
         None, description="read the password from this file (a mounted Secret); one trailing newline is dropped"
     )

@@ -412,7 +412,8 @@ class _MqttChannel(Channel):
         client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]  # floats work
         client.max_queued_messages_set(max_queued)
         if config.username is not None:
-            client.username_pw_set(config.username, config.password)
+            password = config.password.get_secret_value() if config.password is not None else None
+            client.username_pw_set(config.username, password)
         if config.tls is not None:
             self._set_tls(client, config.tls)
         client.on_connect = self._on_connect
@@ -781,7 +782,9 @@ def _config_kwargs(config: MqttConfig) -> dict[str, Any]:
         "topic_prefix": config.topic_prefix,
         "client_id": config.client_id,
         "username": config.username,
-        "password": config.password if config.password_file is None else read_password(config.password_file),
+        "password": config.password.get_secret_value() if config.password is not None else (
+            read_password(config.password_file) if config.password_file is not None else None
+        ),
         "keepalive_s": config.keepalive_s,
         "tls": config.tls,
         "qos": config.qos,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
+from tandem.cli import main
 from tandem.config import ConfigError, StrictModel, load_config
 from transport.config import ChannelConfig, LinkConfig, MqttConfig, ZmqConfig
 from transport.envelope import Kind
@@ -212,3 +213,11 @@ def test_emulation_schedule_needs_a_link(tmp_path: Path) -> None:
     assert problems(bad_link, EdgeConfig) == [
         "emulation.link.rtt_ms: value -1 is not valid: input should be greater than or equal to 0"
     ]
+
+
+def test_check_config_does_not_print_an_mqtt_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "hub.yaml"
+    path.write_text("plans: [p]\nchannels:\n  - {type: mqtt, username: hub, password: hunter2}\n")
+    assert main(["check-config", str(path), "--kind", "hub"]) == 0
+    out = capsys.readouterr().out
+    assert '"password": "**********"' in out and "hunter2" not in out
