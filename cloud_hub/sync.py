@@ -219,10 +219,11 @@ class HubSync:
         except StoreError as exc:  # the store is the hub's own (disk full, I/O error): the edge resends later
             self.counters["store_failed"] += 1
             self._store_failures.warn(
-                f"hub sync: the store failed on a {envelope.kind.value} message from {envelope.sender or '?'}; "
-                f"the edge keeps it and resends: {exc}"
+                f"hub sync: the store failed on a message of kind {envelope.kind.value} from "
+                f"{envelope.sender or '?'}; the edge keeps it and resends: {exc}"
             )
-            self._reply_error(channel, envelope, "store_failed", "the hub could not store this message; resend later")
+            self._reply_error(channel, envelope, "store_failed", "the hub could not store this message; resend later",
+                              quiet=True)  # fmt: skip
 
     def _dispatch(self, channel: Channel, envelope: Envelope) -> None:
         device = str(envelope.sender or envelope.device_id)
@@ -404,8 +405,12 @@ class HubSync:
                          meta={"code": exc.code, "field": exc.field, "message": str(exc)})  # fmt: skip
         self._send(channel, exc.sender, reply)
 
-    def _reply_error(self, channel: Channel, request: Envelope, code: str, message: str, field: str = "") -> None:
-        logger.warning("hub sync: %s from %s refused (%s): %s", request.kind.value, request.sender, code, message)
+    def _reply_error(
+        self, channel: Channel, request: Envelope, code: str, message: str, field: str = "", *, quiet: bool = False
+    ) -> None:
+        """Answer ``request`` with an error; logged at WARNING unless ``quiet`` (the caller logged it already)."""
+        logger.log(logging.DEBUG if quiet else logging.WARNING, "hub sync: %s from %s refused (%s): %s",
+                   request.kind.value, request.sender, code, message)  # fmt: skip
         if request.sender is not None:
             self._send(channel, request.sender, request.error_reply(code, message, field_name=field))
 
@@ -416,10 +421,15 @@ class HubSync:
             logger.debug("hub sync: %s to %s not sent: %s", envelope.kind.value, to, exc)
 
     def _touch(self, device: str) -> None:
+        """Note that ``device`` was heard; bookkeeping a failing store must not stop the chunk it came with."""
         now = time.monotonic()
         if now - self._touched.get(device, -1e9) >= _TOUCH_EVERY_S:
             self._touched[device] = now
-            self.store.touch_device(device, seen=time.time())
+            try:
+                self.store.touch_device(device, seen=time.time())
+            except StoreError as exc:
+                self.counters["store_failed"] += 1
+                self._store_failures.warn(f"hub sync: noting that {device} was heard failed: {exc}")
 
 
 class _Rejected(Exception):
