@@ -423,6 +423,10 @@ class _Download:
     resumed_bytes: int = 0
 
 
+# Hub error codes that say nothing about the plan: the chunk is asked again later.
+_PASSING_HUB_ERRORS = {"store_failed", "internal"}
+
+
 class ArtifactDownloader:
     """Fetches one plan version at a time in chunks and hands the verified folder to ``install``.
 
@@ -434,10 +438,12 @@ class ArtifactDownloader:
     reason)`` hears ``installed``, ``rejected``, ``rolled_back`` or ``waiting``.
 
     A plan is not started when the disk under the staging folder has less free
-    space than its files still need (``free_bytes``), and a download the disk
-    fails part-way is dropped with its staged files, which frees the space for
-    the outbox: both are ``waiting`` with a ``storage_failed`` reason, and the
-    hub's next announcement tries again.
+    space (``free_bytes``) than its files still need plus ``reserve_bytes()``
+    (room the outbox may still fill), and a download the disk fails part-way is
+    dropped with its staged files, which frees the space for the outbox: both
+    are ``waiting`` with a ``storage_failed`` reason, and the hub's next
+    announcement tries again. A chunk the hub could not serve for a passing
+    reason (``store_failed``, ``internal``) is asked again after ``timeout_s``.
     """
 
     def __init__(
@@ -453,6 +459,7 @@ class ArtifactDownloader:
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         free_bytes: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
+        reserve_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
         self.releases = releases
         self.send = send
@@ -464,6 +471,7 @@ class ArtifactDownloader:
         self.timeout_s = timeout_s
         self.clock = clock
         self.free_bytes = free_bytes
+        self.reserve_bytes = reserve_bytes
         self._no_room = ThrottledWarning(logger, interval_s=600)  # the hub re-announces every reoffer_s
         self.download: _Download | None = None
         self.installing: PlanManifest | None = None
@@ -484,11 +492,15 @@ class ArtifactDownloader:
             logger.info("plan %s supersedes the download of %s", manifest.key, current.manifest.key)
             self._abandon(discard=True)
         try:
+            for older in self.releases.staged():  # an interrupted download this one supersedes: its space back
+                if older.version < manifest.version:
+                    self.releases.discard(older)
             folder = self.releases.stage(manifest)
             needed = manifest.total_bytes - _bytes_under(folder)
-            free = self.free_bytes(folder)
-            if needed > free:
-                reason = (f"storage_failed: plan {manifest.key} needs {needed} more bytes in {folder}, "
+            free, reserve = self.free_bytes(folder), self.reserve_bytes()
+            if needed + reserve > free:
+                kept = f" and {reserve} kept for the outbox" if reserve else ""
+                reason = (f"storage_failed: plan {manifest.key} needs {needed} more bytes in {folder}{kept}, "
                           f"{free} are free")  # fmt: skip
                 self._no_room.warn(f"plan {manifest.key} not downloaded, the current plan keeps serving: {reason}")
                 self.on_outcome(manifest, "waiting", reason)
@@ -512,6 +524,9 @@ class ArtifactDownloader:
         try:
             if envelope.kind is Kind.ERROR:
                 code = str(envelope.meta.get("code", "error"))
+                if code in _PASSING_HUB_ERRORS:
+                    download.pending[envelope.request_id] = request  # pump asks again after timeout_s
+                    return True
                 raise ArtifactRejected(code, str(envelope.meta.get("message", "the hub refused the request")))
             self._take_chunk(download, request, envelope)
         except ArtifactRejected as exc:

@@ -220,8 +220,8 @@ class Outbox:
         ids: list[str | None] = []
         with self._lock:
             self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 dropped, limits = 0, set[str]()
                 for kind, body in entries:
                     limits.update(self._limits_hit(len(body)))
@@ -260,9 +260,12 @@ class Outbox:
         if len(body) > self.max_record_bytes:
             with self._lock:
                 self._check_open()
-                self._db.execute("BEGIN IMMEDIATE")
-                self._bump("too_large", 1)
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._bump("too_large", 1)
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    self._rollback()  # the counter is lost, not the answer: the entry is refused either way
             raise RecordTooLarge(
                 f"record_too_large: a {kind} entry of {len(body)} bytes is over the outbox limit of "
                 f"{self.max_record_bytes} bytes (sync.outbox.max_record_bytes); not stored"
@@ -349,8 +352,8 @@ class Outbox:
             return 0
         with self._lock:
             self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 marks = ",".join("?" * len(seqs))
                 count, size = self._db.execute(
                     f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox WHERE seq IN ({marks})", seqs

@@ -180,4 +180,3 @@ class InferenceRecorder:
             logger.debug("%s not stored: the outbox is full (when_full: stop_sampling)", kind)
             return
         self.counts["records" if kind == "record" else "samples"] += 1
-

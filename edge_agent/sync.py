@@ -44,6 +44,7 @@ import msgpack
 from edge_agent.artifacts import ArtifactDownloader, ArtifactRejected, Installer, PlanManifest, PlanReleases
 from edge_agent.outbox import Outbox, OutboxEntry, OutboxError
 from edge_agent.sync_config import EdgeSyncConfig
+from tandem.throttled_log import ThrottledWarning
 from transport.channel import Channel
 from transport.codec import TensorSpec
 from transport.envelope import Envelope, Kind, Limits, new_request_id
@@ -133,7 +134,11 @@ class EdgeSync:
             window=config.artifact_window,
             timeout_s=config.artifact_timeout_s,
             clock=clock,
+            reserve_bytes=lambda: max(0, outbox.max_bytes - outbox.bytes),
         )
+        # while the hub's disk or this one is full, every batch would log the same line
+        self._hub_busy = ThrottledWarning(logger)
+        self._outbox_failures = ThrottledWarning(logger)
         self._batches: dict[str, _Batch] = {}
         self._batch_of: dict[int, str] = {}
         self._cursor = 0
@@ -374,15 +379,19 @@ class EdgeSync:
             return
         seq_of = self.outbox.seq_of
         acked_seqs = [seq for seq in (seq_of(i) for i in ids if isinstance(i, str)) if seq is not None]
-        acked = self.outbox.ack_seqs(acked_seqs)
         refused = []
         for item in rejected:
             if isinstance(item, list) and len(item) == 3 and isinstance(item[0], str):
                 logger.warning("sync: the hub rejected entry %s (%s): %s", item[0], item[1], item[2])
                 refused.append(item[0])
         refused_seqs = [seq for seq in map(seq_of, refused) if seq is not None]
-        if refused_seqs:
-            self.counters["rejected"] += self.outbox.ack_seqs(refused_seqs, rejected=True)
+        try:
+            acked = self.outbox.ack_seqs(acked_seqs)
+            if refused_seqs:
+                self.counters["rejected"] += self.outbox.ack_seqs(refused_seqs, rejected=True)
+        except OutboxError as exc:  # the entries stay and go again; the hub drops the duplicates
+            self._outbox_failures.warn(f"sync: acknowledged entries not deleted, they will be resent: {exc}")
+            return
         self.counters["acked"] += acked
         batch = self._batches.get(envelope.request_id)
         if batch is not None:
@@ -402,12 +411,14 @@ class EdgeSync:
         self.counters["hub_errors"] += 1
         code, message = envelope.meta.get("code"), envelope.meta.get("message")
         batch = self._batches.get(envelope.request_id)
-        if batch is None:
-            logger.warning("sync: hub error %s: %s", code, message)
+        if batch is None:  # a status report, or a batch already acknowledged
+            self._hub_busy.warn(f"sync: hub error {code}: {message}")
+            return
+        if code not in _PERMANENT:  # the ack timeout sends it again
+            self._hub_busy.warn(f"sync: hub refused a {batch.kind} batch of {len(batch.seqs)} ({code}): {message}; "
+                                "resending after the ack timeout")  # fmt: skip
             return
         logger.warning("sync: hub refused a %s batch of %d (%s): %s", batch.kind, len(batch.seqs), code, message)
-        if code not in _PERMANENT:
-            return  # the ack timeout sends it again
         self._forget(batch)
         entries = self.outbox.get(sorted(batch.seqs))
         if len(entries) == 1:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import resource
-import signal
 import threading
 import time
 from pathlib import Path
@@ -167,12 +166,16 @@ class HubFiles:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.requests: list[Envelope] = []
+        self.failures: list[str] = []  # error codes to answer the next requests with, one each
 
     def serve(self, downloader: ArtifactDownloader) -> None:
         """Answer every request (and those its answers cause) until none is left."""
         downloader.pump()
         while self.requests:
             request = self.requests.pop(0)
+            if self.failures:
+                downloader.on_reply(request.error_reply(self.failures.pop(0), "the hub failed on this message"))
+                continue
             path, offset, length = request.meta["path"], request.meta["offset"], request.meta["length"]
             data = (self.folder / path).read_bytes()
             downloader.on_reply(chunk_reply(request, data[offset : offset + length], path=path, offset=offset,
@@ -180,56 +183,97 @@ class HubFiles:
             downloader.pump()
 
 
-def downloader_for(tmp_path: Path, hub: HubFiles, free: list[int]) -> tuple[ArtifactDownloader, list[tuple[str, str]]]:
+def downloader_for(
+    tmp_path: Path, hub: HubFiles, free: list[int], clock: list[float]
+) -> tuple[ArtifactDownloader, list[tuple[str, str]]]:
     outcomes: list[tuple[str, str]] = []
-    installed = threading.Event()
-
-    def on_outcome(manifest: PlanManifest, state: str, reason: str) -> None:
-        outcomes.append((state, reason))
-        if state == "installed":
-            installed.set()
-
     downloader = ArtifactDownloader(
         PlanReleases(tmp_path / "plans"), hub.requests.append, device_id="cam-1",
-        install=lambda manifest, folder: None, on_outcome=on_outcome, chunk_bytes=16 << 10,
-        free_bytes=lambda path: free[0],
+        install=lambda manifest, folder: None, on_outcome=lambda m, state, why: outcomes.append((state, why)),
+        chunk_bytes=16 << 10, timeout_s=5.0, clock=lambda: clock[0],
+        free_bytes=lambda path: free[0], reserve_bytes=lambda: 1000,
     )  # fmt: skip
     return downloader, outcomes
 
 
-def test_a_plan_the_disk_cannot_hold_waits_and_a_full_disk_mid_download_frees_its_files(tmp_path: Path) -> None:
-    plan = tmp_path / "hub-plan"
+def hub_plan(tmp_path: Path, version: int = 2) -> tuple[HubFiles, PlanManifest]:
+    plan = tmp_path / f"hub-plan-v{version}"
     plan.mkdir()
     (plan / "model.onnx").write_bytes(bytes(range(256)) * 800)  # 200 KB
-    announced = scan_plan_dir(plan, plan_id="toy", version=2, model="m")
-    hub = HubFiles(plan)
-    free = [100_000]
-    downloader, outcomes = downloader_for(tmp_path, hub, free)
+    return HubFiles(plan), scan_plan_dir(plan, plan_id="toy", version=version, model="m")
+
+
+def wait_for_outcome(outcomes: list[tuple[str, str]], state: str) -> None:
+    deadline = time.monotonic() + 10  # the install runs on a thread of its own
+    while (not outcomes or outcomes[-1][0] != state) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcomes and outcomes[-1][0] == state, outcomes
+
+
+def test_a_plan_the_disk_cannot_hold_waits_and_a_full_disk_mid_download_frees_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, announced = hub_plan(tmp_path)
+    free, clock = [205_000], [0.0]
+    downloader, outcomes = downloader_for(tmp_path, hub, free, clock)
     staging = tmp_path / "plans" / "staging" / "toy-v2"
 
-    downloader.offer(announced)  # too little room: nothing is requested
+    downloader.offer(announced)  # 204800 bytes fit, but not with the 1000 kept for the outbox: nothing is asked
     assert hub.requests == [] and downloader.busy_with is None
-    assert outcomes == [("waiting", f"storage_failed: plan toy@2 needs 204800 more bytes in {staging}, "
-                                    "100000 are free")]  # fmt: skip
+    assert outcomes == [("waiting", f"storage_failed: plan toy@2 needs 204800 more bytes in {staging} and 1000 "
+                                    "kept for the outbox, 205000 are free")]  # fmt: skip
 
-    free[0] = 10**9  # the check passes, but the disk fails at 64 KB (a file size limit, as a full disk would)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, limits[1]))
-    try:
-        downloader.offer(announced)
-        hub.serve(downloader)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, previous)
-    assert outcomes[-1][0] == "waiting" and outcomes[-1][1].startswith("storage_failed: [Errno 27] File too large")
+    free[0] = 10**9  # the check passes, but the disk fills at 64 KB
+    write = StagedFile.write
+
+    def write_until_full(staged: StagedFile, offset: int, data: bytes | memoryview) -> None:
+        if offset + len(data) > 64 << 10:
+            raise OSError(errno.ENOSPC, "No space left on device", str(staged.part))
+        write(staged, offset, data)
+
+    monkeypatch.setattr(StagedFile, "write", write_until_full)
+    downloader.offer(announced)
+    hub.serve(downloader)
+    full = f"storage_failed: [Errno 28] No space left on device: '{staging}/model.onnx.part'"
+    assert outcomes[-1] == ("waiting", full)
     assert downloader.busy_with is None and not staging.exists()  # the space is given back
 
-    downloader.offer(announced)  # the hub announces it again once there is room
+    monkeypatch.setattr(StagedFile, "write", write)
+    downloader.offer(announced)  # the hub announces it again
     hub.serve(downloader)
-    deadline = time.monotonic() + 10
-    while outcomes[-1][0] != "installed" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert outcomes[-1] == ("installed", "")
-    current = tmp_path / "plans" / "current" / "model.onnx"
-    assert current.read_bytes() == (plan / "model.onnx").read_bytes()
+    wait_for_outcome(outcomes, "installed")
+    assert (tmp_path / "plans" / "current" / "model.onnx").read_bytes() == (hub.folder / "model.onnx").read_bytes()
+
+
+def test_a_chunk_the_hub_could_not_serve_is_asked_again_and_the_plan_is_not_failed(tmp_path: Path) -> None:
+    hub, announced = hub_plan(tmp_path)
+    free, clock = [10**9], [0.0]
+    downloader, outcomes = downloader_for(tmp_path, hub, free, clock)
+    hub.failures = ["store_failed", "internal"]  # the hub's disk was full for a moment
+    downloader.offer(announced)
+    hub.serve(downloader)
+    assert outcomes == [] and downloader.busy_with == announced and hub.requests == []
+    clock[0] = 6.0  # past timeout_s: the two chunks are asked again
+    hub.serve(downloader)
+    wait_for_outcome(outcomes, "installed")
+    assert downloader.stats["retries"] == 2 and "toy@2" not in downloader.releases.failed()
+
+
+def test_a_newer_plan_removes_the_staged_files_of_an_older_one(tmp_path: Path) -> None:
+    hub, v2 = hub_plan(tmp_path, 2)
+    free, clock = [10**9], [0.0]
+    first, _ = downloader_for(tmp_path, hub, free, clock)
+    first.offer(v2)
+    first.pump()
+    request = hub.requests[0]
+    first.on_reply(chunk_reply(request, (hub.folder / "model.onnx").read_bytes()[: 16 << 10], path="model.onnx",
+                               offset=0, size=204800))  # fmt: skip
+    assert first.download is not None and first.download.file is not None
+    first.download.file.abort()  # the process stops here: v2 stays half-staged
+    assert (tmp_path / "plans" / "staging" / "toy-v2" / "model.onnx.part").stat().st_size == 16 << 10
+    hub3, v3 = hub_plan(tmp_path, 3)
+    second, outcomes = downloader_for(tmp_path, hub3, free, clock)
+    second.offer(v3)
+    assert not (tmp_path / "plans" / "staging" / "toy-v2").exists()
+    hub3.serve(second)
+    wait_for_outcome(outcomes, "installed")
