@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the plan against the hub config, store the release and the target, say what happens next."""
     from cloud_hub.config import HubConfig
-    from cloud_hub.store import SqliteStore
+    from cloud_hub.store import DB_FILE, SqliteStore
     from cloud_hub.sync import HubSync, plan_identity, plan_uses_hub, unserved_plan
 
     config = resolve_relative_paths(load_config(args.config, HubConfig), args.config.resolve().parent)
@@ -62,12 +62,22 @@ def run(args: argparse.Namespace) -> int:
     if not (plan_dir / "plan.yaml").is_file():
         print(f"tandem publish: {args.plan}: not a plan folder (no plan.yaml)", file=sys.stderr)
         return 2
+    unreadable = [f"plans.{i}: {folder} holds no plan.yaml" for i, folder in enumerate(config.plans)
+                  if not (folder / "plan.yaml").is_file()]  # fmt: skip
+    if unreadable:
+        print(f"tandem publish: {args.config}: " + "; ".join(unreadable) + " (which plans do the hubs serve?)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     identities = [plan_identity(folder) for folder in config.plans if plan_uses_hub(folder)]
     served = {(plan_id, version) for plan_id, version, _ in identities if plan_id and version}
     why = unserved_plan(plan_dir, args.plan_id, args.version, served)
     if why is not None:
         print(f"tandem publish: {why}; add its folder to plans in {args.config} and restart the hubs first",
               file=sys.stderr)  # fmt: skip
+        return 2
+    if not (config.sync.store.path / DB_FILE).is_file():  # a new store here would be one no hub reads
+        print(f"tandem publish: no hub store at {config.sync.store.path / DB_FILE} (sync.store.path in "
+              f"{args.config}); start the hubs first, or run this where their store is", file=sys.stderr)  # fmt: skip
         return 2
     store = SqliteStore(config.sync.store.path, synchronous=config.sync.store.synchronous)
     try:
@@ -83,6 +93,6 @@ def run(args: argparse.Namespace) -> int:
     target = f"device {args.device}" if args.device is not None else f"group {args.group}"
     print(f"published plan {manifest.key} for model {manifest.model} ({len(manifest.artifacts)} files, "
           f"{manifest.total_bytes} bytes) to {target} in {store.path}")  # fmt: skip
-    print(f"running hubs announce it at each device's next status report (within sync.reoffer_s = "
-          f"{config.sync.reoffer_s:g} s); follow it with: tandem fleet --config {args.config}")  # fmt: skip
+    print(f"running hubs read the targets every sync.reoffer_s ({config.sync.reoffer_s:g} s) and announce it at "
+          f"each device's next status report; follow it with: tandem fleet --config {args.config}")  # fmt: skip
     return 0

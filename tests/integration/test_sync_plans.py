@@ -171,7 +171,7 @@ def test_tandem_publish_rolls_a_plan_out_while_the_hub_runs(
         files = scan_plan_dir(plans["v2"].folder, plan_id="toy-b", version=2, model="toy")
         assert (f"published plan toy-b@2 for model toy ({len(files.artifacts)} files, {files.total_bytes} bytes) "
                 f"to group canary in {hub.store.path}") in out  # fmt: skip
-        assert "within sync.reoffer_s = 1 s" in out
+        assert "running hubs read the targets every sync.reoffer_s (1 s)" in out
         wait_until(lambda: fleet_versions(hub) == {"cam-0": 2, "cam-1": 1}, 30, "the canary on v2, the rest on v1")
         assert canary.swaps == ["toy-b@2"] and serves(canary, plans["v2"]) and rest.swaps == []
 
@@ -185,7 +185,15 @@ def test_tandem_publish_rolls_a_plan_out_while_the_hub_runs(
         assert f"add its folder to plans in {hub_yaml} and restart the hubs first" in err
         assert main(["publish", str(tmp_path), "--config", str(hub_yaml), "--device", "cam-1"]) == 2
         assert f"tandem publish: {tmp_path}: not a plan folder (no plan.yaml)" in capsys.readouterr().err
-        assert rest.version == 1
+        elsewhere = tmp_path / "elsewhere.yaml"  # a store path no hub uses: refused, not created
+        elsewhere.write_text(f"plans: [{plans['v1'].folder}, missing]\nsync:\n  store: {{path: other}}\n")
+        assert main(["publish", str(plans["v3"].folder), "--config", str(elsewhere), "--device", "cam-1"]) == 2
+        assert f"{elsewhere}: plans.1: {tmp_path / 'missing'} holds no plan.yaml" in capsys.readouterr().err
+        elsewhere.write_text(f"plans: [{plans['v1'].folder}]\nsync:\n  store: {{path: other}}\n")
+        assert main(["publish", str(plans["v3"].folder), "--config", str(elsewhere), "--device", "cam-1"]) == 2
+        assert f"no hub store at {tmp_path / 'other' / 'store.sqlite'} (sync.store.path in {elsewhere})" in \
+            capsys.readouterr().err
+        assert not (tmp_path / "other").exists() and rest.version == 1
 
 
 def test_corrupted_artifact_is_rejected_and_the_old_plan_keeps_serving(
