@@ -499,7 +499,8 @@ class ArtifactDownloader:
             needed = manifest.total_bytes - _bytes_under(folder)
             free, reserve = self.free_bytes(folder), self.reserve_bytes()
             if needed + reserve > free:
-                kept = f" and {reserve} kept for the outbox" if reserve else ""
+                kept = f" and {reserve} kept for the outbox (sync.outbox.max_bytes less what it holds)"
+                kept = kept if reserve else ""
                 reason = (f"storage_failed: plan {manifest.key} needs {needed} more bytes in {folder}{kept}, "
                           f"{free} are free")  # fmt: skip
                 self._no_room.warn(f"plan {manifest.key} not downloaded, the current plan keeps serving: {reason}")

@@ -220,8 +220,9 @@ def test_a_plan_the_disk_cannot_hold_waits_and_a_full_disk_mid_download_frees_it
 
     downloader.offer(announced)  # 204800 bytes fit, but not with the 1000 kept for the outbox: nothing is asked
     assert hub.requests == [] and downloader.busy_with is None
-    assert outcomes == [("waiting", f"storage_failed: plan toy@2 needs 204800 more bytes in {staging} and 1000 "
-                                    "kept for the outbox, 205000 are free")]  # fmt: skip
+    waiting = (f"storage_failed: plan toy@2 needs 204800 more bytes in {staging} and 1000 kept for the outbox "
+               "(sync.outbox.max_bytes less what it holds), 205000 are free")  # fmt: skip
+    assert outcomes == [("waiting", waiting)]
 
     free[0] = 10**9  # the check passes, but the disk fills at 64 KB
     write = StagedFile.write
