@@ -24,6 +24,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.sampling import InferenceRecorder
 from edge_agent.sync_config import SamplingConfig
 from tests.fixtures.broker import Mosquitto
+from tests.fixtures.full_disk import cap_at_current_size
 from tests.integration.sync_support import (
     Producer,
     TcpCutter,
@@ -162,10 +163,8 @@ def test_a_full_hub_disk_loses_nothing_and_warns_once(
 ) -> None:
     store = SqliteStore(tmp_path / "store")
     outbox = Outbox(tmp_path / "outbox.sqlite", device_id="cam-1")
-    with store._lock:  # cap the store's file at its size: SQLite then fails as on a full disk
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
-        store._db.execute(f"PRAGMA max_page_count = {pages}")
+    with store._lock:
+        cap = cap_at_current_size(store._db)  # SQLite now fails as on a full disk
     hub = start_hub_sync(hub_config(mosquitto.port), store)
     edge = start_edge_sync(edge_config(mosquitto.port, tmp_path), outbox, "cam-1")
     with closing_all(store, outbox, hub, edge), caplog.at_level(logging.WARNING):
@@ -182,7 +181,7 @@ def test_a_full_hub_disk_loses_nothing_and_warns_once(
         refusals = [m for m in messages if m.startswith(("sync: hub refused", "sync: hub error"))]
         assert len(refusals) == 1 and "(store_failed)" in refusals[0], refusals  # the edge's side: once a minute
         with store._lock:
-            store._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+            store._db.execute(f"PRAGMA max_page_count = {cap}")  # space freed
         assert_exactly_once(store, outbox, "cam-1")
 
 

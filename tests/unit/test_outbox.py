@@ -11,6 +11,7 @@ import pytest
 
 from edge_agent.outbox import Outbox, OutboxError, OutboxStorageError, RecordTooLarge
 from edge_agent.sync_config import OutboxConfig
+from tests.fixtures.full_disk import cap_at_current_size
 
 
 def body(i: int, size: int = 10) -> bytes:
@@ -67,19 +68,10 @@ def test_drop_oldest_by_count_and_by_bytes(tmp_path: Path) -> None:
         assert outbox.dropped == 4
 
 
-def fill_the_disk(outbox: Outbox) -> int:
-    """Cap the file at its current size (SQLite then fails as on a full disk); the cap to restore."""
-    before = outbox._db.execute("PRAGMA max_page_count").fetchone()[0]
-    outbox._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    pages = outbox._db.execute("PRAGMA page_count").fetchone()[0]
-    outbox._db.execute(f"PRAGMA max_page_count = {pages}")
-    return int(before)
-
-
 def test_a_full_disk_refuses_the_write_names_the_file_and_loses_nothing_stored(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.sqlite", device_id="d", max_records=3, when_full="drop_oldest") as outbox:
         ids = [outbox.put("record", body(i, 2000)) for i in range(3)]
-        cap = fill_the_disk(outbox)
+        cap = cap_at_current_size(outbox._db)
         # the put would drop the oldest entry to make room, then fails on the disk: the drop is rolled back too
         full = r"o\.sqlite: storing 1 sample entry failed: database or disk is full"
         with pytest.raises(OutboxStorageError, match=full):

@@ -13,6 +13,7 @@ from edge_agent.agent import InferenceResult
 from edge_agent.outbox import Outbox
 from edge_agent.sampling import InferenceRecorder, SamplingPolicy, top_prediction
 from edge_agent.sync_config import SamplingConfig
+from tests.fixtures.full_disk import cap_at_current_size
 from transport.envelope import Kind, unpack
 
 
@@ -89,9 +90,7 @@ def test_a_full_disk_costs_records_not_answers_and_warns_once_a_minute(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with Outbox(tmp_path / "o.sqlite", device_id="cam-1") as outbox:
-        outbox._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        pages = outbox._db.execute("PRAGMA page_count").fetchone()[0]
-        outbox._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now fails as on a full disk
+        cap_at_current_size(outbox._db)  # SQLite now fails as on a full disk
         recorder = InferenceRecorder(outbox, SamplingConfig(mode="all"), device_id="cam-1")
         clock = [0.0]
         recorder._storage_failures.clock = lambda: clock[0]
