@@ -21,6 +21,7 @@ _FACTORIES: dict[str, tuple[str, str]] = {
     "resnet50": ("models.vision", "resnet50"),
     "mobilenet_v2": ("models.vision", "mobilenet_v2"),
     "vgg16": ("models.vision", "vgg16"),
+    "efficientnet_lite1": ("models.efficientnet_lite", "reference"),
     "minilm": ("models.minilm", "reference"),
     "digits_cnn": ("models.digits", "reference"),
 }
