@@ -118,7 +118,9 @@ class EdgeAgent:
         self._recent: deque[tuple[float, float]] = deque(maxlen=256)  # (time, latency_ms)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.counters = {"hub": 0, "edge": 0, "fallback": 0, "late_replies": 0, "hub_errors": 0}
+        self.counters = {
+            "hub": 0, "edge": 0, "fallback": 0, "late_replies": 0, "hub_errors": 0, "emulation_overrun": 0
+        }  # fmt: skip
         logger.info(
             "plan %s v%d: %d splits, fallback %s", plan.plan_id, plan.version, len(plan.splits), self.full.describe()
         )
@@ -187,7 +189,7 @@ class EdgeAgent:
         if not self._hub_up:
             return self._local(feeds, split, started, source="fallback", reason="hub unreachable")
         timing: dict[str, float] = {}
-        head = self._run_timed(self._head(split), feeds, timing, "edge_ms") if split.edge_path else {}
+        head = self._run_timed(self._head(split), feeds, timing, "edge_ms", split.edge_ms) if split.edge_path else {}
         available = {**feeds, **head}  # model inputs used past the cut (masks, skips) cross it too
         request = self._activation(split, {name: available[name] for name in split.crossing}, timing)
         reply, reason = self._exchange(request)
@@ -279,7 +281,7 @@ class EdgeAgent:
         timing: dict[str, float] | None = None,
     ) -> InferenceResult:
         timing = dict(timing or {})
-        outputs = self._run_timed(self.full, feeds, timing, "local_ms")
+        outputs = self._run_timed(self.full, feeds, timing, "local_ms", self.plan.full_edge_ms)
         self.counters[source] += 1
         request_id = f"local-{time.monotonic_ns()}"
         return self._result(outputs, request_id, split, source, source == "fallback", started, timing, reason)
@@ -300,14 +302,25 @@ class EdgeAgent:
         return InferenceResult(outputs, request_id, split.split_id, source, degraded, latency, timing, reason)
 
     def _run_timed(
-        self, executor: Executor, feeds: dict[str, np.ndarray], timing: dict[str, float], key: str
+        self, executor: Executor, feeds: dict[str, np.ndarray], timing: dict[str, float], key: str, profiled_ms: float
     ) -> dict[str, np.ndarray]:
+        """Run ``executor``; when emulating a slower edge, take the emulated time the plan profiled for it.
+
+        The emulated run ends ``plan.emulated_edge_s(profiled_ms)`` after it
+        started, however long this host's run took: stretching the elapsed time
+        instead would multiply this host's CPU contention too. A real run longer
+        than that is not stretched; it is counted (``emulation_overrun``).
+        """
         t0 = time.perf_counter()
         outputs = executor.run(feeds)
-        elapsed = time.perf_counter() - t0
         slowdown = self.config.emulation.edge_slowdown
         if slowdown > 1:
-            time.sleep(elapsed * (slowdown - 1))  # emulate the slower edge device this box stands in for
+            remaining = self.plan.emulated_edge_s(profiled_ms, slowdown) - (time.perf_counter() - t0)
+            if remaining > 0:
+                time.sleep(remaining)
+            else:
+                self.counters["emulation_overrun"] += 1
+                timing["emulation_overrun_ms"] = -1000 * remaining
         timing[key] = 1000 * (time.perf_counter() - t0)
         return outputs
 

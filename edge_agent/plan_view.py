@@ -47,6 +47,19 @@ class AgentPlan:
     full_model: Path
     splits: tuple[SplitOption, ...]
     model_name: str = ""  # plan.yaml's model.name: the model that plan updates must be for
+    full_edge_ms: float = 0.0
+    """The whole model on the edge, as the plan profiled it (plan.yaml's edge.total_ms)."""
+    edge_time_scale: float = 1.0
+    """The factor the plan's edge times carry over this machine's (plan.yaml's edge.emulation_factor, else 1)."""
+
+    def emulated_edge_s(self, profiled_ms: float, slowdown: float) -> float:
+        """Seconds an edge run profiled at ``profiled_ms`` takes on the emulated device.
+
+        The plan's figure brought back to this machine's profiled time, times
+        ``slowdown`` (the edge config's ``emulation.edge_slowdown``): a fixed
+        figure, so the emulated device is as fast on a busy host as on an idle one.
+        """
+        return profiled_ms / self.edge_time_scale * slowdown / 1000
 
     def split(self, split_id: str) -> SplitOption:
         """The split called ``split_id``."""
@@ -92,6 +105,8 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
         full_model=plan_dir / plan.model.path,
         splits=tuple(options),
         model_name=plan.model.name,
+        full_edge_ms=plan.edge.total_ms,
+        edge_time_scale=plan.edge.emulation_factor or 1.0,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Iterator
@@ -219,6 +220,47 @@ def test_bad_inputs_name_what_the_model_takes(running: tuple[EdgeAgent, Hub, int
         agent.infer(np.ones((1, 4)))
     with pytest.raises(ValueError, match=r"model input 'x' has type list, not an array"):
         agent.infer([[1.0, 2.0, 3.0, 4.0]])  # type: ignore[arg-type]
-    assert agent.counters == {"hub": 0, "edge": 0, "fallback": 0, "late_replies": 0, "hub_errors": 0}  # none ran
+    assert agent.counters == {
+        "hub": 0, "edge": 0, "fallback": 0, "late_replies": 0, "hub_errors": 0, "emulation_overrun": 0
+    }  # fmt: skip  # none ran
     x = np.ones((1, 4), np.float32)
     np.testing.assert_allclose(agent.infer(x).outputs["logits"], reference(x), rtol=2e-3, atol=2e-3)  # still serving
+
+
+def test_the_emulated_edge_takes_the_plans_profiled_time_and_counts_overruns(
+    toy_plan: tuple[AgentPlan, Path],
+) -> None:
+    """emulation.edge_slowdown: each edge run lasts its profiled time x the factor, not the contended elapsed time.
+
+    The plan's figures (s1: 60 ms, the whole model: 90 ms) carry its own factor
+    of 3, so this host's profiled times are 20 and 30 ms, and a slowdown of 2
+    makes the emulated runs 40 and 60 ms. A run whose profiled time is below
+    what this host really took is not stretched; it is counted.
+    """
+    plan, tail = toy_plan
+    s1 = dataclasses.replace(plan.split("s1"), edge_ms=60.0)
+    plan = dataclasses.replace(plan, splits=(s1,), full_edge_ms=90.0, edge_time_scale=3.0)
+    assert plan.emulated_edge_s(60.0, 2.0) == pytest.approx(0.040)
+    port = free_port()
+    hub = start_hub(tail, port)
+    agent = agent_for(plan, port, emulation={"edge_slowdown": 2.0})
+    agent.start()
+    try:
+        wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
+        x = np.ones((1, 4), np.float32)
+        split = agent.infer(x)
+        assert split.source == "hub" and split.timing["edge_ms"] >= 40.0
+        hub.stop()
+        local = [agent.infer(x) for _ in range(3)]
+        assert all(r.source == "fallback" and r.timing["local_ms"] >= 60.0 for r in local)
+        assert agent.counters["emulation_overrun"] == 0
+
+        # A profiled time of 1 ns: this host's run always takes longer; it is counted, not stretched.
+        agent.swap_plan(dataclasses.replace(plan, full_edge_ms=1e-6))
+        result = agent.infer(x)
+        assert result.source == "fallback" and agent.counters["emulation_overrun"] == 1
+        assert result.timing["emulation_overrun_ms"] > 0
+        assert result.timing["local_ms"] >= result.timing["emulation_overrun_ms"]
+    finally:
+        agent.stop()
+        hub.stop()
