@@ -29,7 +29,18 @@ COMMAND_MODULES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "tandem.commands.demo": (
         ("demo",),
         "edge,cloud,partition",
-        ("onnx", "onnxruntime", "networkx", "matplotlib", "sklearn", "torch", "torchvision", "prometheus_client"),
+        (
+            "onnx",
+            "onnxruntime",
+            "networkx",
+            "matplotlib",
+            "sklearn",
+            "skimage",
+            "torch",
+            "torchvision",
+            "efficientnet_lite_pytorch",
+            "prometheus_client",
+        ),
     ),
     "partitioner.cli": (("partition", "profile"), "partition", ("onnx", "onnxruntime", "networkx", "matplotlib")),
     "partitioner.engine": (("build-engine",), "", ()),  # says itself when TensorRT is missing

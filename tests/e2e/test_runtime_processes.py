@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,9 @@ import pytest
 import yaml
 import zmq
 
+from edge_agent.plan_view import load_agent_plan
 from partitioner.plan import load_plan
+from tandem.commands.demo_world import kind_of, predict
 from tests.e2e.conftest import free_port
 from transport.envelope import Envelope, Kind, decode
 from transport.zmq_channel import ZmqClient
@@ -87,46 +88,51 @@ def test_hub_process_names_bad_messages_and_keeps_serving(mobilenet_plan: Path, 
     assert answer.kind is Kind.RESULT and answer.arrays()["logits"].shape == (1, 1000)
 
 
-def test_demo_switches_split_survives_a_hub_kill_and_matches_the_unsplit_model(
-    mobilenet_plan: Path, tmp_path: Path
+def test_demo_shows_each_winner_the_plan_predicts_survives_a_hub_kill_and_agrees_with_the_unsplit_model(
+    tmp_path: Path,
 ) -> None:
+    """`tandem demo` from scratch (it partitions EfficientNet-Lite1 itself), on a shorter timeline.
+
+    What each phase must show comes from the plan this run wrote: the demo derives
+    its links from the plan's predictions, and the test predicts them again from
+    the plan file, so nothing here depends on how fast this host is.
+    """
     work = tmp_path / "demo"
-    shutil.copytree(mobilenet_plan, work / "plan")
     config = tmp_path / "demo.yaml"
+    phases = [("cloud-only", "good"), ("cut", "drop"), ("edge-only", "deep"), ("cut", "back")]
     scenario = {
-        "model": "mobilenet_v2",
         "workdir": str(work),
-        "codec": "int8+zstd",
         "agents": 1,
-        "rate_hz": 3,
-        "duration_s": 36,
+        "duration_s": 52,
         "deadline_ms": 800,
-        "phases": [
-            {"at_s": 0, "bandwidth_mbps": 100, "name": "fast"},
-            {"at_s": 12, "bandwidth_mbps": "auto", "name": "slow"},
-        ],
-        "outage": {"at_s": 24, "duration_s": 5},
+        "phases": [{"at_s": 10 * i, "winner": winner, "name": name} for i, (winner, name) in enumerate(phases)],
+        "outage": {"at_s": 38, "duration_s": 5},
         "hub_port": free_port(),
         "endpoint_port": free_port(),
     }
     config.write_text(yaml.safe_dump(scenario))
-    result = subprocess.run(
-        [*TANDEM, "demo", "--config", str(config), "--reuse-plan"], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = subprocess.run([*TANDEM, "demo", "--config", str(config)], capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     summary = json.loads((work / "demo-summary.json").read_text())
     records = summary["records"]
-    assert summary["exactly_once"] and len(records) >= 80
-    tolerance = load_plan(work / "plan").splits[1].codec("int8+zstd").tolerance
-    assert summary["max_rel_error"] <= tolerance
+    assert summary["exactly_once"] and summary["failures"] == [] and len(records) >= 100
 
-    def splits_between(start: float, end: float) -> Counter[str]:
-        return Counter(r["split"] for r in records if start <= r["t"] < end and r["source"] == "hub")
+    splits = load_agent_plan(work / "plan", "int8+zstd").splits
+    for verdict, (winner, name) in zip(summary["phases"], phases, strict=True):
+        predicted = predict(splits, verdict["bandwidth_mbps"], verdict["rtt_ms"])
+        assert verdict["phase"] == name and verdict["predicted"] == predicted.split_id
+        assert kind_of(next(s for s in splits if s.split_id == predicted.split_id)) == winner
+        start = verdict["at_s"] + 4  # settle_s
+        end = min(verdict["at_s"] + 10, 38)
+        used = Counter(r["split"] for r in records if start <= r["t"] < end and not r["degraded"])
+        top = used.most_common(1)[0][0]
+        assert top == predicted.split_id or (winner == "cut" and top.startswith("cut-")), (name, used)
 
-    fast, slow = splits_between(4, 12), splits_between(18, 24)
-    assert fast.most_common(1)[0][0] == "cloud-only"
-    assert slow and slow.most_common(1)[0][0] not in ("cloud-only", "edge-only")  # moved to a cut
-    outage = [r for r in records if 25 <= r["t"] < 29]
+    outage = [r for r in records if 39 <= r["t"] < 43]
     assert outage and all(r["degraded"] and r["source"] == "fallback" for r in outage)
-    assert any(r["source"] == "hub" for r in records if r["t"] >= 31)  # back to split inference
+    assert any(r["source"] == "hub" for r in records if r["t"] >= 45)  # back to split inference
+    agreeing = sum(r["label"] == r["reference_label"] for r in records)
+    assert agreeing / len(records) >= 0.99 and summary["top1_agreement"] == agreeing / len(records)
+    assert summary["emulation_overrun"] == sum("emulation_overrun_ms" in r["timing"] for r in records)
+    assert "Egyptian cat" in result.stdout and "top-1 agreement with the unsplit fp32 model" in result.stdout
     assert (work / "demo.png").stat().st_size > 10_000

@@ -147,7 +147,6 @@ def test_unknown_key_in_a_schedule_step_and_a_demo_phase(tmp_path: Path) -> None
     ]
     demo = write(tmp_path, "phases:\n  - {at_s: 0, bandwith_mbps: 50}\n  - {at_s: 9, bandwidth_mbps: fast}\n")
     assert problems(demo, DemoConfig) == [
-        "phases.0.bandwidth_mbps: required key is missing",
         "phases.0.bandwith_mbps: unknown key; did you mean 'bandwidth_mbps'?",
         "phases.1.bandwidth_mbps: value 'fast' is not valid: input should be a valid number, unable to parse string "
         "as a number; or input should be 'auto'",
