@@ -90,7 +90,7 @@ def test_forced_cut_is_used_for_every_bandwidth(tiny_model: Path, tmp_path: Path
     ("make", "args", "message"),
     [
         (None, ["resnet5"], "tandem partition: error: unknown model 'resnet5': not an ONNX file and not a reference "
-         "model; known reference models: resnet50, mobilenet_v2, vgg16, minilm, digits_cnn"),
+         "model; known reference models: resnet50, mobilenet_v2, vgg16, efficientnet_lite1, minilm, digits_cnn"),
         (None, ["missing.onnx"], "tandem partition: error: missing.onnx: file not found"),
         ("garbage", ["bad.onnx"], "bad.onnx: not an ONNX model: the protobuf does not parse"),
         ("invalid", ["bad.onnx"], "bad.onnx: invalid ONNX model: Nodes in a graph must be topologically sorted"),
