@@ -171,9 +171,9 @@ class EdgeAgent:
         raises here and changes nothing. The swap itself waits for the requests
         in progress and holds new ones back for the moment it takes.
         """
-        full = open_executor(self.config.executor, plan.full_model)
+        full = self._open(plan.full_model)
         heads = {
-            split.split_id: open_executor(self.config.executor, split.edge_path)
+            split.split_id: self._open(split.edge_path)
             for split in plan.splits
             if split.edge_path is not None and not split.edge_only
         }

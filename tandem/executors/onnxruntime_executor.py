@@ -53,6 +53,7 @@ class OnnxRuntimeExecutor(Executor):
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ExecutorError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
         self.path = path
+        self.threads = threads
         self.providers = self._session.get_providers()
         self.inputs = tuple(_info(i) for i in self._session.get_inputs())
         self.outputs = tuple(_info(o) for o in self._session.get_outputs())
@@ -67,7 +68,8 @@ class OnnxRuntimeExecutor(Executor):
         return dict(zip(self._output_names, values, strict=True))
 
     def describe(self) -> str:
-        return f"onnxruntime {self.path.name} on {self.providers[0]}"
+        threads = f", {self.threads} intra-op thread(s)" if self.threads else ""
+        return f"onnxruntime {self.path.name} on {self.providers[0]}{threads}"
 
 
 def _info(arg: Any) -> TensorInfo:

@@ -264,3 +264,18 @@ def test_the_emulated_edge_takes_the_plans_profiled_time_and_counts_overruns(
     finally:
         agent.stop()
         hub.stop()
+
+
+def test_a_swapped_plan_keeps_the_configured_executor_options(toy_plan: tuple[AgentPlan, Path]) -> None:
+    """swap_plan opens the new plan's parts as the start did: executor_threads included."""
+    plan, _ = toy_plan
+    agent = agent_for(plan, free_port(), executor_threads=1)
+    try:
+        assert agent.full.describe().endswith(", 1 intra-op thread(s)")
+        agent.swap_plan(dataclasses.replace(plan, version=2))
+        assert agent.plan.version == 2
+        assert agent.full.describe().endswith(", 1 intra-op thread(s)")
+        assert all(head.describe().endswith(", 1 intra-op thread(s)") for head in agent._heads.values())
+        assert agent._heads  # the split's edge part was opened by the swap
+    finally:
+        agent.channel.close()
