@@ -86,9 +86,9 @@ def agent_for(plan: AgentPlan, port: int, **overrides: object) -> EdgeAgent:
         plan=plan.full_model.parent,
         codec="raw",
         channel=ZmqConfig(address=f"tcp://127.0.0.1:{port}"),
-        deadline_ms=500,
         retry={"initial_s": 0.1, "max_s": 0.4, "failures_to_mark_down": 1},
-        **{"probe_interval_s": 0.2, **overrides},
+        # A stall of this host must not turn a hub answer into a fallback: only the hub-down tests wait it out.
+        **{"probe_interval_s": 0.2, "deadline_ms": 10_000, **overrides},
     )
     channel = ZmqClient(address=config.channel.address, device_id=config.device_id, connect_timeout_s=None)
     return EdgeAgent(config, plan, channel)
@@ -129,10 +129,24 @@ def test_split_inference_equals_the_full_model(running: tuple[EdgeAgent, Hub, in
     np.testing.assert_allclose(agent.infer(x).outputs["logits"], reference(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture
+def running_short_deadline(toy_plan: tuple[AgentPlan, Path]) -> Iterator[tuple[EdgeAgent, Hub, int]]:
+    """As ``running``, with a 500 ms deadline: the hub-down tests wait it out once before the hub counts as down."""
+    plan, tail = toy_plan
+    port = free_port()
+    hub = start_hub(tail, port)
+    agent = agent_for(plan, port, deadline_ms=500)
+    agent.start()
+    wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
+    yield agent, hub, port
+    agent.stop()
+    hub.stop()
+
+
 def test_hub_down_means_local_degraded_answers_then_recovery(
-    toy_plan: tuple[AgentPlan, Path], running: tuple[EdgeAgent, Hub, int]
+    toy_plan: tuple[AgentPlan, Path], running_short_deadline: tuple[EdgeAgent, Hub, int]
 ) -> None:
-    agent, hub, port = running
+    agent, hub, port = running_short_deadline
     x = np.ones((1, 4), np.float32)
     assert agent.infer(x).source == "hub"
     hub.stop()
@@ -163,10 +177,21 @@ def test_hub_refusal_falls_back_and_names_the_reason(toy_plan: tuple[AgentPlan, 
     assert "unknown_plan" in result.reason and "'other-plan' is not loaded" in result.reason
 
 
-def test_link_estimates_come_from_heartbeats_and_probes(running: tuple[EdgeAgent, Hub, int]) -> None:
-    agent, _, _ = running
-    wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
-    assert agent.estimator.snapshot().rtt_ms < 100  # loopback
+def test_link_estimates_come_from_heartbeats_and_probes(toy_plan: tuple[AgentPlan, Path]) -> None:
+    plan, tail = toy_plan
+    port = free_port()
+    hub = start_hub(tail, port)
+    agent = agent_for(plan, port)
+    started = time.monotonic()
+    agent.start()
+    try:
+        wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
+        waited_ms = 1000 * (time.monotonic() - started)
+        rtt_ms = agent.estimator.snapshot().rtt_ms
+        assert rtt_ms is not None and 0 < rtt_ms <= waited_ms  # a heartbeat's own round trip, inside the wait
+    finally:
+        agent.stop()
+        hub.stop()
 
 
 def test_a_probe_goes_once_the_plain_heartbeat_is_answered(toy_plan: tuple[AgentPlan, Path]) -> None:
@@ -177,7 +202,7 @@ def test_a_probe_goes_once_the_plain_heartbeat_is_answered(toy_plan: tuple[Agent
     plan, tail = toy_plan
     port = free_port()
     hub = start_hub(tail, port)
-    agent = agent_for(plan, port, probe_interval_s=1.0)
+    agent = agent_for(plan, port, probe_interval_s=20.0)  # the fallback would wait half of it: 10 s
     events: list[tuple[float, str]] = []
     send, on_heartbeat = agent.channel.send, agent._on_heartbeat
 
@@ -194,7 +219,7 @@ def test_a_probe_goes_once_the_plain_heartbeat_is_answered(toy_plan: tuple[Agent
     agent._on_heartbeat = recording_answer  # type: ignore[method-assign]
     agent.start()
     try:
-        wait_until(lambda: sum(what == "probe" for _, what in events) >= 3)
+        wait_until(lambda: sum(what == "probe" for _, what in events) >= 1, timeout=5.0)
     finally:
         agent.stop()
         hub.stop()
@@ -204,7 +229,7 @@ def test_a_probe_goes_once_the_plain_heartbeat_is_answered(toy_plan: tuple[Agent
         beat_at = max(t for t, w in events[:i] if w == "beat")
         answers = [t for t, w in events[:i] if w == "answered" and t >= beat_at]
         assert answers, events  # the probe waited for the plain beat's answer
-        assert at - beat_at < 0.35, events  # and did not wait for the half-period fallback (0.5 s)
+        assert at - beat_at < 5.0, events  # and did not wait for the half-period fallback (10 s)
 
 
 def test_bad_inputs_name_what_the_model_takes(running: tuple[EdgeAgent, Hub, int]) -> None:
@@ -243,22 +268,27 @@ def test_the_emulated_edge_takes_the_plans_profiled_time_and_counts_overruns(
     assert plan.emulated_edge_s(60.0, 2.0) == pytest.approx(0.040)
     port = free_port()
     hub = start_hub(tail, port)
-    agent = agent_for(plan, port, emulation={"edge_slowdown": 2.0})
+    agent = agent_for(plan, port, emulation={"edge_slowdown": 2.0}, deadline_ms=2000)
     agent.start()
     try:
         wait_until(lambda: agent.estimator.snapshot().rtt_ms is not None)
         x = np.ones((1, 4), np.float32)
         split = agent.infer(x)
-        assert split.source == "hub" and split.timing["edge_ms"] >= 40.0
         hub.stop()
         local = [agent.infer(x) for _ in range(3)]
-        assert all(r.source == "fallback" and r.timing["local_ms"] >= 60.0 for r in local)
-        assert agent.counters["emulation_overrun"] == 0
+        assert split.source == "hub" and all(r.source == "fallback" for r in local)
+        # Each run lasted its emulated time, unless this host's own run took longer (then it says so).
+        runs = [(split, "edge_ms", 40.0), *((r, "local_ms", 60.0) for r in local)]
+        overruns = [r for r, _, _ in runs if "emulation_overrun_ms" in r.timing]
+        assert agent.counters["emulation_overrun"] == len(overruns)
+        assert all(r.timing[key] >= emulated for r, key, emulated in runs if r not in overruns)
+        assert all(r.timing[key] >= r.timing["emulation_overrun_ms"] for r, key, _ in runs if r in overruns)
+        counted = agent.counters["emulation_overrun"]
 
         # A profiled time of 1 ns: this host's run always takes longer; it is counted, not stretched.
         agent.swap_plan(dataclasses.replace(plan, full_edge_ms=1e-6))
         result = agent.infer(x)
-        assert result.source == "fallback" and agent.counters["emulation_overrun"] == 1
+        assert result.source == "fallback" and agent.counters["emulation_overrun"] == counted + 1
         assert result.timing["emulation_overrun_ms"] > 0
         assert result.timing["local_ms"] >= result.timing["emulation_overrun_ms"]
     finally:
