@@ -89,7 +89,22 @@ def test_result_equals_the_model_and_carries_a_timing_breakdown(hub: Hub) -> Non
     assert all(v >= 0 for v in reply.meta["timing"].values())
 
 
-def test_requests_from_many_edges_are_batched_and_each_gets_its_own_result(hub: Hub) -> None:
+@pytest.fixture
+def patient_hub(tmp_path: Path) -> Iterator[Hub]:
+    """A hub whose batch closes when 8 requests are in, not after a window a loaded host can miss."""
+    executor = open_executor("onnxruntime", tail_model(tmp_path / "cloud.onnx"))
+    config = HubConfig(
+        plans=[tmp_path],
+        channels=[ZmqConfig(address="tcp://127.0.0.1:*")],
+        batching=BatchingConfig(max_batch_size=8, max_queue_delay_ms=10_000),
+        metrics=MetricsConfig(port=0),
+    )
+    with Hub(config, [Tail("toy", 1, "s1", executor)]) as running:
+        yield running
+
+
+def test_requests_from_many_edges_are_batched_and_each_gets_its_own_result(patient_hub: Hub) -> None:
+    hub = patient_hub
     rng = np.random.default_rng(1)
     results: dict[str, tuple[np.ndarray, Envelope]] = {}
     barrier = threading.Barrier(8)
@@ -108,7 +123,7 @@ def test_requests_from_many_edges_are_batched_and_each_gets_its_own_result(hub: 
     assert len(results) == 8
     for want, reply in results.values():
         np.testing.assert_allclose(reply.arrays()["logits"], want, rtol=1e-5)
-    assert max(reply.meta["timing"]["batch_size"] for _, reply in results.values()) > 1
+    assert [reply.meta["timing"]["batch_size"] for _, reply in results.values()] == [8] * 8
 
 
 @pytest.mark.parametrize(
