@@ -41,6 +41,9 @@ __all__ = ["DEMO_MIN_GAIN", "DEMO_MODELS", "DemoConfig", "DemoError", "Phase", "
 DEMO_MIN_GAIN = 0.15
 """The agents' hysteresis: a split is left for one predicted this much faster."""
 
+AGENT_RETRY_MAX_S = 2.0
+"""The agents' longest backoff between tries to reach a hub that is down."""
+
 # The reference models the demo can feed photos and name their classes: real weights only.
 DEMO_MODELS = ("efficientnet_lite1",)
 
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         records = _stream(config, processes, photos, plan.model.inputs[0].name)
     finally:
         processes.stop_all()
-    return report(config, links, photos, records, work, time.monotonic() - started)
+    return report(config, links, photos, records, work, time.monotonic() - started, processes.hub_back_at)
 
 
 def resolve_phases(config: DemoConfig, splits: Any) -> tuple[DemoConfig, list[Link]]:
@@ -291,7 +294,7 @@ def _write_edge_config(config: DemoConfig, work: Path, plan_dir: Path, index: in
         "executor_threads": 1,  # as the partitioner measured it
         "deadline_ms": config.deadline_ms,
         "hysteresis": {"min_gain": DEMO_MIN_GAIN, "min_dwell_s": 2.0},
-        "retry": {"initial_s": 0.5, "max_s": 2.0, "failures_to_mark_down": 2},
+        "retry": {"initial_s": 0.5, "max_s": AGENT_RETRY_MAX_S, "failures_to_mark_down": 2},
         "endpoint": {"address": f"tcp://127.0.0.1:{config.endpoint_port + index}", "workers": 2},
         "probe_interval_s": 1.0,
         "telemetry_interval_s": 5.0,
@@ -315,6 +318,7 @@ class _Processes:
         self.hub_config: Path | None = None
         self.agents: list[subprocess.Popen[bytes]] = []
         self.endpoints: list[str] = []
+        self.hub_back_at: float | None = None  # seconds into the stream when the restarted hub listened
         self._spawned: set[str] = set()
 
     def start_hub(self, config: Path) -> None:
@@ -363,9 +367,10 @@ class _Processes:
         handle.close()
         deadline = time.monotonic() + timeout
         while ready not in _text_from(log, offset):
-            if process.poll() is not None or time.monotonic() > deadline:
+            ended = process.poll() is not None
+            if (ended or time.monotonic() > deadline) and ready not in _text_from(log, offset):
                 raise DemoError(f"{name} did not start; see {log}:\n{_text_from(log, offset)[-2000:]}")
-            time.sleep(0.2)
+            time.sleep(0 if ended else 0.2)
         print(f"   started {name} (pid {process.pid}), log {log}", flush=True)
         return process
 
@@ -421,7 +426,8 @@ def _stream(
         print(f"   t={phase.at_s:.0f}s: uplink -> {phase.bandwidth_mbps:g} Mbit/s, {phase.rtt_ms:g} ms ({phase.name})")
     outage = config.outage
     killed = restarted = outage is None
-    while time.monotonic() - started < config.duration_s:
+    end = config.duration_s
+    while time.monotonic() - started < end:
         now = time.monotonic() - started
         if outage and not killed and now >= outage.at_s:
             print(f"   t={now:.0f}s: killing the hub (SIGKILL)", flush=True)
@@ -431,6 +437,9 @@ def _stream(
             print(f"   t={now:.0f}s: restarting the hub", flush=True)
             processes.restart_hub()
             restarted = True
+            processes.hub_back_at = time.monotonic() - started
+            # However long this host took to restart it, the agents get their retry and settle time after it.
+            end = max(end, processes.hub_back_at + AGENT_RETRY_MAX_S + config.settle_s)
         time.sleep(0.1)
     stop.set()
     for thread in threads:

@@ -66,14 +66,22 @@ def judge_phases(config: DemoConfig, links: list[Link], records: list[dict[str, 
     return verdicts
 
 
-def _outage_check(config: DemoConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+def _outage_check(config: DemoConfig, records: list[dict[str, Any]], hub_back_at: float | None) -> dict[str, Any]:
     outage = config.outage
     if outage is None:
         return {"fallback": True, "resumed": True, "local_answers": 0}
     down = [r for r in records if outage.at_s <= r["t"] < outage.at_s + outage.duration_s]
-    after = [r for r in records if r["t"] >= outage.at_s + outage.duration_s and r["source"] == "hub"]
+    back = hub_back_at if hub_back_at is not None else outage.at_s + outage.duration_s
+    after = [r for r in records if r["t"] >= back and r["source"] == "hub"]
     local = sum(r["source"] == "fallback" for r in down)
-    return {"fallback": local > 0, "resumed": bool(after), "local_answers": local, "hub_answers_after": len(after)}
+    return {
+        "fallback": local > 0,
+        "resumed": bool(after),
+        "local_answers": local,
+        "hub_back_at_s": round(back, 2),
+        "hub_answers_after": len(after),
+        "resumed_after_s": round(min(r["t"] for r in after) - back, 2) if after else None,
+    }
 
 
 def report(
@@ -83,6 +91,7 @@ def report(
     records: list[dict[str, Any]],
     work: Path,
     elapsed_s: float,
+    hub_back_at: float | None = None,
 ) -> int:
     """Print the verdict, write demo-summary.json and demo.png; 0 when the demo showed what it promises."""
     verdicts = judge_phases(config, links, records)
@@ -96,7 +105,7 @@ def report(
     agreement = agreeing / len(records) if records else 0.0
     worst = max((r["rel_error"] for r in records), default=0.0)
     overruns = sum("emulation_overrun_ms" in r["timing"] for r in records)
-    outage = _outage_check(config, records)
+    outage = _outage_check(config, records, hub_back_at)
     print(f"\nanswers: {len(records)}, each request answered exactly once: {exactly_once}")
     print(
         f"top-1 agreement with the unsplit fp32 model: {agreeing}/{len(records)} = {agreement:.1%} "
@@ -106,8 +115,9 @@ def report(
     if config.outage:
         print(
             f"hub outage: {outage['local_answers']} degraded local answers while it was down; split inference "
-            f"{'resumed' if outage['resumed'] else 'did NOT resume'} after the restart"
-        )
+            + (f"resumed {outage['resumed_after_s']:.1f} s after the restarted hub listened" if outage["resumed"]
+               else "did NOT resume after the restart")
+        )  # fmt: skip
     failures = [
         f"phase {v['phase']!r}: the plan predicts {v['predicted']}, the agents used {v['used'] or 'nothing'}"
         for v in verdicts
