@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cam-1")
     parser.add_argument("--inferences", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--pause-after", type=int, default=None, help="stop producing after N until killed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if stop.is_set():
             break
         agent.infer(rng.normal(size=(1, 4)).astype(np.float32))
+        if i + 1 == args.pause_after:
+            print(f"paused after {i + 1}", flush=True)
+            stop.wait()  # a kill comes mid-stream, however fast this host produced
+            break
         ahead = started + (i + 1) / args.rate - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)

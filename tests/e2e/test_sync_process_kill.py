@@ -29,10 +29,14 @@ pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_edge(broker: Mosquitto, workdir: Path, plan: Path, log: Path, inferences: int) -> subprocess.Popen[bytes]:
+def start_edge(
+    broker: Mosquitto, workdir: Path, plan: Path, log: Path, inferences: int, pause_after: int | None = None
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "tests.e2e.sync_edge_process", "--port", str(broker.port), "--workdir",
                str(workdir), "--plan", str(plan), "--device", "cam-1", "--inferences", str(inferences),
                "--rate", "1000"]  # fmt: skip
+    if pause_after is not None:
+        command += ["--pause-after", str(pause_after)]
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -58,14 +62,15 @@ def test_edge_killed_mid_sync_and_restarted_loses_and_duplicates_nothing(mosquit
     store = SqliteStore(tmp_path / "store")
     hub = start_hub_sync(hub_config(mosquitto.port), store)
     with closing_all(store, hub):
-        first = start_edge(mosquitto, workdir, plan, log, inferences=3000)
+        first = start_edge(mosquitto, workdir, plan, log, inferences=3000, pause_after=1500)
         try:
             wait_until(lambda: store.count() >= 800, 30, "800 entries stored by the first run")
+            wait_until(lambda: "paused after 1500" in log.read_text(), 30, "the first run paused mid-stream")
         finally:
             os.kill(first.pid, signal.SIGKILL)
             first.wait(timeout=10)
         assert first.returncode == -signal.SIGKILL
-        assert "produced 3000" not in log.read_text()  # killed mid-stream
+        assert "produced 3000" not in log.read_text()  # killed mid-stream (it paused after 1500)
         stored_after_kill = store.count()
         second = start_edge(mosquitto, workdir, plan, log, inferences=1000)
         try:

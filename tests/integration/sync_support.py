@@ -85,11 +85,15 @@ def start_hub_sync(config: HubSyncConfig, store: SqliteStore) -> HubSync:
 class Producer:
     """Answers to fake requests, recorded by the real :class:`InferenceRecorder` at a steady rate, on a thread."""
 
-    def __init__(self, recorder: InferenceRecorder, count: int, rate: float) -> None:
+    def __init__(self, recorder: InferenceRecorder, count: int, rate: float, *, pause_after: int | None = None) -> None:
         self.recorder = recorder
         self.count = count
         self.rate = rate
         self.done = 0
+        self.pause_after = pause_after
+        """After this many answers the producer waits for :meth:`resume`: a test acts mid-stream on any host."""
+        self.paused = threading.Event()
+        self._resume = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
 
@@ -104,7 +108,17 @@ class Producer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._resume.set()
         self._thread.join()
+
+    def wait_paused(self, timeout: float = 60) -> None:
+        """Until the producer reached ``pause_after`` and waits."""
+        if not self.paused.wait(timeout):
+            raise AssertionError(f"producer did not reach {self.pause_after} in {timeout} s ({self.done} done)")
+
+    def resume(self) -> None:
+        """Go on past ``pause_after``."""
+        self._resume.set()
 
     def _run(self) -> None:
         rng = np.random.default_rng(0)
@@ -117,6 +131,10 @@ class Producer:
             result = InferenceResult({"logits": logits}, f"req-{i}", "s1", "hub", False, 1.5)
             self.recorder(result, feeds)
             self.done = i + 1
+            if self.done == self.pause_after:
+                self.paused.set()
+                self._resume.wait()
+                started = time.monotonic() - self.done / self.rate  # the pause is not made up for in a rush
             ahead = started + (i + 1) / self.rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
