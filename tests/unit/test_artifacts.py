@@ -134,13 +134,13 @@ def test_releases_swap_current_atomically_and_remember_failures(tmp_path: Path) 
 def test_plan_gate_swaps_between_requests_and_is_not_starved() -> None:
     gate = PlanGate()
     events: list[str] = []
-    in_request = threading.Event()
+    in_request, finish = threading.Event(), threading.Event()
 
     def request() -> None:
         with gate.serving():
             events.append("request start")
             in_request.set()
-            time.sleep(0.2)
+            finish.wait(10)
             events.append("request end")
 
     def swap() -> None:
@@ -152,9 +152,14 @@ def test_plan_gate_swaps_between_requests_and_is_not_starved() -> None:
     in_request.wait()
     swapper = threading.Thread(target=swap)
     swapper.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while gate._waiting_swaps == 0:  # the swap is waiting for the first request
+        assert time.monotonic() < deadline, "the swap never started waiting"
+        time.sleep(0.001)
     late = threading.Thread(target=request)  # arrives while the swap waits: runs after it
     late.start()
+    time.sleep(0.05)  # give a wrong gate the chance to let it in now (a right one holds it either way)
+    finish.set()
     for thread in (first, swapper, late):
         thread.join()
     assert events == ["request start", "request end", "swap", "request start", "request end"]
