@@ -35,6 +35,7 @@ test: $(STAMP) broker
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python -m tests.layout typecheck-tree build/typecheck
 	$(BIN)/mypy
 
 demo: $(STAMP)

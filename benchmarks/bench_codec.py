@@ -1,6 +1,6 @@
 """Codec throughput, compression ratio and error on real conv-net activations.
 
-The activations come from :func:`models.activations.conv_activations`: post-ReLU
+The activations come from :func:`tandem.models.activations.conv_activations`: post-ReLU
 ResNet-18 features of a real photo, the tensors a split would put on the wire.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from models.activations import conv_activations
-from transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.models.activations import conv_activations
+from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 
 CODECS = [
     "raw", "raw+lz4", "raw+zstd",

@@ -9,10 +9,10 @@ subscriber on 127.0.0.1, both in this process:
   through a queue to a consumer thread that ``unpack`` it: what any raw-paho
   consumer that validates messages in its own thread does. ``tandem`` against
   this one is the cost of the channel itself.
-- ``tandem``: an :class:`~transport.mqtt_channel.MqttClient` sends an
+- ``tandem``: an :class:`~tandem.transport.mqtt_channel.MqttClient` sends an
   ACTIVATION envelope holding a 100,000-byte raw float32 tensor; an
-  :class:`~transport.mqtt_channel.MqttServer` validates it and hands it to a
-  handler through :func:`~transport.serve.receive_forever`, as the hub and the
+  :class:`~tandem.transport.mqtt_channel.MqttServer` validates it and hands it to a
+  handler through :func:`~tandem.transport.serve.receive_forever`, as the hub and the
   agent receive (on paho's network thread: no hand-off).
 - ``tandem_recv``: the same, consumed by a thread looping on ``recv()`` (one
   queue hand-off, as ``raw_handoff_unpack``).
@@ -50,11 +50,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from tqdm import tqdm
 
+from tandem.transport.envelope import Envelope, Kind, pack, unpack
+from tandem.transport.errors import ChannelTimeout, ProtocolError
+from tandem.transport.mqtt_channel import MqttClient, MqttServer
+from tandem.transport.serve import receive_forever
 from tests.fixtures.broker import Mosquitto, find_mosquitto
-from transport.envelope import Envelope, Kind, pack, unpack
-from transport.errors import ChannelTimeout, ProtocolError
-from transport.mqtt_channel import MqttClient, MqttServer
-from transport.serve import receive_forever
 
 PAYLOAD_BYTES = 100_000
 IDLE_TIMEOUT_S = 10.0

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import get_reference
-from partitioner.config import PartitionConfig
-from partitioner.export import SplitParts, verify_split, write_split
-from partitioner.graph import ModelGraph
-from partitioner.pipeline import THIS_MACHINE, ModelSource, analyse_model, partition_graph
-from partitioner.plan import Plan
-from partitioner.profiling import OrtModel, profile_model
-from transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.models.registry import get_reference
+from tandem.partitioner.config import PartitionConfig
+from tandem.partitioner.export import SplitParts, verify_split, write_split
+from tandem.partitioner.graph import ModelGraph
+from tandem.partitioner.pipeline import THIS_MACHINE, ModelSource, analyse_model, partition_graph
+from tandem.partitioner.plan import Plan
+from tandem.partitioner.profiling import OrtModel, profile_model
+from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 
 BANDWIDTHS = [1.0, 5.0, 20.0, 100.0, 1000.0]
 RTT_MS = 20.0

@@ -81,11 +81,11 @@ def export_identity(path: Path) -> Path:
 
 
 def _serve_hub(tail: str, port: int, max_batch: int, delay_ms: float, ready: Any, stop: Any) -> None:
-    from cloud_hub.batcher import Tail
-    from cloud_hub.config import BatchingConfig, HubConfig, MetricsConfig
-    from cloud_hub.server import Hub
+    from tandem.cloud_hub.batcher import Tail
+    from tandem.cloud_hub.config import BatchingConfig, HubConfig, MetricsConfig
+    from tandem.cloud_hub.server import Hub
     from tandem.executors import open_executor
-    from transport.config import ZmqConfig
+    from tandem.transport.config import ZmqConfig
 
     config = HubConfig(
         plans=[Path(tail).parent],
@@ -121,8 +121,8 @@ class _HubProcess:
 
 
 def _edge_loop(port: int, name: str, until: float, latencies: list[float], errors: list[str]) -> None:
-    from transport.envelope import Envelope, Kind
-    from transport.zmq_channel import ZmqClient
+    from tandem.transport.envelope import Envelope, Kind
+    from tandem.transport.zmq_channel import ZmqClient
 
     feat = np.random.default_rng(abs(hash(name)) % 1000).normal(size=(1, 64, 14, 14)).astype(np.float32)
     with ZmqClient(address=f"tcp://127.0.0.1:{port}", device_id=name) as channel:
@@ -274,11 +274,11 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
     Batches of the three alternate, so that drift in machine load hits them alike.
     Returns (agent seconds, raw seconds, floor seconds).
     """
-    from edge_agent.agent import EdgeAgent
-    from edge_agent.config import EdgeConfig
-    from edge_agent.plan_view import AgentPlan, SplitOption
-    from transport.config import ZmqConfig
-    from transport.zmq_channel import ZmqClient
+    from tandem.edge_agent.agent import EdgeAgent
+    from tandem.edge_agent.config import EdgeConfig
+    from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+    from tandem.transport.config import ZmqConfig
+    from tandem.transport.zmq_channel import ZmqClient
 
     with _HubProcess(identity, max_batch=1, delay_ms=0.0) as hub:
         split = SplitOption("s1", None, ("x",), edge_ms=0, cloud_ms=0, wire_bytes=ONE_MIB)

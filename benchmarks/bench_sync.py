@@ -2,9 +2,9 @@
 
 End to end (``end_to_end``): inference records (~200 bytes of msgpack each; in
 the ``mixed`` series every 10th answer also stores its input, a 3x32x32 float32
-sample) go into an :class:`~edge_agent.outbox.Outbox`, and
-:class:`~edge_agent.sync.EdgeSync` drains it through a local Mosquitto at QoS 1
-to a :class:`~cloud_hub.sync.HubSync` in another process (its own GIL, as in a
+sample) go into an :class:`~tandem.edge_agent.outbox.Outbox`, and
+:class:`~tandem.edge_agent.sync.EdgeSync` drains it through a local Mosquitto at QoS 1
+to a :class:`~tandem.cloud_hub.sync.HubSync` in another process (its own GIL, as in a
 deployment), which stores them (``synchronous=full``: every acknowledged batch
 is fsynced). ``live``: a producer writes as fast as it can while the sync runs;
 rate = entries / (first outbox write -> last entry committed in the hub's
@@ -64,7 +64,7 @@ def _record(i: int) -> bytes:
 
 
 def _outbox_rates(folder: Path, synchronous: str, count: int) -> dict[str, float]:
-    from edge_agent.outbox import Outbox
+    from tandem.edge_agent.outbox import Outbox
 
     bodies = [_record(i) for i in range(count)]
     with Outbox(folder / f"single-{synchronous}.sqlite", device_id="bench", synchronous=synchronous) as outbox:  # type: ignore[arg-type]
@@ -109,10 +109,10 @@ def _sqlite_baseline(folder: Path, count: int) -> float:
 def _hub_process(port: int, store_path: str, ready: Any, stop: Any) -> None:
     import logging
 
-    from cloud_hub.store import SqliteStore
-    from cloud_hub.sync import HubSync, open_hub_sync_channel
-    from cloud_hub.sync_config import HubSyncConfig
-    from transport.config import MqttConfig
+    from tandem.cloud_hub.store import SqliteStore
+    from tandem.cloud_hub.sync import HubSync, open_hub_sync_channel
+    from tandem.cloud_hub.sync_config import HubSyncConfig
+    from tandem.transport.config import MqttConfig
 
     logging.basicConfig(level=logging.WARNING)
     config = HubSyncConfig(replica_id="bench", mqtt=MqttConfig(port=port))
@@ -126,12 +126,12 @@ def _hub_process(port: int, store_path: str, ready: Any, stop: Any) -> None:
 
 
 def _end_to_end(broker: Mosquitto, folder: Path, count: int, *, mixed: bool, backlog: bool) -> dict[str, float]:
-    from cloud_hub.store import SqliteStore
-    from edge_agent.outbox import Outbox
-    from edge_agent.sync import EdgeSync, open_sync_channel
-    from edge_agent.sync_config import EdgeSyncConfig
-    from transport.config import MqttConfig
-    from transport.envelope import Envelope, Kind, pack
+    from tandem.cloud_hub.store import SqliteStore
+    from tandem.edge_agent.outbox import Outbox
+    from tandem.edge_agent.sync import EdgeSync, open_sync_channel
+    from tandem.edge_agent.sync_config import EdgeSyncConfig
+    from tandem.transport.config import MqttConfig
+    from tandem.transport.envelope import Envelope, Kind, pack
 
     folder.mkdir(parents=True)
     context = multiprocessing.get_context("spawn")

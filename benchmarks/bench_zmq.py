@@ -1,7 +1,7 @@
 """ZeroMQ channel overhead: a 1 MiB fp32 activation round trip, Tandem vs raw pyzmq.
 
-Side by side, over TCP loopback: Tandem's :class:`~transport.zmq_channel.ZmqClient`
-sends a raw-codec ACTIVATION envelope to a :class:`~transport.zmq_channel.ZmqServer`
+Side by side, over TCP loopback: Tandem's :class:`~tandem.transport.zmq_channel.ZmqClient`
+sends a raw-codec ACTIVATION envelope to a :class:`~tandem.transport.zmq_channel.ZmqServer`
 that echoes the tensor back in a RESULT; the baseline sends the same bytes over
 a plain REQ/REP pair (``copy=False`` both ways). Each echo server runs in its
 own process, as a hub does, so the two ends never share a GIL. Both client
@@ -25,9 +25,9 @@ import numpy as np
 import zmq
 from tqdm import tqdm
 
-from transport.envelope import Envelope, Kind, decode, encode
-from transport.errors import ChannelTimeout
-from transport.zmq_channel import ZmqClient, ZmqServer
+from tandem.transport.envelope import Envelope, Kind, decode, encode
+from tandem.transport.errors import ChannelTimeout
+from tandem.transport.zmq_channel import ZmqClient, ZmqServer
 
 TARGET_RATIO = 1.2
 SHAPE = (1, 256, 32, 32)  # 262144 fp32 values = 1 MiB

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tandem.executors import Executor, ExecutorError
-from transport.envelope import Envelope
+from tandem.transport.envelope import Envelope
 
 __all__ = ["Batcher", "Pending", "Tail"]
 

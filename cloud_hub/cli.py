@@ -26,9 +26,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, listen, serve until SIGINT/SIGTERM."""
-    from cloud_hub.config import HubConfig
-    from cloud_hub.plans import load_tails
-    from cloud_hub.server import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.plans import load_tails
+    from tandem.cloud_hub.server import Hub
 
     base = args.config.resolve().parent
     config = resolve_relative_paths(load_config(args.config, HubConfig), base)
@@ -80,7 +80,7 @@ def _check_published(source: Path, config: Any, tails: list[Any]) -> None:
     """
     if config.sync is None:
         return
-    from cloud_hub.sync import unserved_plan
+    from tandem.cloud_hub.sync import unserved_plan
     from tandem.config import ConfigError
 
     served = {(tail.plan_id, tail.plan_version) for tail in tails}
@@ -96,8 +96,8 @@ def _start_sync(config: Any, hub: Any) -> tuple[Any, Any] | None:
     """Records, samples and plans with the fleet over MQTT, when ``sync:`` is configured."""
     if config.sync is None:
         return None
-    from cloud_hub.store import SqliteStore
-    from cloud_hub.sync import HubSync
+    from tandem.cloud_hub.store import SqliteStore
+    from tandem.cloud_hub.sync import HubSync
 
     store = SqliteStore(config.sync.store.path, synchronous=config.sync.store.synchronous)
     sync = HubSync(config.sync, store, registry=hub.metrics.registry, limits=config.limits.to_limits())

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from cloud_hub.sync_config import HubSyncConfig
+from tandem.cloud_hub.sync_config import HubSyncConfig
 from tandem.config import StrictModel
 from tandem.executors.base import check_executor_name
-from transport.codec import CodecSpec
-from transport.config import ChannelConfig, LimitsConfig, ZmqConfig
+from tandem.transport.codec import CodecSpec
+from tandem.transport.config import ChannelConfig, LimitsConfig, ZmqConfig
 
 __all__ = ["BatchingConfig", "ExecutorConfig", "HubConfig", "MetricsConfig"]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from cloud_hub.store import DeviceRow
+from tandem.cloud_hub.store import DeviceRow
 
 __all__ = ["FleetMetrics", "format_fleet"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_hub.batcher import Tail
-from cloud_hub.config import ExecutorConfig
+from tandem.cloud_hub.batcher import Tail
+from tandem.cloud_hub.config import ExecutorConfig
 from tandem.executors import Executor, ExecutorError, open_executor
 
 __all__ = ["load_tails"]
@@ -25,7 +25,7 @@ def load_tails(plan_dir: Path, executor: ExecutorConfig) -> list[Tail]:
     when running two samples as one batch gives the same outputs as running
     them apart; otherwise it is served one request at a time.
     """
-    from partitioner.plan import load_plan
+    from tandem.partitioner.plan import load_plan
 
     plan = load_plan(plan_dir)
     tails = []

@@ -15,15 +15,15 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from cloud_hub.batcher import Batcher, Pending, Tail
-from cloud_hub.config import HubConfig
-from cloud_hub.metrics import HubMetrics
-from transport.channel import Channel
-from transport.codec import CodecSpec
-from transport.envelope import Envelope, Kind
-from transport.errors import ChannelError, ProtocolError
-from transport.factory import open_server
-from transport.serve import receive_forever
+from tandem.cloud_hub.batcher import Batcher, Pending, Tail
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.metrics import HubMetrics
+from tandem.transport.channel import Channel
+from tandem.transport.codec import CodecSpec
+from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.errors import ChannelError, ProtocolError
+from tandem.transport.factory import open_server
+from tandem.transport.serve import receive_forever
 
 __all__ = ["Hub"]
 

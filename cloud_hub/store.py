@@ -1,6 +1,6 @@
 """Where the hub keeps what the fleet sends: a small storage interface and its SQLite + files implementation.
 
-:class:`Store` is what :class:`cloud_hub.sync.HubSync` and ``tandem fleet``
+:class:`Store` is what :class:`tandem.cloud_hub.sync.HubSync` and ``tandem fleet``
 need; another backend (a shared SQL database for several hub replicas, an
 object store for samples) implements the same methods.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_agent.artifacts import PlanManifest, safe_name
+from tandem.edge_agent.artifacts import PlanManifest, safe_name
 
 __all__ = ["DeviceRow", "Release", "SqliteStore", "Store", "StoreError", "StoredItem"]
 

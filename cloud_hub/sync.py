@@ -1,7 +1,7 @@
 """HubSync: the hub's side of data sync, on an MQTT channel of its own.
 
 Upstream: each ``record`` / ``sample`` / ``telemetry`` batch (format in
-:mod:`edge_agent.sync`) is checked entry by entry, the good entries are stored
+:mod:`tandem.edge_agent.sync`) is checked entry by entry, the good entries are stored
 (de-duplicated by record id) and the batch is answered with an ``ack`` naming
 every id it settles: ``meta {"ids": [stored or already held], "rejected":
 [[id, code, message], ...]}``. The ack goes out only after the store has
@@ -14,7 +14,7 @@ a topic its device does not own, or otherwise malformed, is logged with its
 reason and answered with an ``error``; the hub goes on.
 
 A ``telemetry`` message with ``meta {"status": {...}}`` updates the fleet view
-(:mod:`cloud_hub.fleet`). When a device reports a plan older than its target
+(:mod:`tandem.cloud_hub.fleet`). When a device reports a plan older than its target
 (its own, or its fleet group's), the plan is announced to it again (at most
 every ``reoffer_s``), so every device converges, also those that were away
 when the plan was published.
@@ -37,15 +37,15 @@ from typing import Any
 import msgpack
 from prometheus_client import CollectorRegistry
 
-from cloud_hub.fleet import FleetMetrics
-from cloud_hub.store import DeviceRow, Release, Store, StoredItem, StoreError
-from cloud_hub.sync_config import HubSyncConfig
-from edge_agent.artifacts import PlanManifest, chunk_reply, scan_plan_dir
+from tandem.cloud_hub.fleet import FleetMetrics
+from tandem.cloud_hub.store import DeviceRow, Release, Store, StoredItem, StoreError
+from tandem.cloud_hub.sync_config import HubSyncConfig
+from tandem.edge_agent.artifacts import PlanManifest, chunk_reply, scan_plan_dir
 from tandem.throttled_log import ThrottledWarning
-from transport.channel import Channel
-from transport.envelope import Envelope, Kind, Limits, unpack
-from transport.errors import ChannelError, ProtocolError
-from transport.serve import receive_forever
+from tandem.transport.channel import Channel
+from tandem.transport.envelope import Envelope, Kind, Limits, unpack
+from tandem.transport.errors import ChannelError, ProtocolError
+from tandem.transport.serve import receive_forever
 
 __all__ = ["HubSync", "open_hub_sync_channel", "plan_identity", "plan_uses_hub"]
 
@@ -57,7 +57,7 @@ _TOUCH_EVERY_S = 1.0
 
 def open_hub_sync_channel(config: HubSyncConfig, *, limits: Limits = Limits(), **options: Any) -> Channel:
     """The hub's sync channel: an MQTT server with a fixed client id (persistent session), shared group if set."""
-    from transport.mqtt_channel import MqttServer
+    from tandem.transport.mqtt_channel import MqttServer
 
     mqtt = config.mqtt.model_copy(update={"client_id": config.mqtt.client_id or f"tandem-hub-sync-{config.replica_id}"})
     return MqttServer.from_config(mqtt, limits=limits, **options)

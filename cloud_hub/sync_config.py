@@ -18,9 +18,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edge_agent.sync_config import SYNC_TOPIC_PREFIX, sync_topics
 from tandem.config import StrictModel
-from transport.config import MqttConfig
+from tandem.edge_agent.sync_config import SYNC_TOPIC_PREFIX, sync_topics
+from tandem.transport.config import MqttConfig
 
 __all__ = ["HubSyncConfig", "PublishConfig", "StoreConfig"]
 

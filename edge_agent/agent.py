@@ -25,18 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.config import EdgeConfig
-from edge_agent.link_estimator import LinkEstimate, LinkEstimator
-from edge_agent.plan_gate import PlanGate
-from edge_agent.plan_view import AgentPlan, SplitOption
-from edge_agent.selector import SplitSelector
-from edge_agent.telemetry import system_telemetry
+from tandem.edge_agent.config import EdgeConfig
+from tandem.edge_agent.link_estimator import LinkEstimate, LinkEstimator
+from tandem.edge_agent.plan_gate import PlanGate
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.selector import SplitSelector
+from tandem.edge_agent.telemetry import system_telemetry
 from tandem.executors import Executor, open_executor
-from transport.channel import Channel
-from transport.codec import CodecSpec
-from transport.envelope import Envelope, Kind
-from transport.errors import ChannelError
-from transport.serve import receive_forever
+from tandem.transport.channel import Channel
+from tandem.transport.codec import CodecSpec
+from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.errors import ChannelError
+from tandem.transport.serve import receive_forever
 
 __all__ = ["EdgeAgent", "InferenceResult"]
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from tandem.hashing import file_sha256
 from tandem.throttled_log import ThrottledWarning
-from transport.envelope import Envelope, Kind, new_request_id
+from tandem.transport.envelope import Envelope, Kind, new_request_id
 
 __all__ = [
     "ArtifactDownloader",

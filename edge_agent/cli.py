@@ -27,11 +27,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the plan, connect, serve the local endpoint until SIGINT/SIGTERM."""
-    from edge_agent.agent import EdgeAgent
-    from edge_agent.config import EdgeConfig
-    from edge_agent.endpoint import LocalEndpoint
-    from transport.factory import open_client
-    from transport.link import EmulatedLink
+    from tandem.edge_agent.agent import EdgeAgent
+    from tandem.edge_agent.config import EdgeConfig
+    from tandem.edge_agent.endpoint import LocalEndpoint
+    from tandem.transport.factory import open_client
+    from tandem.transport.link import EmulatedLink
 
     base = args.config.resolve().parent
     config = resolve_relative_paths(load_config(args.config, EdgeConfig), base)
@@ -70,10 +70,10 @@ def _initial_plan(config: Any) -> Any:
     """The plan version sync installed last, if any (a restart keeps it), else ``plan:`` from the config."""
     import dataclasses
 
-    from edge_agent.plan_view import load_agent_plan
+    from tandem.edge_agent.plan_view import load_agent_plan
 
     if config.sync is not None:
-        from edge_agent.artifacts import PlanReleases
+        from tandem.edge_agent.artifacts import PlanReleases
 
         current = PlanReleases(config.sync.plans_dir).current()
         if current is not None:
@@ -89,11 +89,11 @@ def _start_sync(config: Any, agent: Any) -> Any:
         return None
     import dataclasses
 
-    from edge_agent.outbox import Outbox
-    from edge_agent.plan_install import full_model_self_check, make_installer
-    from edge_agent.plan_view import load_agent_plan
-    from edge_agent.sampling import InferenceRecorder
-    from edge_agent.sync import EdgeSync
+    from tandem.edge_agent.outbox import Outbox
+    from tandem.edge_agent.plan_install import full_model_self_check, make_installer
+    from tandem.edge_agent.plan_view import load_agent_plan
+    from tandem.edge_agent.sampling import InferenceRecorder
+    from tandem.edge_agent.sync import EdgeSync
 
     def plan_in_use() -> tuple[str, int]:
         return agent.plan.plan_id, agent.plan.version

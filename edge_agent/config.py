@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edge_agent.sync_config import EdgeSyncConfig
 from tandem.config import StrictModel
+from tandem.edge_agent.sync_config import EdgeSyncConfig
 from tandem.executors.base import check_executor_name
-from transport.codec import CodecSpec
-from transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig, check_topic_name
+from tandem.transport.codec import CodecSpec
+from tandem.transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig, check_topic_name
 
 __all__ = ["EdgeConfig", "EmulationConfig", "EndpointConfig", "HysteresisConfig", "ObjectiveConfig", "RetryConfig"]
 

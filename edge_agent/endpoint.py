@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent import EdgeAgent
+from tandem.edge_agent.agent import EdgeAgent
 from tandem.executors import ExecutorError
-from transport.envelope import Envelope, Kind, Limits
-from transport.errors import ChannelError, ProtocolError
-from transport.serve import receive_forever
-from transport.zmq_channel import ZmqClient, ZmqServer
+from tandem.transport.envelope import Envelope, Kind, Limits
+from tandem.transport.errors import ChannelError, ProtocolError
+from tandem.transport.serve import receive_forever
+from tandem.transport.zmq_channel import ZmqClient, ZmqServer
 
 __all__ = ["LocalClient", "LocalEndpoint"]
 

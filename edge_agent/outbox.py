@@ -18,7 +18,7 @@ Schema::
     meta(key TEXT PRIMARY KEY, value TEXT)             device, epoch
 
 ``body`` is msgpack for ``record`` and ``telemetry`` entries and a packed
-envelope (:func:`transport.envelope.pack`) for ``sample`` entries.
+envelope (:func:`tandem.transport.envelope.pack`) for ``sample`` entries.
 
 Durability: WAL journal with ``synchronous=NORMAL`` by default. A commit then
 reaches the WAL file (the OS page cache) before ``put`` returns, which survives
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edge_agent.sync_config import OutboxConfig
+from tandem.edge_agent.sync_config import OutboxConfig
 
 __all__ = ["ENTRY_KINDS", "Outbox", "OutboxEntry", "OutboxError", "OutboxStorageError", "RecordTooLarge"]
 

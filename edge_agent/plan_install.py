@@ -1,7 +1,7 @@
 """Turn a downloaded plan folder into the plan the agent serves: load, self-check, swap, each failure named.
 
 ``make_installer(load, swap, self_check)`` builds the ``install`` callback of
-:class:`~edge_agent.sync.EdgeSync`; for the agent::
+:class:`~tandem.edge_agent.sync.EdgeSync`; for the agent::
 
     install = make_installer(
         lambda folder, manifest: dataclasses.replace(load_agent_plan(folder, config.codec), version=manifest.version),
@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from edge_agent.artifacts import ArtifactRejected, Installer, PlanManifest
+from tandem.edge_agent.artifacts import ArtifactRejected, Installer, PlanManifest
 
 __all__ = ["full_model_self_check", "make_installer"]
 

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from edge_agent.outbox import Outbox, OutboxError, OutboxStorageError, RecordTooLarge
-from edge_agent.sync_config import SamplingConfig
+from tandem.edge_agent.outbox import Outbox, OutboxError, OutboxStorageError, RecordTooLarge
+from tandem.edge_agent.sync_config import SamplingConfig
 from tandem.throttled_log import ThrottledWarning
-from transport.envelope import Envelope, Kind, pack
+from tandem.transport.envelope import Envelope, Kind, pack
 
 __all__ = ["InferenceRecorder", "SamplingPolicy", "TopPrediction", "top_prediction"]
 
@@ -31,7 +31,7 @@ logger = logging.getLogger("tandem.edge.sampling")
 
 
 class _Result(Protocol):
-    """What the recorder reads from an :class:`edge_agent.agent.InferenceResult`."""
+    """What the recorder reads from an :class:`tandem.edge_agent.agent.InferenceResult`."""
 
     outputs: dict[str, np.ndarray]
     request_id: str

@@ -6,9 +6,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from edge_agent.config import HysteresisConfig, ObjectiveConfig
-from edge_agent.link_estimator import LinkEstimate
-from edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.config import HysteresisConfig, ObjectiveConfig
+from tandem.edge_agent.link_estimator import LinkEstimate
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption
 
 __all__ = ["SplitSelector"]
 

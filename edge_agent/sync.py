@@ -1,6 +1,6 @@
 """EdgeSync: the edge's side of data sync with the hub, on an MQTT channel of its own.
 
-Upstream, at-least-once: entries written to the :class:`~edge_agent.outbox.Outbox`
+Upstream, at-least-once: entries written to the :class:`~tandem.edge_agent.outbox.Outbox`
 go up in batches, one message per batch of one kind (``record``, ``sample`` or
 ``telemetry``)::
 
@@ -24,8 +24,8 @@ view. Every ``telemetry_interval_s`` a telemetry entry also goes into the outbox
 
 Downstream: a ``plan`` announcement (on the device's own topic or on one of
 its fleet groups') for this device's model and a newer version is downloaded
-and installed by :class:`~edge_agent.artifacts.ArtifactDownloader`; see
-:mod:`edge_agent.artifacts`. Refusals are logged with their named reason and
+and installed by :class:`~tandem.edge_agent.artifacts.ArtifactDownloader`; see
+:mod:`tandem.edge_agent.artifacts`. Refusals are logged with their named reason and
 reported in the status; serving goes on.
 """
 
@@ -41,14 +41,14 @@ from typing import Any
 
 import msgpack
 
-from edge_agent.artifacts import ArtifactDownloader, ArtifactRejected, Installer, PlanManifest, PlanReleases
-from edge_agent.outbox import Outbox, OutboxEntry, OutboxError
-from edge_agent.sync_config import EdgeSyncConfig
+from tandem.edge_agent.artifacts import ArtifactDownloader, ArtifactRejected, Installer, PlanManifest, PlanReleases
+from tandem.edge_agent.outbox import Outbox, OutboxEntry, OutboxError
+from tandem.edge_agent.sync_config import EdgeSyncConfig
 from tandem.throttled_log import ThrottledWarning
-from transport.channel import Channel
-from transport.codec import TensorSpec
-from transport.envelope import Envelope, Kind, Limits, new_request_id
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ConnectError, ProtocolError
+from tandem.transport.channel import Channel
+from tandem.transport.codec import TensorSpec
+from tandem.transport.envelope import Envelope, Kind, Limits, new_request_id
+from tandem.transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ConnectError, ProtocolError
 
 __all__ = ["EdgeSync", "open_sync_channel"]
 
@@ -61,14 +61,14 @@ _OPEN_RETRY_MAX_S = 30.0
 
 
 def _system_telemetry() -> Mapping[str, float]:
-    from edge_agent.telemetry import system_telemetry
+    from tandem.edge_agent.telemetry import system_telemetry
 
     return system_telemetry()
 
 
 def open_sync_channel(config: EdgeSyncConfig, device_id: str, *, limits: Limits = Limits(), **options: Any) -> Channel:
     """The sync channel: an MQTT client with a fixed client id (a persistent session) and the fleet groups."""
-    from transport.mqtt_channel import MqttClient
+    from tandem.transport.mqtt_channel import MqttClient
 
     mqtt = config.mqtt.model_copy(update={"client_id": config.mqtt.client_id or f"tandem-sync-{device_id}"})
     return MqttClient.from_config(mqtt, device_id=device_id, limits=limits, groups=config.groups, **options)

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from tandem.config import StrictModel
-from transport.config import MqttConfig, check_topic_name
+from tandem.transport.config import MqttConfig, check_topic_name
 
 __all__ = ["SYNC_TOPIC_PREFIX", "EdgeSyncConfig", "OutboxConfig", "SamplingConfig", "sync_topics"]
 

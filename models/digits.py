@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from models.base import ExportedModel, ReferenceModel
-from partitioner.errors import ReferenceModelError
+from tandem.models.base import ExportedModel, ReferenceModel
+from tandem.partitioner.errors import ReferenceModelError
 
 __all__ = ["accuracy", "export", "load_trained", "reference", "sample_inputs", "test_set", "train", "train_set"]
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from models.base import ExportedModel, ReferenceModel
-from partitioner.errors import ReferenceModelError
+from tandem.models.base import ExportedModel, ReferenceModel
+from tandem.partitioner.errors import ReferenceModelError
 
 __all__ = [
     "EMBEDDING_DIM", "SENTENCES", "SEQUENCE_LENGTH", "export", "model_dir", "reference", "reference_embeddings",

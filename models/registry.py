@@ -11,19 +11,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.base import ReferenceModel
-from partitioner.errors import ReferenceModelError
+from tandem.models.base import ReferenceModel
+from tandem.partitioner.errors import ReferenceModelError
 
 __all__ = ["REFERENCE_NAMES", "get_reference", "labelled_samples"]
 
 # name -> (module, factory function)
 _FACTORIES: dict[str, tuple[str, str]] = {
-    "resnet50": ("models.vision", "resnet50"),
-    "mobilenet_v2": ("models.vision", "mobilenet_v2"),
-    "vgg16": ("models.vision", "vgg16"),
-    "efficientnet_lite1": ("models.efficientnet_lite", "reference"),
-    "minilm": ("models.minilm", "reference"),
-    "digits_cnn": ("models.digits", "reference"),
+    "resnet50": ("tandem.models.vision", "resnet50"),
+    "mobilenet_v2": ("tandem.models.vision", "mobilenet_v2"),
+    "vgg16": ("tandem.models.vision", "vgg16"),
+    "efficientnet_lite1": ("tandem.models.efficientnet_lite", "reference"),
+    "minilm": ("tandem.models.minilm", "reference"),
+    "digits_cnn": ("tandem.models.digits", "reference"),
 }
 
 REFERENCE_NAMES: tuple[str, ...] = tuple(_FACTORIES)
@@ -53,7 +53,7 @@ def labelled_samples(name: str, count: int) -> tuple[list[dict[str, np.ndarray]]
     """
     if name != "digits_cnn":
         return None
-    from models.digits import test_set
+    from tandem.models.digits import test_set
 
     images, labels = test_set()
     count = min(count, len(images))

@@ -3,7 +3,7 @@
 For each sample the edge part runs once; every tensor the cloud part takes as
 input (the tensors crossing the cut, and any model input the tail reads
 again, such as an attention mask) is encoded and decoded with
-:func:`transport.codec.encode_tensor` / :func:`decode_tensor`, exactly as it
+:func:`tandem.transport.codec.encode_tensor` / :func:`decode_tensor`, exactly as it
 would travel, and the cloud part runs on the decoded arrays. The baseline is
 the same path with the ``raw`` codec.
 
@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from partitioner.errors import AccuracyError
-from transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.partitioner.errors import AccuracyError
+from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 
 __all__ = ["AccuracyResult", "accuracy_at_split", "accuracy_for_codecs"]
 

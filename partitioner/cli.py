@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from partitioner.errors import PartitionError
 from tandem.config import ConfigError, load_config, parse_config
+from tandem.partitioner.errors import PartitionError
 
 __all__ = ["format_plan", "main", "register"]
 
@@ -114,7 +114,7 @@ def _check_inputs_file(path: Path | None, flag: str) -> None:
 
 def _check_profile(path: Path | None, where: str) -> None:
     """Read a device profile now, so that a missing or bad file fails before any measuring."""
-    from partitioner.profiling import ProfileError, load_profile
+    from tandem.partitioner.profiling import ProfileError, load_profile
 
     if path is None:
         return
@@ -126,7 +126,7 @@ def _check_profile(path: Path | None, where: str) -> None:
 
 def _partition_config(args: argparse.Namespace) -> Any:
     """The config file (or the defaults) with --edge-profile/--cloud-profile applied, every path checked."""
-    from partitioner.config import PartitionConfig
+    from tandem.partitioner.config import PartitionConfig
 
     data = load_config(args.config, PartitionConfig).model_dump() if args.config else {}
     name = f"{args.config}: " if args.config else ""
@@ -141,7 +141,7 @@ def _partition_config(args: argparse.Namespace) -> Any:
 
 def run_partition(args: argparse.Namespace) -> int:
     """Handler of ``tandem partition``."""
-    from partitioner.pipeline import check_out_dir, partition
+    from tandem.partitioner.pipeline import check_out_dir, partition
 
     try:
         check_out_dir(args.out, where="--out")
@@ -166,8 +166,8 @@ def run_partition(args: argparse.Namespace) -> int:
 
 def run_profile(args: argparse.Namespace) -> int:
     """Handler of ``tandem profile``."""
-    from partitioner.pipeline import analyse_model, load_source
-    from partitioner.profiling import check_provider, profile_model
+    from tandem.partitioner.pipeline import analyse_model, load_source
+    from tandem.partitioner.profiling import check_provider, profile_model
 
     try:
         check_provider(args.provider, "--provider")
@@ -250,7 +250,7 @@ def format_plan(plan: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m partitioner.cli partition|profile ...``: the same commands without the tandem entry point."""
+    """``python -m tandem.partitioner.cli partition|profile ...``: the same commands without the tandem entry point."""
     parser = argparse.ArgumentParser(prog="tandem")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register(subparsers)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tandem.config import StrictModel
-from transport.codec import CodecSpec
+from tandem.transport.codec import CodecSpec
 
 __all__ = [
     "DEVICE_SPECS_DIR",

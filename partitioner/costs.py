@@ -11,7 +11,7 @@ latency is its edge time. ``result_bytes`` are the graph outputs the cloud
 computes, returned raw. Everything is in seconds and bytes.
 
 Bytes and codec times are *measured*, not assumed: every activation of the
-sample run is encoded with :func:`transport.codec.encode_tensor` for every
+sample run is encoded with :func:`tandem.transport.codec.encode_tensor` for every
 codec, so ``wire_bytes`` is the exact frame size (fp16 halves float tensors,
 int8 quarters float32 ones, ``+lz4``/``+zstd`` apply the compression those
 very activations get) and the encode/decode times are the fastest of a few
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from partitioner.graph import ModelGraph
-from partitioner.search import CutCosts, CutGraph, CutTensor, LinearCosts
-from transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.partitioner.graph import ModelGraph
+from tandem.partitioner.search import CutCosts, CutGraph, CutTensor, LinearCosts
+from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 
 __all__ = [
     "CodecCosts",

@@ -33,10 +33,10 @@ from typing import Literal
 import onnx
 from pydantic import Field
 
-from partitioner.config import DEVICE_SPECS_DIR
-from partitioner.errors import DeviceSpecError
-from partitioner.flops import NodeCost, count_node_costs
 from tandem.config import ConfigError, StrictModel, load_config
+from tandem.partitioner.config import DEVICE_SPECS_DIR
+from tandem.partitioner.errors import DeviceSpecError
+from tandem.partitioner.flops import NodeCost, count_node_costs
 
 __all__ = [
     "DEVICES_DIR",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from partitioner.errors import EngineBuildError, TensorRTUnavailable
+from tandem.partitioner.errors import EngineBuildError, TensorRTUnavailable
 
 __all__ = [
     "EXIT_UNAVAILABLE",

@@ -10,7 +10,7 @@ reuse the full model (``model.onnx``) instead of a copy.
 
 :func:`verify_split` runs the parts with ONNX Runtime on the sample inputs,
 sends the crossing tensors through each codec
-(:func:`transport.codec.encode_tensor` then ``decode_tensor``) and compares
+(:func:`tandem.transport.codec.encode_tensor` then ``decode_tensor``) and compares
 the merged outputs with the full model's. The error is
 ``max |got - full| / max |full|`` over outputs and samples; ``raw`` must be
 within the raw tolerance (anything else is a bug and raises), lossy codecs
@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 import onnx.utils
 
-from partitioner.errors import PartitionError
-from partitioner.graph import ModelGraph
-from partitioner.profiling import OrtModel
-from transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.graph import ModelGraph
+from tandem.partitioner.profiling import OrtModel
+from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 
 __all__ = [
     "FULL_MODEL",

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from partitioner.errors import PartitionError
+from tandem.partitioner.errors import PartitionError
 
 __all__ = ["NodeCost", "count_node_costs", "ensure_node_names", "total_flops"]
 

@@ -38,9 +38,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, shape_inference
 
-from partitioner.errors import PartitionError
-from partitioner.flops import ensure_node_names
 from tandem.hashing import file_sha256
+from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.flops import ensure_node_names
 
 __all__ = [
     "InvalidCut",

@@ -1,7 +1,7 @@
 """The partitioner as named steps: load -> analyse -> profile -> costs -> search -> export -> choose -> plan.
 
 :func:`partition` runs them all and writes a plan folder (see
-:mod:`partitioner.plan`); each step is a function of its own so tests and
+:mod:`tandem.partitioner.plan`); each step is a function of its own so tests and
 benchmarks can run a part of the way.
 """
 
@@ -21,13 +21,14 @@ import onnx.utils
 from tqdm import tqdm
 
 import tandem
-from models.registry import get_reference, labelled_samples
-from partitioner.config import PartitionConfig
-from partitioner.costs import CostModel, Link, SplitCost, measure_codecs, seconds_per_byte
-from partitioner.errors import PartitionError
-from partitioner.export import FULL_MODEL, SplitParts, run_split, verify_split, write_full_model, write_split
-from partitioner.graph import ModelGraph, analyse
-from partitioner.plan import (
+from tandem.config import ConfigError
+from tandem.models.registry import get_reference, labelled_samples
+from tandem.partitioner.config import PartitionConfig
+from tandem.partitioner.costs import CostModel, Link, SplitCost, measure_codecs, seconds_per_byte
+from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.export import FULL_MODEL, SplitParts, run_split, verify_split, write_full_model, write_split
+from tandem.partitioner.graph import ModelGraph, analyse
+from tandem.partitioner.plan import (
     PLAN_FILE,
     Artifact,
     Choice,
@@ -44,10 +45,16 @@ from partitioner.plan import (
     artifact_for,
     save_plan,
 )
-from partitioner.profiling import DeviceProfile, OrtModel, emulation_factor, load_profile, profile_model, spec_times
-from partitioner.search import Limits, candidate_splits, choose, front
-from tandem.config import ConfigError
-from transport.codec import CodecSpec
+from tandem.partitioner.profiling import (
+    DeviceProfile,
+    OrtModel,
+    emulation_factor,
+    load_profile,
+    profile_model,
+    spec_times,
+)
+from tandem.partitioner.search import Limits, candidate_splits, choose, front
+from tandem.transport.codec import CodecSpec
 
 __all__ = [
     "DeviceTimes",
@@ -114,7 +121,7 @@ def load_source(model: str, work_dir: Path, *, inputs: Path | None = None, say: 
 
 
 def analyse_model(source: ModelSource, say: Say = _quiet) -> ModelGraph:
-    """Load, check and analyse the model (see :func:`partitioner.graph.analyse`)."""
+    """Load, check and analyse the model (see :func:`tandem.partitioner.graph.analyse`)."""
     graph = analyse(source.path, source.samples)
     say(
         f"loaded {source.path}: opset {graph.opset}, {len(graph.nodes)} compute nodes "
@@ -297,7 +304,7 @@ def build_cost_model(
         codecs = measure_codecs(
             _movable(graph), config.codecs, repetitions=config.profiling.codec_repetitions, progress=progress
         )
-    except ValueError as exc:  # transport.codec refuses a tensor (an axis, NaN); name the config key
+    except ValueError as exc:  # tandem.transport.codec refuses a tensor (an axis, NaN); name the config key
         raise PartitionError(f"codecs {config.codecs}: cannot encode the activations of {graph.name!r}: {exc}") from exc
     return CostModel(
         graph,
@@ -445,10 +452,10 @@ def _top1(
     codecs: Sequence[str],
     threads: int,
 ) -> dict[str, float]:
-    """Top-1 accuracy per codec; real splits through partitioner.accuracy, one-sided ones directly."""
+    """Top-1 accuracy per codec; real splits through tandem.partitioner.accuracy, one-sided ones directly."""
     if parts.edge_model and parts.cloud_model and parts.edge_model != parts.cloud_model:
-        from partitioner.accuracy import accuracy_for_codecs
-        from transport.codec import CodecSpec
+        from tandem.partitioner.accuracy import accuracy_for_codecs
+        from tandem.transport.codec import CodecSpec
 
         results = accuracy_for_codecs(
             out_dir / parts.edge_model,
@@ -778,7 +785,7 @@ def _profile_to_plan(
     progress: bool,
     say: Say,
 ) -> Plan:
-    from partitioner.plot import plot_plan
+    from tandem.partitioner.plot import plot_plan
 
     edge, cloud = profile_devices(graph, config, measured=measured, progress=progress, say=say)
     costs = build_cost_model(graph, config, edge, cloud, progress=progress)

@@ -29,9 +29,9 @@ from typing import Literal
 import yaml
 from pydantic import ConfigDict, Field
 
-from partitioner.errors import PartitionError
 from tandem.config import ConfigError, StrictModel, load_config
 from tandem.hashing import file_sha256
+from tandem.partitioner.errors import PartitionError
 
 __all__ = [
     "PLAN_FILE",
@@ -163,7 +163,7 @@ class CodecResult(PlanModel):
     """One codec on one split: bytes, codec times and the verified error."""
 
     codec: str
-    """Codec text, as transport.codec.CodecSpec.parse reads it."""
+    """Codec text, as tandem.transport.codec.CodecSpec.parse reads it."""
     wire_bytes: int
     """Bytes sent edge -> cloud per inference (frames of the crossing tensors, measured on the sample)."""
     encode_ms: float

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from partitioner.plan import Plan
+from tandem.partitioner.plan import Plan
 
 __all__ = ["plot_plan"]
 

@@ -14,7 +14,7 @@ A :class:`DeviceProfile` is that result as a JSON file, written by
 device and read back by ``tandem partition --edge-profile profile.json``. It
 names the model by sha256, so a profile of another model is refused.
 
-Estimating (:func:`spec_times`) uses :mod:`partitioner.devices`: a roofline
+Estimating (:func:`spec_times`) uses :mod:`tandem.partitioner.devices`: a roofline
 per node from a device spec. :func:`emulation_factor` is the ratio of two such
 estimates over the whole model; an edge emulated on this CPU takes the CPU's
 measured times multiplied by it.
@@ -35,9 +35,9 @@ import numpy as np
 from pydantic import Field, ValidationError
 from tqdm import tqdm
 
-from partitioner.errors import PartitionError
-from partitioner.graph import ModelGraph, static_model
 from tandem.config import StrictModel
+from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.graph import ModelGraph, static_model
 
 __all__ = [
     "PROFILE_FORMAT",
@@ -278,8 +278,8 @@ def _profile_nodes(
 
 
 def spec_times(graph: ModelGraph, spec_name: str, precision: str = "fp16") -> tuple[Any, dict[str, float]]:
-    """The spec (see :mod:`partitioner.devices`) and its roofline seconds for every compute node."""
-    from partitioner.devices import estimate_node_costs, load_device_spec
+    """The spec (see :mod:`tandem.partitioner.devices`) and its roofline seconds for every compute node."""
+    from tandem.partitioner.devices import estimate_node_costs, load_device_spec
 
     spec = load_device_spec(spec_name)
     estimates = estimate_node_costs(static_model(graph), spec, precision)  # type: ignore[arg-type]

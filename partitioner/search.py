@@ -323,7 +323,7 @@ def enumerate_or_none(graph: CutGraph, limit: int) -> list[frozenset[str]] | Non
 
 
 class SplitPricer(Protocol):
-    """What the choice needs from a cost model (see :class:`partitioner.costs.CostModel`)."""
+    """What the choice needs from a cost model (see :class:`tandem.partitioner.costs.CostModel`)."""
 
     cut_graph: CutGraph
 

@@ -42,10 +42,14 @@ COMMAND_MODULES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
             "prometheus_client",
         ),
     ),
-    "partitioner.cli": (("partition", "profile"), "partition", ("onnx", "onnxruntime", "networkx", "matplotlib")),
-    "partitioner.engine": (("build-engine",), "", ()),  # says itself when TensorRT is missing
-    "cloud_hub.cli": (("hub",), "cloud", ("onnxruntime", "prometheus_client")),
-    "edge_agent.cli": (("edge",), "edge", ("onnxruntime", "psutil")),
+    "tandem.partitioner.cli": (
+        ("partition", "profile"),
+        "partition",
+        ("onnx", "onnxruntime", "networkx", "matplotlib"),
+    ),
+    "tandem.partitioner.engine": (("build-engine",), "", ()),  # says itself when TensorRT is missing
+    "tandem.cloud_hub.cli": (("hub",), "cloud", ("onnxruntime", "prometheus_client")),
+    "tandem.edge_agent.cli": (("edge",), "edge", ("onnxruntime", "psutil")),
     "tandem.commands.fleet": (("fleet",), "cloud", ("prometheus_client",)),
     "tandem.commands.publish": (("publish",), "cloud", ("prometheus_client",)),
     "tandem.commands.check_config": (("check-config",), "", ()),
@@ -59,12 +63,12 @@ COMMAND_MODULES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
 # Anything else is a bug and keeps its traceback.
 ERROR_FAMILIES = (
     "tandem.executors.base:ExecutorError",
-    "transport.errors:TransportError",
-    "partitioner.errors:PartitionError",
-    "edge_agent.outbox:OutboxError",
-    "edge_agent.artifacts:ArtifactRejected",
-    "cloud_hub.store:StoreError",
-    "cloud_hub.metrics:MetricsError",
+    "tandem.transport.errors:TransportError",
+    "tandem.partitioner.errors:PartitionError",
+    "tandem.edge_agent.outbox:OutboxError",
+    "tandem.edge_agent.artifacts:ArtifactRejected",
+    "tandem.cloud_hub.store:StoreError",
+    "tandem.cloud_hub.metrics:MetricsError",
     "tandem.commands.demo:DemoError",
 )
 
@@ -76,10 +80,10 @@ def _schema(module: str, name: str) -> Callable[[], Any]:
 # Config kinds by name (also the stem of the example file in configs/).
 CONFIG_SCHEMAS: dict[str, Callable[[], Any]] = {
     "demo": _schema("tandem.commands.demo", "DemoConfig"),
-    "edge": _schema("edge_agent.config", "EdgeConfig"),
-    "hub": _schema("cloud_hub.config", "HubConfig"),
+    "edge": _schema("tandem.edge_agent.config", "EdgeConfig"),
+    "hub": _schema("tandem.cloud_hub.config", "HubConfig"),
     "loopback": _schema("tandem.commands.loopback", "LoopbackConfig"),
-    "partition": _schema("partitioner.config", "PartitionConfig"),
+    "partition": _schema("tandem.partitioner.config", "PartitionConfig"),
 }
 
 

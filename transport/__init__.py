@@ -4,10 +4,10 @@ The public API is this module's ``__all__``; tests/unit/test_public_api.py
 fails if it drifts.
 """
 
-from transport.channel import Channel
-from transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
-from transport.envelope import PROTOCOL_VERSION, Envelope, Kind, Limits, decode, encode, pack, unpack
-from transport.errors import (
+from tandem.transport.channel import Channel
+from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
+from tandem.transport.envelope import PROTOCOL_VERSION, Envelope, Kind, Limits, decode, encode, pack, unpack
+from tandem.transport.errors import (
     ChannelClosed,
     ChannelError,
     ChannelTimeout,
@@ -22,7 +22,7 @@ from transport.errors import (
     UnknownKind,
     VersionMismatch,
 )
-from transport.factory import open_client, open_server
+from tandem.transport.factory import open_client, open_server
 
 __all__ = [
     "PROTOCOL_VERSION",

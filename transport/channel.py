@@ -1,6 +1,6 @@
 """The one interface every transport implements.
 
-A channel moves :class:`~transport.envelope.Envelope` objects. A *client*
+A channel moves :class:`~tandem.transport.envelope.Envelope` objects. A *client*
 channel (the edge agent's) talks to one server; a *server* channel (the cloud
 hub's) hears many clients and answers each with ``send(reply, to=request.sender)``.
 
@@ -8,8 +8,8 @@ Contract, for every implementation:
 
 - ``send`` may be called from any thread and does not wait for the peer.
 - ``recv`` blocks up to ``timeout`` seconds (``None``: forever) and raises
-  :class:`~transport.errors.ChannelTimeout` when nothing arrived. A message
-  that fails validation raises a :class:`~transport.errors.ProtocolError`
+  :class:`~tandem.transport.errors.ChannelTimeout` when nothing arrived. A message
+  that fails validation raises a :class:`~tandem.transport.errors.ProtocolError`
   whose ``sender`` says who to answer; the channel stays usable.
 - A received envelope's ``sender`` names its peer (a device id).
 - ``close`` is idempotent; any call after it raises ``ChannelClosed``.
@@ -17,7 +17,7 @@ Contract, for every implementation:
 A channel that runs a network thread of its own (MQTT: paho's) can also
 *push*: :meth:`Channel.deliver_to` has that thread hand each message to a
 handler instead of queueing it for ``recv`` in another thread, which saves a
-thread hand-off per message. :func:`transport.serve.receive_forever` uses it
+thread hand-off per message. :func:`tandem.transport.serve.receive_forever` uses it
 where a channel offers it.
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeAlias, TypeVar
 
-from transport.envelope import Envelope
-from transport.errors import TransportError
+from tandem.transport.envelope import Envelope
+from tandem.transport.errors import TransportError
 
 __all__ = ["Channel", "PushHandler"]
 

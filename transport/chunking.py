@@ -3,7 +3,7 @@
 MQTT brokers cap the size of a PUBLISH (Mosquitto's ``max_packet_size`` and
 ``message_size_limit``), and a big activation can be several megabytes. A
 payload no larger than the channel's ``max_payload_bytes`` travels whole: it is
-:func:`transport.envelope.pack` output and starts with ``PACKED_MAGIC``
+:func:`tandem.transport.envelope.pack` output and starts with ``PACKED_MAGIC``
 (``b"TDM1"``). A larger one is cut into chunks, each of them one payload::
 
     offset  size  field
@@ -38,8 +38,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from transport.envelope import Buffer, Limits
-from transport.errors import MessageTooLarge, ProtocolError, TruncatedMessage
+from tandem.transport.envelope import Buffer, Limits
+from tandem.transport.errors import MessageTooLarge, ProtocolError, TruncatedMessage
 
 __all__ = [
     "CHUNK_HEADER_BYTES",
@@ -182,7 +182,7 @@ class Reassembler:
         """The whole message once ``payload`` completes one, else ``None``.
 
         A payload that is not a chunk is returned as it is (``unpack`` checks it).
-        Raises a :class:`~transport.errors.ProtocolError` naming the chunk field at fault.
+        Raises a :class:`~tandem.transport.errors.ProtocolError` naming the chunk field at fault.
         """
         if bytes(payload[:4]) != CHUNK_MAGIC:
             return payload

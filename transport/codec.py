@@ -25,7 +25,7 @@ import lz4.block
 import numpy as np
 import zstandard
 
-from transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
+from tandem.transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
 
 __all__ = [
     "COMPRESSIONS",

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tandem.config import StrictModel
-from transport.envelope import Kind, Limits
+from tandem.transport.envelope import Kind, Limits
 
 __all__ = [
     "DEFAULT_QOS",
@@ -67,7 +67,7 @@ class LimitsConfig(StrictModel):
     max_tensors: int = Field(256, gt=0)
 
     def to_limits(self) -> Limits:
-        """The runtime form used by ``transport.envelope.decode``."""
+        """The runtime form used by ``tandem.transport.envelope.decode``."""
         return Limits(self.max_message_bytes, self.max_header_bytes, self.max_tensors)
 
 

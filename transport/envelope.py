@@ -20,8 +20,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
-from transport.errors import (
+from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
+from tandem.transport.errors import (
     MalformedHeader,
     MessageTooLarge,
     ProtocolError,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from transport.channel import Channel
-from transport.config import ChannelConfig, InProcConfig, MqttConfig, ZmqConfig
-from transport.envelope import Limits
+from tandem.transport.channel import Channel
+from tandem.transport.config import ChannelConfig, InProcConfig, MqttConfig, ZmqConfig
+from tandem.transport.envelope import Limits
 
 __all__ = ["open_client", "open_server"]
 
@@ -12,14 +12,14 @@ __all__ = ["open_client", "open_server"]
 def open_server(config: ChannelConfig, *, limits: Limits = Limits()) -> Channel:
     """The hub's end of the configured channel."""
     if isinstance(config, ZmqConfig):
-        from transport.zmq_channel import ZmqServer
+        from tandem.transport.zmq_channel import ZmqServer
 
         return ZmqServer.from_config(config, limits=limits)
     if isinstance(config, MqttConfig):
-        from transport.mqtt_channel import MqttServer
+        from tandem.transport.mqtt_channel import MqttServer
 
         return MqttServer.from_config(config, limits=limits)
-    from transport.inproc import InProcServer
+    from tandem.transport.inproc import InProcServer
 
     return InProcServer(limits=limits)
 
@@ -41,7 +41,7 @@ def open_client(
     they are down, and connects once they answer.
     """
     if isinstance(config, ZmqConfig):
-        from transport.zmq_channel import ZmqClient
+        from tandem.transport.zmq_channel import ZmqClient
 
         address = getattr(server, "address", None) or config.address
         return ZmqClient.from_config(
@@ -51,11 +51,11 @@ def open_client(
             connect_timeout_s=10.0 if wait else None,
         )
     if isinstance(config, MqttConfig):
-        from transport.mqtt_channel import MqttClient
+        from tandem.transport.mqtt_channel import MqttClient
 
         return MqttClient.from_config(config, device_id=device_id, limits=limits, wait_for_broker=wait)
     if isinstance(config, InProcConfig):
-        from transport.inproc import InProcServer
+        from tandem.transport.inproc import InProcServer
 
         if not isinstance(server, InProcServer):
             raise ValueError("an in-process client needs the InProcServer it attaches to (server=...)")

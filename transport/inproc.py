@@ -1,7 +1,7 @@
 """In-process channels: a server and the clients connected to it, in one process.
 
-Messages still go through :func:`~transport.envelope.encode` and
-:func:`~transport.envelope.decode`, so everything a socket would reject is
+Messages still go through :func:`~tandem.transport.envelope.encode` and
+:func:`~tandem.transport.envelope.decode`, so everything a socket would reject is
 rejected here too. Used by unit tests and by single-process deployments.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import queue
 import threading
 
-from transport.channel import Channel
-from transport.envelope import Buffer, Envelope, Limits, decode, encode
-from transport.errors import ChannelClosed, ChannelTimeout, ConnectError, ProtocolError
+from tandem.transport.channel import Channel
+from tandem.transport.envelope import Buffer, Envelope, Limits, decode, encode
+from tandem.transport.errors import ChannelClosed, ChannelTimeout, ConnectError, ProtocolError
 
 __all__ = ["InProcClient", "InProcServer"]
 

@@ -1,6 +1,6 @@
 """An emulated network link wrapped around any channel: bandwidth, RTT, queueing.
 
-:class:`EmulatedLink` is itself a :class:`~transport.channel.Channel`. It makes
+:class:`EmulatedLink` is itself a :class:`~tandem.transport.channel.Channel`. It makes
 a loopback deployment behave like an edge box on a constrained uplink:
 
 - Uplink (``send``): messages wait in a FIFO like a NIC's transmit queue. A
@@ -33,10 +33,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 
-from transport.channel import Channel
-from transport.config import LinkConfig
-from transport.envelope import Envelope, encode
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ConnectError, TransportError
+from tandem.transport.channel import Channel
+from tandem.transport.config import LinkConfig
+from tandem.transport.envelope import Envelope, encode
+from tandem.transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ConnectError, TransportError
 
 __all__ = ["KEEP", "EmulatedLink", "encoded_size"]
 

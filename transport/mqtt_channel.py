@@ -1,15 +1,15 @@
 """MQTT 5 channels through a broker: :class:`MqttServer` (hub) and :class:`MqttClient` (edge).
 
-Both implement :class:`transport.channel.Channel` on paho-mqtt 2.x (MQTT v5,
+Both implement :class:`tandem.transport.channel.Channel` on paho-mqtt 2.x (MQTT v5,
 paho's ``loop_start`` network thread). That thread queues each message for
 ``recv``; after ``deliver_to(handler)`` it validates the message and calls
 the handler itself instead, one thread hand-off fewer (the hub and the edge
-agent receive this way, through :func:`transport.serve.receive_forever`).
+agent receive this way, through :func:`tandem.transport.serve.receive_forever`).
 
 Topic layout
 ------------
 ``{prefix}`` is ``MqttConfig.topic_prefix`` (default ``tandem/v1``), ``{kind}``
-is the envelope's :class:`~transport.envelope.Kind` value (``activation``,
+is the envelope's :class:`~tandem.transport.envelope.Kind` value (``activation``,
 ``result``, ``error``, ``hello``, ``heartbeat``, ``telemetry``, ``record``,
 ``sample``, ``ack``, ``plan``, ``artifact``)::
 
@@ -34,7 +34,7 @@ On the hub, a received envelope's ``sender`` is the device id taken from the
 topic, never from the payload. The header's ``device`` must equal it (a
 message on a topic the device does not own) and the header's ``kind`` must
 equal the topic's kind; otherwise ``recv`` raises
-:class:`~transport.errors.MalformedHeader` with ``field`` ``"device"`` or
+:class:`~tandem.transport.errors.MalformedHeader` with ``field`` ``"device"`` or
 ``"kind"`` and ``sender`` set to the topic's device. On an edge, ``sender``
 is ``"server"``; the kind must match the topic and a non-empty header
 ``device`` must be the edge's own id. ``send`` fills in an empty
@@ -44,17 +44,17 @@ names another device.
 QoS per kind
 ------------
 Each message is published at ``MqttConfig.qos_for(kind)``; by default
-(``transport.config.DEFAULT_QOS``) ``activation``, ``result`` and
+(``tandem.transport.config.DEFAULT_QOS``) ``activation``, ``result`` and
 ``heartbeat`` use QoS 0 and every other kind QoS 1. Both sides subscribe at
 QoS 2, so a message reaches its receiver at the QoS its publisher chose.
 A QoS 0 ``send`` while the connection is down raises
-:class:`~transport.errors.ConnectError`. A QoS 1/2 ``send`` while it is down
+:class:`~tandem.transport.errors.ConnectError`. A QoS 1/2 ``send`` while it is down
 is queued by paho (at most ``max_queued_messages``) and published once paho
 has reconnected.
 
 Payloads and chunks
 -------------------
-A payload is :func:`transport.envelope.pack` output, starting with ``b"TDM1"``,
+A payload is :func:`tandem.transport.envelope.pack` output, starting with ``b"TDM1"``,
 when it fits in the effective limit: ``max_payload_bytes``, lowered to the
 broker's Maximum Packet Size (from CONNACK, if the broker sends one) minus the
 PUBLISH header and topic. Mosquitto advertises ``max_packet_size`` in CONNACK
@@ -77,7 +77,7 @@ repeated chunks (QoS 1 redelivery), rejects a ``total`` over
 (``ChunkError``, field ``chunk.count``/``chunk.total``); it keeps at most 4
 partial messages per device and drops a partial message that gets no chunk
 for ``chunk_timeout_s`` (30 s). At QoS 0, one lost chunk loses the message.
-See :mod:`transport.chunking`.
+See :mod:`tandem.transport.chunking`.
 
 Sessions and reconnects
 -----------------------
@@ -124,11 +124,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from transport.channel import Channel, PushHandler
-from transport.chunking import CHUNK_MAGIC, Reassembler, split
-from transport.config import MqttConfig, TlsConfig, check_topic_name, check_topic_prefix
-from transport.envelope import Buffer, Envelope, Kind, Limits, pack, unpack
-from transport.errors import (
+from tandem.transport.channel import Channel, PushHandler
+from tandem.transport.chunking import CHUNK_MAGIC, Reassembler, split
+from tandem.transport.config import MqttConfig, TlsConfig, check_topic_name, check_topic_prefix
+from tandem.transport.envelope import Buffer, Envelope, Kind, Limits, pack, unpack
+from tandem.transport.errors import (
     ChannelClosed,
     ChannelError,
     ChannelTimeout,
@@ -547,7 +547,7 @@ class _MqttChannel(Channel):
 class MqttServer(_MqttChannel):
     """The hub side: hears every device's ``up`` topics and answers on their ``down`` topics.
 
-    Keyword arguments mirror :class:`~transport.config.MqttConfig`; besides them, ``limits`` bound what is
+    Keyword arguments mirror :class:`~tandem.transport.config.MqttConfig`; besides them, ``limits`` bound what is
     accepted, ``reconnect_min_s``/``reconnect_max_s`` set paho's reconnect backoff, ``max_queued_messages``
     caps QoS > 0 messages paho holds while disconnected, and ``chunk_timeout_s`` ends partial chunked messages.
     Connects (and subscribes) before returning, ``ConnectError`` otherwise; with ``wait_for_broker=False``

@@ -6,9 +6,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from transport.channel import Channel
-from transport.envelope import Envelope
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError, TransportError
+from tandem.transport.channel import Channel
+from tandem.transport.envelope import Envelope
+from tandem.transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ProtocolError, TransportError
 
 __all__ = ["receive_forever"]
 

@@ -20,7 +20,7 @@ short-held lock, in the calling thread:
   ``send`` made while a receiver sleeps asks ``ZMQ_EVENTS`` afterwards (which
   re-arms the fd) and pokes the wake-up socket when a message is waiting; the
   receiver re-checks ``ZMQ_EVENTS`` after every wake-up. ``close`` pokes it too.
-- Decoding (:func:`~transport.envelope.decode` with the channel's limits)
+- Decoding (:func:`~tandem.transport.envelope.decode` with the channel's limits)
   happens in ``recv``'s caller, outside the lock.
 
 The wait uses ``select.poll``, so these channels run on Linux and macOS, not Windows.
@@ -32,15 +32,15 @@ views of the received frames.
 Delivery rules:
 
 - The client sets ``ZMQ_IMMEDIATE``: nothing is queued for a server that is not
-  connected; ``send`` raises :class:`~transport.errors.ConnectError` instead
+  connected; ``send`` raises :class:`~tandem.transport.errors.ConnectError` instead
   (also when ``send_hwm`` messages are already queued). Heartbeats (1 s, 3 s
   timeout) notice a vanished server.
 - The server sets ``ZMQ_ROUTER_MANDATORY``: ``send`` to a client that is not
-  connected raises :class:`~transport.errors.ConnectError` (it is not dropped
+  connected raises :class:`~tandem.transport.errors.ConnectError` (it is not dropped
   silently), as does a client whose send queue is full.
 - A frame longer than ``max_message_bytes + max_header_bytes`` makes libzmq drop
   the connection (the peer reconnects); anything smaller is checked by
-  ``decode``, which raises a :class:`~transport.errors.ProtocolError`.
+  ``decode``, which raises a :class:`~tandem.transport.errors.ProtocolError`.
 
 CURVE (optional): key files come from :func:`generate_keypair` (``tandem keys``).
 The server loads its secret key; with ``authorized_clients_dir`` a ZAP
@@ -71,10 +71,10 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from transport.channel import Channel
-from transport.config import CurveConfig, ZmqConfig
-from transport.envelope import Buffer, Envelope, Limits, decode, encode
-from transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ConnectError, ProtocolError
+from tandem.transport.channel import Channel
+from tandem.transport.config import CurveConfig, ZmqConfig
+from tandem.transport.envelope import Buffer, Envelope, Limits, decode, encode
+from tandem.transport.errors import ChannelClosed, ChannelError, ChannelTimeout, ConnectError, ProtocolError
 
 __all__ = ["SERVER_SENDER", "ZmqClient", "ZmqServer", "generate_keypair"]
 

@@ -162,9 +162,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the scenario; exit 0 when every phase showed its winner and every answer agreed with the unsplit model."""
-    from edge_agent.plan_view import load_agent_plan
-    from partitioner.plan import load_plan
     from tandem.commands.demo_report import report
+    from tandem.edge_agent.plan_view import load_agent_plan
+    from tandem.partitioner.plan import load_plan
 
     started = time.monotonic()
     config = load_config(args.config, DemoConfig) if args.config else DemoConfig()
@@ -258,8 +258,8 @@ def _partition(config: DemoConfig, plan_dir: Path) -> None:
 
 def _photos(full_model: Path, input_name: str) -> list[dict[str, Any]]:
     """The bundled photos as model inputs, with the unsplit fp32 model's output and label on each."""
-    from models.efficientnet_lite import label_of, photos, preprocess
     from tandem.executors import open_executor
+    from tandem.models.efficientnet_lite import label_of, photos, preprocess
 
     full = open_executor("onnxruntime", full_model)
     loaded = []
@@ -384,8 +384,8 @@ def _text_from(log: Path, offset: int) -> str:
 def _stream(
     config: DemoConfig, processes: _Processes, photos: list[dict[str, Any]], input_name: str
 ) -> list[dict[str, Any]]:
-    from edge_agent.endpoint import LocalClient
-    from models.efficientnet_lite import label_of
+    from tandem.edge_agent.endpoint import LocalClient
+    from tandem.models.efficientnet_lite import label_of
 
     records: list[dict[str, Any]] = []
     lock = threading.Lock()

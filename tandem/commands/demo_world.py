@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from edge_agent.plan_view import SplitOption
+from tandem.edge_agent.plan_view import SplitOption
 
 __all__ = ["RTT_GRID_MS", "SAFETY", "Link", "NoWorldError", "Winner", "derive_world", "link_for", "predict"]
 

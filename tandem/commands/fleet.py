@@ -35,8 +35,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the fleet table (or JSON); a store that cannot be read raises StoreError (one line on stderr)."""
-    from cloud_hub.fleet import format_fleet
-    from cloud_hub.store import SqliteStore
+    from tandem.cloud_hub.fleet import format_fleet
+    from tandem.cloud_hub.store import SqliteStore
 
     path = args.store if args.store is not None else _store_from_config(args.config)
     store = SqliteStore(path, readonly=True)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _store_from_config(config: Path) -> Path:
-    from cloud_hub.sync_config import HubSyncConfig
+    from tandem.cloud_hub.sync_config import HubSyncConfig
 
     class _SyncSection(StrictModel):
         """hub.yaml read for its ``sync`` section only (the rest is the hub's business)."""

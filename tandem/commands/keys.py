@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the key pair and say where it went; 2 for a bad NAME, 1 when the files exist or cannot be written."""
-    from transport.zmq_channel import generate_keypair
+    from tandem.transport.zmq_channel import generate_keypair
 
     name: str = args.name
     if not name or Path(name).name != name or name in (".", ".."):

@@ -20,11 +20,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from tandem.config import StrictModel, load_config
-from transport.channel import Channel
-from transport.codec import CodecSpec
-from transport.config import ChannelConfig, LinkConfig, ZmqConfig
-from transport.envelope import Envelope, Kind
-from transport.errors import ChannelTimeout
+from tandem.transport.channel import Channel
+from tandem.transport.codec import CodecSpec
+from tandem.transport.config import ChannelConfig, LinkConfig, ZmqConfig
+from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.errors import ChannelTimeout
 
 __all__ = ["LoopbackConfig", "register", "run"]
 
@@ -82,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _activation(layer: str) -> np.ndarray:
-    from models.activations import conv_activations
+    from tandem.models.activations import conv_activations
 
     return conv_activations()[layer]
 
 
 def _open(config: LoopbackConfig) -> tuple[Channel, Channel]:
-    from transport.factory import open_client, open_server
-    from transport.link import EmulatedLink
+    from tandem.transport.factory import open_client, open_server
+    from tandem.transport.link import EmulatedLink
 
     server = open_server(config.channel)
     print(f"server: {type(server).__name__} on {getattr(server, 'address', config.channel.type)}")

@@ -49,9 +49,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the plan against the hub config, store the release and the target, say what happens next."""
-    from cloud_hub.config import HubConfig
-    from cloud_hub.store import DB_FILE, SqliteStore
-    from cloud_hub.sync import HubSync, plan_identity, plan_uses_hub, unserved_plan
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.store import DB_FILE, SqliteStore
+    from tandem.cloud_hub.sync import HubSync, plan_identity, plan_uses_hub, unserved_plan
 
     config = resolve_relative_paths(load_config(args.config, HubConfig), args.config.resolve().parent)
     if config.sync is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from transport.codec import dtype_name
+from tandem.transport.codec import dtype_name
 
 __all__ = [
     "EXECUTORS",
@@ -99,7 +99,7 @@ def engine_for(onnx_path: Path) -> Path | None:
     Engines sit beside the ONNX file as ``<stem>.<precision>.trt<version>.<gpu>.engine``;
     fp16 is preferred over int8 and fp32 when several were built.
     """
-    from partitioner.engine import engine_file_name
+    from tandem.partitioner.engine import engine_file_name
 
     for precision in ("fp16", "int8", "fp32"):
         candidate = onnx_path.with_name(engine_file_name(onnx_path.stem, precision))

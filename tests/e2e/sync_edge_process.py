@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.agent import EdgeAgent
-from edge_agent.config import EdgeConfig
-from edge_agent.outbox import Outbox
-from edge_agent.plan_view import AgentPlan, SplitOption
-from edge_agent.sampling import InferenceRecorder
-from edge_agent.sync import EdgeSync, open_sync_channel
-from edge_agent.sync_config import EdgeSyncConfig, SamplingConfig
-from transport.config import InProcConfig, MqttConfig
-from transport.inproc import InProcServer
+from tandem.edge_agent.agent import EdgeAgent
+from tandem.edge_agent.config import EdgeConfig
+from tandem.edge_agent.outbox import Outbox
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.sampling import InferenceRecorder
+from tandem.edge_agent.sync import EdgeSync, open_sync_channel
+from tandem.edge_agent.sync_config import EdgeSyncConfig, SamplingConfig
+from tandem.transport.config import InProcConfig, MqttConfig
+from tandem.transport.inproc import InProcServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx.parser
 import pytest
 
-from partitioner.plan import load_plan
+from tandem.partitioner.plan import load_plan
 from tests.unit.test_graph import TINY, tiny_samples
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ def test_config_errors_name_the_key(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_the_example_config_is_valid() -> None:
-    from partitioner.config import PartitionConfig
     from tandem.config import load_config
+    from tandem.partitioner.config import PartitionConfig
 
     assert load_config(REPO / "configs" / "partition.yaml", PartitionConfig) == PartitionConfig()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_agent.endpoint import LocalClient
+from tandem.edge_agent.endpoint import LocalClient
 from tandem.executors import open_executor
 from tests.e2e.conftest import free_port
 from tests.fixtures.broker import Mosquitto

@@ -18,12 +18,12 @@ import pytest
 import yaml
 import zmq
 
-from edge_agent.plan_view import load_agent_plan
-from partitioner.plan import load_plan
 from tandem.commands.demo_world import kind_of, predict
+from tandem.edge_agent.plan_view import load_agent_plan
+from tandem.partitioner.plan import load_plan
+from tandem.transport.envelope import Envelope, Kind, decode
+from tandem.transport.zmq_channel import ZmqClient
 from tests.e2e.conftest import free_port
-from transport.envelope import Envelope, Kind, decode
-from transport.zmq_channel import ZmqClient
 
 pytestmark = pytest.mark.slow
 TANDEM = [sys.executable, "-m", "tandem.cli"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.store import SqliteStore
+from tandem.cloud_hub.store import SqliteStore
 from tests.fixtures.broker import Mosquitto
 from tests.integration.sync_support import closing_all, hub_config, start_hub_sync, wait_until, write_toy_plan
 

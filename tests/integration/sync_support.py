@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud_hub.store import SqliteStore
-from cloud_hub.sync import HubSync, open_hub_sync_channel
-from cloud_hub.sync_config import HubSyncConfig
-from edge_agent.agent import InferenceResult
-from edge_agent.outbox import Outbox
-from edge_agent.sampling import InferenceRecorder
-from edge_agent.sync import EdgeSync, open_sync_channel
-from edge_agent.sync_config import EdgeSyncConfig
-from transport.config import MqttConfig
+from tandem.cloud_hub.store import SqliteStore
+from tandem.cloud_hub.sync import HubSync, open_hub_sync_channel
+from tandem.cloud_hub.sync_config import HubSyncConfig
+from tandem.edge_agent.agent import InferenceResult
+from tandem.edge_agent.outbox import Outbox
+from tandem.edge_agent.sampling import InferenceRecorder
+from tandem.edge_agent.sync import EdgeSync, open_sync_channel
+from tandem.edge_agent.sync_config import EdgeSyncConfig
+from tandem.transport.config import MqttConfig
 
 FAST_RECONNECT = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
 

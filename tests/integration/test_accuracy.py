@@ -14,11 +14,11 @@ import onnx
 import onnx.utils
 import pytest
 
-from models import digits
-from partitioner.accuracy import accuracy_at_split, accuracy_for_codecs
-from partitioner.errors import AccuracyError
+from tandem.models import digits
+from tandem.partitioner.accuracy import accuracy_at_split, accuracy_for_codecs
+from tandem.partitioner.errors import AccuracyError
+from tandem.transport.codec import CodecSpec
 from tests.integration.test_reference_models_b import exported, minilm_reference_embeddings, run_onnx
-from transport.codec import CodecSpec
 
 CODECS = [CodecSpec.parse(text) for text in ("fp16", "int8", "int8@1", "fp16+lz4")]
 

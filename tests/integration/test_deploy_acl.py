@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from tandem.transport.config import MqttConfig
+from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.errors import ChannelTimeout, ConnectError
+from tandem.transport.mqtt_channel import MqttClient, MqttServer
 from tests.fixtures.broker import Mosquitto, find_mosquitto
-from transport.config import MqttConfig
-from transport.envelope import Envelope, Kind
-from transport.errors import ChannelTimeout, ConnectError
-from transport.mqtt_channel import MqttClient, MqttServer
 
 pytestmark = pytest.mark.broker
 

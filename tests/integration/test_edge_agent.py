@@ -13,16 +13,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud_hub.batcher import Tail
-from cloud_hub.config import HubConfig, MetricsConfig
-from cloud_hub.server import Hub
-from edge_agent.agent import EdgeAgent
-from edge_agent.config import EdgeConfig
-from edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.cloud_hub.batcher import Tail
+from tandem.cloud_hub.config import HubConfig, MetricsConfig
+from tandem.cloud_hub.server import Hub
+from tandem.edge_agent.agent import EdgeAgent
+from tandem.edge_agent.config import EdgeConfig
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption
 from tandem.executors import open_executor
-from transport.config import ZmqConfig
-from transport.envelope import Envelope, Kind
-from transport.zmq_channel import ZmqClient
+from tandem.transport.config import ZmqConfig
+from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.zmq_channel import ZmqClient
 
 A = (np.arange(16, dtype=np.float32).reshape(4, 4) - 8) / 10
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10

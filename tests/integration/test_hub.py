@@ -14,14 +14,14 @@ import pytest
 import zmq
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud_hub.batcher import Tail
-from cloud_hub.config import BatchingConfig, HubConfig, MetricsConfig
-from cloud_hub.server import Hub
+from tandem.cloud_hub.batcher import Tail
+from tandem.cloud_hub.config import BatchingConfig, HubConfig, MetricsConfig
+from tandem.cloud_hub.server import Hub
 from tandem.executors import open_executor
-from transport.codec import CodecSpec
-from transport.config import ZmqConfig
-from transport.envelope import Envelope, Kind, Limits, decode
-from transport.zmq_channel import ZmqClient
+from tandem.transport.codec import CodecSpec
+from tandem.transport.config import ZmqConfig
+from tandem.transport.envelope import Envelope, Kind, Limits, decode
+from tandem.transport.zmq_channel import ZmqClient
 
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 
@@ -236,7 +236,7 @@ def test_garbage_from_many_senders_neither_breaks_the_metrics_nor_grows_them(hub
 
 
 def test_device_labels_are_bounded_and_valid_utf8() -> None:
-    from cloud_hub.metrics import OTHER_DEVICES, UNIDENTIFIED, HubMetrics
+    from tandem.cloud_hub.metrics import OTHER_DEVICES, UNIDENTIFIED, HubMetrics
 
     metrics = HubMetrics(max_devices=3)
     labels = [metrics.device_label(f"cam-{i}") for i in range(5)]

@@ -16,15 +16,15 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from tandem.transport import mqtt_channel
+from tandem.transport.chunking import CHUNK_MAGIC
+from tandem.transport.config import MqttConfig, TlsConfig
+from tandem.transport.envelope import PACKED_MAGIC, Envelope, Kind, pack
+from tandem.transport.errors import ChannelClosed, ChannelTimeout, ConnectError, MalformedHeader, ProtocolError
+from tandem.transport.factory import open_client
+from tandem.transport.mqtt_channel import SERVER_SENDER, MqttClient, MqttServer
+from tandem.transport.serve import receive_forever
 from tests.fixtures.broker import Mosquitto, TlsFiles, free_port, make_test_certificates
-from transport import mqtt_channel
-from transport.chunking import CHUNK_MAGIC
-from transport.config import MqttConfig, TlsConfig
-from transport.envelope import PACKED_MAGIC, Envelope, Kind, pack
-from transport.errors import ChannelClosed, ChannelTimeout, ConnectError, MalformedHeader, ProtocolError
-from transport.factory import open_client
-from transport.mqtt_channel import SERVER_SENDER, MqttClient, MqttServer
-from transport.serve import receive_forever
 
 pytestmark = pytest.mark.broker
 

@@ -14,9 +14,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models import digits, minilm
-from models.base import ExportedModel
-from partitioner.errors import ReferenceModelError
+from tandem.models import digits, minilm
+from tandem.models.base import ExportedModel
+from tandem.partitioner.errors import ReferenceModelError
 
 _MODELS = {"minilm": minilm, "digits_cnn": digits}
 

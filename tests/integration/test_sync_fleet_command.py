@@ -9,11 +9,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from cloud_hub.store import SqliteStore
-from edge_agent.outbox import Outbox
 from tandem.cli import main
+from tandem.cloud_hub.store import SqliteStore
 from tandem.commands import fleet
 from tandem.config import ConfigError
+from tandem.edge_agent.outbox import Outbox
 from tests.fixtures.broker import Mosquitto
 from tests.integration.sync_support import (
     closing_all,

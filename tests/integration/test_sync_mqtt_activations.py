@@ -14,16 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_hub.batcher import Tail
-from cloud_hub.config import HubConfig, MetricsConfig
-from cloud_hub.server import Hub
-from cloud_hub.store import SqliteStore
-from edge_agent.agent import EdgeAgent
-from edge_agent.config import EdgeConfig
-from edge_agent.outbox import Outbox
-from edge_agent.sampling import InferenceRecorder
-from edge_agent.sync_config import SamplingConfig
+from tandem.cloud_hub.batcher import Tail
+from tandem.cloud_hub.config import HubConfig, MetricsConfig
+from tandem.cloud_hub.server import Hub
+from tandem.cloud_hub.store import SqliteStore
+from tandem.edge_agent.agent import EdgeAgent
+from tandem.edge_agent.config import EdgeConfig
+from tandem.edge_agent.outbox import Outbox
+from tandem.edge_agent.sampling import InferenceRecorder
+from tandem.edge_agent.sync_config import SamplingConfig
 from tandem.executors import open_executor
+from tandem.transport.config import MqttConfig
+from tandem.transport.factory import open_client
+from tandem.transport.link import EmulatedLink
 from tests.fixtures.broker import Mosquitto, free_port
 from tests.integration.sync_support import (
     closing_all,
@@ -34,9 +37,6 @@ from tests.integration.sync_support import (
     wait_until,
 )
 from tests.integration.test_edge_agent import reference, toy_plan  # noqa: F401  (the fixture)
-from transport.config import MqttConfig
-from transport.factory import open_client
-from transport.link import EmulatedLink
 
 pytestmark = pytest.mark.broker
 

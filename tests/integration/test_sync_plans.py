@@ -14,17 +14,21 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from cloud_hub.store import SqliteStore
-from cloud_hub.sync import HubSync, open_hub_sync_channel
-from edge_agent.agent import EdgeAgent
-from edge_agent.artifacts import PlanManifest, scan_plan_dir
-from edge_agent.config import EdgeConfig
-from edge_agent.outbox import Outbox
-from edge_agent.plan_install import full_model_self_check, make_installer
-from edge_agent.plan_view import AgentPlan, SplitOption
-from edge_agent.sync import EdgeSync
 from tandem.cli import main
+from tandem.cloud_hub.store import SqliteStore
+from tandem.cloud_hub.sync import HubSync, open_hub_sync_channel
+from tandem.edge_agent.agent import EdgeAgent
+from tandem.edge_agent.artifacts import PlanManifest, scan_plan_dir
+from tandem.edge_agent.config import EdgeConfig
+from tandem.edge_agent.outbox import Outbox
+from tandem.edge_agent.plan_install import full_model_self_check, make_installer
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.sync import EdgeSync
 from tandem.executors import open_executor
+from tandem.transport.channel import Channel
+from tandem.transport.config import MqttConfig
+from tandem.transport.envelope import Envelope, Kind, pack
+from tandem.transport.mqtt_channel import MqttClient
 from tests.fixtures.broker import Mosquitto
 from tests.integration.sync_support import (
     ToyPlan,
@@ -36,10 +40,6 @@ from tests.integration.sync_support import (
     wait_until,
     write_toy_plan,
 )
-from transport.channel import Channel
-from transport.config import MqttConfig
-from transport.envelope import Envelope, Kind, pack
-from transport.mqtt_channel import MqttClient
 
 pytestmark = pytest.mark.broker
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.store import SqliteStore
-from edge_agent.outbox import Outbox
-from edge_agent.sampling import InferenceRecorder
-from edge_agent.sync_config import SamplingConfig
+from tandem.cloud_hub.store import SqliteStore
+from tandem.edge_agent.outbox import Outbox
+from tandem.edge_agent.sampling import InferenceRecorder
+from tandem.edge_agent.sync_config import SamplingConfig
+from tandem.transport.config import MqttConfig
 from tests.fixtures.broker import Mosquitto
 from tests.integration.sync_support import (
     Producer,
@@ -28,7 +29,6 @@ from tests.integration.sync_support import (
     wait_until,
     write_toy_plan,
 )
-from transport.config import MqttConfig
 
 pytestmark = pytest.mark.broker
 

@@ -18,11 +18,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from cloud_hub.fleet import FleetMetrics, format_fleet
-from cloud_hub.store import SqliteStore
-from edge_agent.outbox import Outbox
-from edge_agent.sampling import InferenceRecorder
-from edge_agent.sync_config import SamplingConfig
+from tandem.cloud_hub.fleet import FleetMetrics, format_fleet
+from tandem.cloud_hub.store import SqliteStore
+from tandem.edge_agent.outbox import Outbox
+from tandem.edge_agent.sampling import InferenceRecorder
+from tandem.edge_agent.sync_config import SamplingConfig
+from tandem.transport.envelope import Envelope, Kind, pack, unpack
 from tests.fixtures.broker import Mosquitto
 from tests.fixtures.full_disk import cap_at_current_size
 from tests.integration.sync_support import (
@@ -36,7 +37,6 @@ from tests.integration.sync_support import (
     start_hub_sync,
     wait_until,
 )
-from transport.envelope import Envelope, Kind, pack, unpack
 
 pytestmark = pytest.mark.broker
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import zmq
 
-from transport.codec import CodecSpec
-from transport.config import CurveConfig, ZmqConfig
-from transport.envelope import Envelope, Kind, Limits, encode
-from transport.errors import (
+from tandem.transport.codec import CodecSpec
+from tandem.transport.config import CurveConfig, ZmqConfig
+from tandem.transport.envelope import Envelope, Kind, Limits, encode
+from tandem.transport.errors import (
     ChannelClosed,
     ChannelTimeout,
     ConnectError,
@@ -29,7 +29,7 @@ from transport.errors import (
     ProtocolError,
     UnknownKind,
 )
-from transport.zmq_channel import SERVER_SENDER, ZmqClient, ZmqServer, generate_keypair
+from tandem.transport.zmq_channel import SERVER_SENDER, ZmqClient, ZmqServer, generate_keypair
 
 ANY_PORT = "tcp://127.0.0.1:*"
 MakeClient = Callable[..., ZmqClient]

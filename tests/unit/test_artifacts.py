@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.artifacts import (
+from tandem.edge_agent.artifacts import (
     ArtifactDownloader,
     ArtifactEntry,
     ArtifactRejected,
@@ -20,8 +20,8 @@ from edge_agent.artifacts import (
     chunk_reply,
     scan_plan_dir,
 )
-from edge_agent.plan_gate import PlanGate
-from transport.envelope import Envelope
+from tandem.edge_agent.plan_gate import PlanGate
+from tandem.transport.envelope import Envelope
 
 
 def entry_for(data: bytes, path: str = "model.onnx") -> ArtifactEntry:

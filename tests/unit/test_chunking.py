@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transport.chunking import (
+from tandem.transport.chunking import (
     CHUNK_HEADER_BYTES,
     CHUNK_MAGIC,
     ChunkError,
@@ -19,8 +19,8 @@ from transport.chunking import (
     parse_chunk_header,
     split,
 )
-from transport.envelope import PACKED_MAGIC, Envelope, Kind, Limits, pack, unpack
-from transport.errors import MessageTooLarge, TruncatedMessage
+from tandem.transport.envelope import PACKED_MAGIC, Envelope, Kind, Limits, pack, unpack
+from tandem.transport.errors import MessageTooLarge, TruncatedMessage
 
 
 class FakeClock:

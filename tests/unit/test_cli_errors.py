@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 import tandem.cli
-from cloud_hub.metrics import HubMetrics, MetricsError
-from edge_agent.outbox import OutboxError
-from partitioner.plan import ArtifactError, PlanError
 from tandem.cli import main
+from tandem.cloud_hub.metrics import HubMetrics, MetricsError
+from tandem.edge_agent.outbox import OutboxError
 from tandem.executors import ExecutorError
-from transport.errors import ConnectError
+from tandem.partitioner.plan import ArtifactError, PlanError
+from tandem.transport.errors import ConnectError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,8 +177,8 @@ def test_a_command_whose_extra_is_not_installed_is_left_out_and_says_what_to_ins
 def test_a_plan_version_listed_twice_in_a_hub_config_is_a_config_error(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cloud_hub.cli import _load_plans
-    from cloud_hub.config import HubConfig
+    from tandem.cloud_hub.cli import _load_plans
+    from tandem.cloud_hub.config import HubConfig
     from tandem.config import ConfigError
 
     holds = {"a": ("resnet", 1), "b": ("resnet", 2), "c": ("resnet", 1)}  # folder c is a copy of a
@@ -215,8 +215,8 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
 def test_a_published_plan_the_hub_does_not_serve_is_a_config_error(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cloud_hub.cli import _check_published
-    from cloud_hub.config import HubConfig
+    from tandem.cloud_hub.cli import _check_published
+    from tandem.cloud_hub.config import HubConfig
     from tandem.config import ConfigError
 
     def plan(name: str, version: int, *, cloud: bool = True) -> Path:

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
-from transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
+from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
+from tandem.transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
 
 COMPRESSIONS = ["none", "lz4", "zstd"]
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=7)

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from tandem.cli import main
 from tandem.config import ConfigError, StrictModel, load_config
-from transport.config import ChannelConfig, LinkConfig, MqttConfig, ZmqConfig
-from transport.envelope import Kind
+from tandem.transport.config import ChannelConfig, LinkConfig, MqttConfig, ZmqConfig
+from tandem.transport.envelope import Kind
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,7 @@ def problems(path: Path, model: type[StrictModel]) -> list[str]:
 
 
 def test_unknown_key_in_a_list_item_names_the_index_not_the_union_tag(tmp_path: Path) -> None:
-    from cloud_hub.config import HubConfig
+    from tandem.cloud_hub.config import HubConfig
 
     path = write(
         tmp_path,
@@ -138,8 +138,8 @@ def test_unknown_key_in_a_list_item_names_the_index_not_the_union_tag(tmp_path: 
 
 
 def test_unknown_key_in_a_schedule_step_and_a_demo_phase(tmp_path: Path) -> None:
-    from edge_agent.config import EdgeConfig
     from tandem.commands.demo import DemoConfig
+    from tandem.edge_agent.config import EdgeConfig
 
     edge = write(tmp_path, "plan: p\nemulation:\n  link: {}\n  schedule: [{at_s: 1, bandwith_mbps: 3}]\n")
     assert problems(edge, EdgeConfig) == [
@@ -161,8 +161,8 @@ def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(tmp_path: P
 
 
 def test_executor_names_come_from_the_registry(tmp_path: Path) -> None:
-    from cloud_hub.config import HubConfig
-    from edge_agent.config import EdgeConfig
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.edge_agent.config import EdgeConfig
     from tandem.executors.base import EXECUTORS, executor_names
 
     assert executor_names() == ("auto", *EXECUTORS)
@@ -181,7 +181,7 @@ def test_executor_names_come_from_the_registry(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("device_id", ["cam/01", "cam+", "#", ""])
 def test_device_id_must_fit_in_an_mqtt_topic(tmp_path: Path, device_id: str) -> None:
-    from edge_agent.config import EdgeConfig
+    from tandem.edge_agent.config import EdgeConfig
 
     path = write(tmp_path, f"plan: p\ndevice_id: {device_id!r}\n")
     assert problems(path, EdgeConfig) == [
@@ -201,7 +201,7 @@ def test_mqtt_topic_prefix_and_shared_group_are_checked_in_the_config(tmp_path: 
 
 
 def test_emulation_schedule_needs_a_link(tmp_path: Path) -> None:
-    from edge_agent.config import EdgeConfig
+    from tandem.edge_agent.config import EdgeConfig
 
     path = write(tmp_path, "plan: p\nemulation:\n  schedule: [{at_s: 5, bandwidth_mbps: 3}]\n")
     assert problems(path, EdgeConfig) == [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud_hub.config import HubConfig
-from edge_agent.config import EdgeConfig
+from tandem.cloud_hub.config import HubConfig
 from tandem.config_paths import resolve_relative_paths
+from tandem.edge_agent.config import EdgeConfig
 
 
 def test_every_relative_path_of_a_hub_config_is_taken_from_the_config_folder(tmp_path: Path) -> None:

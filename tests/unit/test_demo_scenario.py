@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import HysteresisConfig, ObjectiveConfig
-from edge_agent.link_estimator import LinkEstimate
-from edge_agent.plan_view import AgentPlan, SplitOption
-from edge_agent.selector import SplitSelector
 from tandem.commands.demo import DEMO_MIN_GAIN, DemoConfig, DemoError, resolve_phases
 from tandem.commands.demo_world import SAFETY, NoWorldError, derive_world, kind_of, link_for, predict
 from tandem.config import ConfigError, parse_config
+from tandem.edge_agent.config import HysteresisConfig, ObjectiveConfig
+from tandem.edge_agent.link_estimator import LinkEstimate
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.selector import SplitSelector
 
 # EfficientNet-Lite1 as partitioned on a 2-core x86 host with int8+zstd (edge emulated x8.46), rounded.
 SPLITS = (

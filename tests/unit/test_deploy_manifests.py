@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from cloud_hub.config import HubConfig
+from tandem.cloud_hub.config import HubConfig
 from tandem.config import parse_config
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "hub.yaml"

@@ -7,7 +7,7 @@ import onnx.parser
 import pytest
 from onnx import numpy_helper
 
-from partitioner.devices import (
+from tandem.partitioner.devices import (
     DEVICES_DIR,
     DeviceSpec,
     estimate_node_costs,
@@ -16,8 +16,8 @@ from partitioner.devices import (
     node_time,
     speed_ratio,
 )
-from partitioner.errors import DeviceSpecError, PartitionError
-from partitioner.flops import NodeCost, count_node_costs
+from tandem.partitioner.errors import DeviceSpecError, PartitionError
+from tandem.partitioner.flops import NodeCost, count_node_costs
 
 REQUIRED = ("orin_nano_8gb", "orin_nx_16gb", "agx_orin_64gb", "a100_80gb_sxm")
 
@@ -93,8 +93,8 @@ def test_unknown_name_lists_known_devices():
 
 
 def test_a_partition_config_naming_an_unknown_spec_is_a_config_error_before_any_work(tmp_path):
-    from partitioner.config import PartitionConfig
     from tandem.config import ConfigError, parse_config
+    from tandem.partitioner.config import PartitionConfig
 
     source = str(tmp_path / "partition.yaml")
     with pytest.raises(ConfigError) as caught:

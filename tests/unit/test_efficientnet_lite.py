@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import efficientnet_lite
-from models.registry import get_reference
 from tandem.executors import open_executor
+from tandem.models import efficientnet_lite
+from tandem.models.registry import get_reference
 
 
 def test_the_class_names_are_imagenets_thousand_in_logit_order() -> None:

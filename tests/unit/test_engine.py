@@ -12,8 +12,8 @@ import importlib.util
 
 import pytest
 
-from partitioner import engine
-from partitioner.errors import EngineBuildError, PartitionError, TensorRTUnavailable
+from tandem.partitioner import engine
+from tandem.partitioner.errors import EngineBuildError, PartitionError, TensorRTUnavailable
 
 needs_no_tensorrt = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"

@@ -8,9 +8,9 @@ import msgpack
 import numpy as np
 import pytest
 
-import transport.envelope as envelope_module
-from transport.codec import CodecSpec
-from transport.envelope import (
+import tandem.transport.envelope as envelope_module
+from tandem.transport.codec import CodecSpec
+from tandem.transport.envelope import (
     PACKED_MAGIC,
     PROTOCOL_VERSION,
     Envelope,
@@ -21,7 +21,7 @@ from transport.envelope import (
     pack,
     unpack,
 )
-from transport.errors import (
+from tandem.transport.errors import (
     MalformedHeader,
     MessageTooLarge,
     ProtocolError,

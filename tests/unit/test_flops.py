@@ -8,8 +8,8 @@ import onnx.parser
 import pytest
 from onnx import helper, numpy_helper
 
-from partitioner.errors import PartitionError
-from partitioner.flops import count_node_costs, ensure_node_names, total_flops
+from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.flops import count_node_costs, ensure_node_names, total_flops
 
 
 def _model(text: str) -> onnx.ModelProto:

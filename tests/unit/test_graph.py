@@ -14,12 +14,12 @@ import onnx
 import onnx.parser
 import pytest
 
-from partitioner.costs import CostModel, Link, measure_codecs
-from partitioner.export import VerificationError, relative_error, verify_split, write_full_model, write_split
-from partitioner.graph import InvalidCut, ModelGraph, ModelLoadError, UnsupportedOpset, analyse, ort_opset_range
-from partitioner.plan import ArtifactError, PlanError, load_plan, save_plan
-from partitioner.profiling import OrtModel, ProfileError, load_profile, profile_model
-from partitioner.search import closed_sets, cut_cost, min_cut
+from tandem.partitioner.costs import CostModel, Link, measure_codecs
+from tandem.partitioner.export import VerificationError, relative_error, verify_split, write_full_model, write_split
+from tandem.partitioner.graph import InvalidCut, ModelGraph, ModelLoadError, UnsupportedOpset, analyse, ort_opset_range
+from tandem.partitioner.plan import ArtifactError, PlanError, load_plan, save_plan
+from tandem.partitioner.profiling import OrtModel, ProfileError, load_profile, profile_model
+from tandem.partitioner.search import closed_sets, cut_cost, min_cut
 
 TINY = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -297,8 +297,8 @@ def test_profile_measures_every_node_and_checks_the_model_hash(tiny: ModelGraph,
 
 
 def test_plan_round_trip_and_artifact_checks(tmp_path: Path) -> None:
-    from partitioner.config import PartitionConfig
-    from partitioner.pipeline import partition
+    from tandem.partitioner.config import PartitionConfig
+    from tandem.partitioner.pipeline import partition
 
     path = write_model(tmp_path, TINY)
     np.savez(tmp_path / "inputs.npz", **tiny_samples(1)[0])
@@ -347,9 +347,9 @@ def test_plan_round_trip_and_artifact_checks(tmp_path: Path) -> None:
 
 
 def test_constraints_limit_the_choice_and_infeasible_ones_are_named(tmp_path: Path) -> None:
-    from partitioner.config import PartitionConfig
-    from partitioner.errors import PartitionError
-    from partitioner.pipeline import ModelSource, analyse_model, partition_graph
+    from tandem.partitioner.config import PartitionConfig
+    from tandem.partitioner.errors import PartitionError
+    from tandem.partitioner.pipeline import ModelSource, analyse_model, partition_graph
 
     source = ModelSource("tiny", write_model(tmp_path, TINY), tiny_samples(), reference=False)
     graph = analyse_model(source)

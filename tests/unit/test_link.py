@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from transport.config import LinkConfig
-from transport.envelope import Envelope, Kind
-from transport.errors import ChannelClosed, ChannelTimeout, ConnectError, MalformedHeader
-from transport.inproc import InProcServer
-from transport.link import EmulatedLink, encoded_size
+from tandem.transport.config import LinkConfig
+from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.errors import ChannelClosed, ChannelTimeout, ConnectError, MalformedHeader
+from tandem.transport.inproc import InProcServer
+from tandem.transport.link import EmulatedLink, encoded_size
 
 SLACK_S = 0.15  # scheduling jitter allowed on a loaded 2-core machine
 

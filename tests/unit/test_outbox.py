@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox, OutboxError, OutboxStorageError, RecordTooLarge
-from edge_agent.sync_config import OutboxConfig
+from tandem.edge_agent.outbox import Outbox, OutboxError, OutboxStorageError, RecordTooLarge
+from tandem.edge_agent.sync_config import OutboxConfig
 from tests.fixtures.full_disk import cap_at_current_size
 
 

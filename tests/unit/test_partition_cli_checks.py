@@ -8,14 +8,14 @@ import numpy as np
 import onnx.parser
 import pytest
 
-from partitioner import pipeline
-from partitioner.cli import main
-from partitioner.config import PartitionConfig
-from partitioner.errors import PartitionError
-from partitioner.pipeline import ModelSource, analyse_model, build_cost_model, profile_devices
-from partitioner.plan import load_plan
-from partitioner.profiling import ProfileError, profile_model
 from tandem.config import ConfigError
+from tandem.partitioner import pipeline
+from tandem.partitioner.cli import main
+from tandem.partitioner.config import PartitionConfig
+from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.pipeline import ModelSource, analyse_model, build_cost_model, profile_devices
+from tandem.partitioner.plan import load_plan
+from tandem.partitioner.profiling import ProfileError, profile_model
 from tests.unit.test_graph import TINY, tiny_samples
 
 FAST = "profiling: {repetitions: 2, warmup: 1, codec_repetitions: 1}\nlink: {bandwidths_mbps: [2, 50], rtt_ms: 10}\n"

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.plan_view import load_agent_plan
-from partitioner.plan import PlanError
+from tandem.edge_agent.plan_view import load_agent_plan
+from tandem.partitioner.plan import PlanError
 from tests.unit.test_graph import TINY, tiny_samples, write_model
 
 
 @pytest.fixture(scope="module")
 def plan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from partitioner.config import PartitionConfig
-    from partitioner.pipeline import partition
+    from tandem.partitioner.config import PartitionConfig
+    from tandem.partitioner.pipeline import partition
 
     tmp = tmp_path_factory.mktemp("plan")
     path = write_model(tmp, TINY)
@@ -34,8 +34,8 @@ def test_the_agent_gets_the_splits_verified_for_its_codec(plan_dir: Path) -> Non
 
 
 def test_plan_updates_must_be_for_the_model_the_edge_serves_unless_the_config_names_one(plan_dir: Path) -> None:
-    from edge_agent.cli import sync_model
-    from edge_agent.config import EdgeConfig
+    from tandem.edge_agent.cli import sync_model
+    from tandem.edge_agent.config import EdgeConfig
 
     plan = load_agent_plan(plan_dir, "raw")
     assert plan.model_name == "tiny"  # plan.yaml's model.name

@@ -1,6 +1,6 @@
 """The public API is explicit: adding or removing a name is a visible decision."""
 
-import transport
+from tandem import transport
 
 EXPECTED = {
     "PROTOCOL_VERSION", "Channel", "ChannelClosed", "ChannelError", "ChannelTimeout", "CodecSpec", "ConnectError",

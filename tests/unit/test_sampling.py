@@ -9,12 +9,12 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_agent.agent import InferenceResult
-from edge_agent.outbox import Outbox
-from edge_agent.sampling import InferenceRecorder, SamplingPolicy, top_prediction
-from edge_agent.sync_config import SamplingConfig
+from tandem.edge_agent.agent import InferenceResult
+from tandem.edge_agent.outbox import Outbox
+from tandem.edge_agent.sampling import InferenceRecorder, SamplingPolicy, top_prediction
+from tandem.edge_agent.sync_config import SamplingConfig
+from tandem.transport.envelope import Kind, unpack
 from tests.fixtures.full_disk import cap_at_current_size
-from transport.envelope import Kind, unpack
 
 
 def result(logits: np.ndarray, i: int = 0) -> InferenceResult:

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from partitioner.costs import Link
-from partitioner.search import (
+from tandem.partitioner.costs import Link
+from tandem.partitioner.search import (
     CutCosts,
     CutGraph,
     CutTensor,
@@ -183,7 +183,7 @@ def test_pareto_front_keeps_non_dominated_points() -> None:
 
 
 class ToyPricer:
-    """A cost model over a random DAG: node times and tensor bytes, priced like partitioner.costs.CostModel."""
+    """A cost model over a random DAG: node times and tensor bytes, priced like tandem.partitioner.costs.CostModel."""
 
     def __init__(self, graph: CutGraph, base: CutCosts, nbytes: dict[str, float], rtt_s: float) -> None:
         self.cut_graph = graph

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.config import HysteresisConfig, ObjectiveConfig
-from edge_agent.link_estimator import LinkEstimate, LinkEstimator, _Window
-from edge_agent.plan_view import AgentPlan, SplitOption
-from edge_agent.selector import SplitSelector
+from tandem.edge_agent.config import HysteresisConfig, ObjectiveConfig
+from tandem.edge_agent.link_estimator import LinkEstimate, LinkEstimator, _Window
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.selector import SplitSelector
 
 # A ResNet-like cost table: the deeper the cut, the more edge time and the fewer bytes.
 SPLITS = (

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from transport.envelope import Envelope, Kind
-from transport.inproc import InProcServer
-from transport.serve import receive_forever
+from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.inproc import InProcServer
+from tandem.transport.serve import receive_forever
 
 
 def test_an_unexpected_error_in_receiving_is_logged_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
