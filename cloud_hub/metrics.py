@@ -10,6 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
+from tandem.errors import TandemError
+
 __all__ = ["OTHER_DEVICES", "UNIDENTIFIED", "HubMetrics", "MetricsError"]
 
 logger = logging.getLogger("tandem.hub.metrics")
@@ -21,7 +23,7 @@ _MAX_TELEMETRY_NAMES = 128
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-class MetricsError(Exception):
+class MetricsError(TandemError):
     """The metrics endpoint could not be started; the message names ``metrics.port`` and why."""
 
 

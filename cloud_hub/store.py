@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tandem.edge_agent.artifacts import PlanManifest, safe_name
+from tandem.errors import TandemError
 
 __all__ = ["DeviceRow", "Release", "SqliteStore", "Store", "StoreError", "StoredItem"]
 
@@ -82,7 +83,7 @@ CREATE TABLE IF NOT EXISTS targets (
 _COUNT_COLUMN = {"record": "records", "sample": "samples", "telemetry": "telemetry"}
 
 
-class StoreError(Exception):
+class StoreError(TandemError):
     """The store cannot be opened or written; the message names the path."""
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.errors import TandemError
 from tandem.hashing import file_sha256
 from tandem.throttled_log import ThrottledWarning
 from tandem.transport.envelope import Envelope, Kind, new_request_id
@@ -72,7 +73,7 @@ _HASH_BLOCK = 1 << 20
 Installer = Callable[["PlanManifest", Path], None]
 
 
-class ArtifactRejected(Exception):
+class ArtifactRejected(TandemError):
     """A plan or one of its artifacts was refused; ``code`` names why (see the module docstring)."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Literal
 
 from tandem.edge_agent.sync_config import OutboxConfig
+from tandem.errors import TandemError
 
 __all__ = ["ENTRY_KINDS", "Outbox", "OutboxEntry", "OutboxError", "OutboxStorageError", "RecordTooLarge"]
 
@@ -73,7 +74,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class OutboxError(Exception):
+class OutboxError(TandemError):
     """The outbox refused an entry or cannot be used; ``code`` names why."""
 
     code = "outbox_error"

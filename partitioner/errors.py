@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tandem.errors import TandemError
+
 __all__ = [
     "AccuracyError",
     "DeviceSpecError",
@@ -12,7 +14,7 @@ __all__ = [
 ]
 
 
-class PartitionError(Exception):
+class PartitionError(TandemError):
     """Root of partitioner errors; messages name the file, model, tensor or key at fault."""
 
 

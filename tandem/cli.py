@@ -20,8 +20,9 @@ from typing import Any
 
 from tandem import __version__
 from tandem.config import ConfigError
+from tandem.errors import TandemError
 
-__all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "ERROR_FAMILIES", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "build_parser", "main"]
 
 # module: (its commands, the extra that installs what they import, those packages).
 # A command whose packages are missing here is left out, not offered and then failing half-way.
@@ -56,21 +57,6 @@ COMMAND_MODULES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "tandem.commands.keys": (("keys",), "", ()),
     "tandem.commands.loopback": (("loopback",), "partition", ("torch", "torchvision")),
 }
-
-
-# The project's own error roots ("module:Class"): their messages already say what
-# and where, so a command that raises one ends with that line, not a traceback.
-# Anything else is a bug and keeps its traceback.
-ERROR_FAMILIES = (
-    "tandem.executors.base:ExecutorError",
-    "tandem.transport.errors:TransportError",
-    "tandem.partitioner.errors:PartitionError",
-    "tandem.edge_agent.outbox:OutboxError",
-    "tandem.edge_agent.artifacts:ArtifactRejected",
-    "tandem.cloud_hub.store:StoreError",
-    "tandem.cloud_hub.metrics:MetricsError",
-    "tandem.commands.demo:DemoError",
-)
 
 
 def _schema(module: str, name: str) -> Callable[[], Any]:
@@ -133,28 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
     except Exception as exc:
-        if not isinstance(exc, _known_errors()):
+        if not isinstance(exc, TandemError):  # its message says what and where; anything else is a bug
             raise
         if args.verbose:
             traceback.print_exc()
         print(f"tandem {args.command}: error: {exc}", file=sys.stderr)
         return 1
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """The classes of :data:`ERROR_FAMILIES` whose module is loaded.
-
-    Nothing is imported here: an error can only have been raised by a module
-    that is loaded, and an edge install lacks the partitioner's extras.
-    """
-    known = []
-    for spec in ERROR_FAMILIES:
-        module_name, class_name = spec.split(":")
-        module = sys.modules.get(module_name)
-        cls = getattr(module, class_name, None) if module is not None else None
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            known.append(cls)
-    return tuple(known)
 
 
 if __name__ == "__main__":

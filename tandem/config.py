@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tandem.errors import TandemError
+
 __all__ = ["ConfigError", "StrictModel", "load_config", "parse_config"]
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,7 +33,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(TandemError, ValueError):
     """A config file could not be read or did not validate; the message says where."""
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:

@@ -25,6 +25,8 @@ answer the sender with a named error instead of dropping it.
 
 from __future__ import annotations
 
+from tandem.errors import TandemError
+
 __all__ = [
     "ChannelClosed",
     "ChannelError",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class TransportError(Exception):
+class TransportError(TandemError):
     """Root of every error raised by ``transport``."""
 
 

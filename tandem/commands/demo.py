@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tandem.commands.demo_world import SAFETY, Link, NoWorldError, Winner, derive_world, kind_of, link_for, predict
 from tandem.config import StrictModel, load_config
+from tandem.errors import TandemError
 
 __all__ = ["DEMO_MIN_GAIN", "DEMO_MODELS", "DemoConfig", "DemoError", "Phase", "register", "resolve_phases", "run"]
 
@@ -99,7 +100,7 @@ class Outage(StrictModel):
     duration_s: float = Field(..., gt=0)
 
 
-class DemoError(Exception):
+class DemoError(TandemError):
     """A step of the demo failed (partitioning, a process that did not start); the message says which and where."""
 
 

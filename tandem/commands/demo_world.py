@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from tandem.edge_agent.plan_view import SplitOption
+from tandem.errors import TandemError
 
 __all__ = ["RTT_GRID_MS", "SAFETY", "Link", "NoWorldError", "Winner", "derive_world", "link_for", "predict"]
 
@@ -31,7 +32,7 @@ SAFETY = 0.10
 """How far beyond the hysteresis a winner must be ahead: the agents measure the link, and measurements scatter."""
 
 
-class NoWorldError(Exception):
+class NoWorldError(TandemError):
     """No link makes each winner the clear choice for this plan; the message says which and what to change."""
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.errors import TandemError
 from tandem.transport.codec import dtype_name
 
 __all__ = [
@@ -46,7 +47,7 @@ def check_executor_name(name: str) -> str:
     raise ValueError(f"unknown executor {name!r}; known: {', '.join(known)}{hint}")
 
 
-class ExecutorError(Exception):
+class ExecutorError(TandemError):
     """A model could not be loaded or run; the message names the file and the reason."""
 
 
