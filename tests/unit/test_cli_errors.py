@@ -194,8 +194,8 @@ def test_a_command_whose_extra_is_not_installed_is_left_out_and_says_what_to_ins
 def test_a_plan_version_listed_twice_in_a_hub_config_is_a_config_error(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from tandem.cloud_hub.cli import _load_plans
     from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.runtime import load_plans as _load_plans
     from tandem.config import ConfigError
 
     holds = {"a": ("resnet", 1), "b": ("resnet", 2), "c": ("resnet", 1)}  # folder c is a copy of a
@@ -232,8 +232,8 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
 def test_a_published_plan_the_hub_does_not_serve_is_a_config_error(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from tandem.cloud_hub.cli import _check_published
     from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.runtime import check_published as _check_published
     from tandem.config import ConfigError
 
     def plan(name: str, version: int, *, cloud: bool = True) -> Path:

@@ -34,8 +34,8 @@ def test_the_agent_gets_the_splits_verified_for_its_codec(plan_dir: Path) -> Non
 
 
 def test_plan_updates_must_be_for_the_model_the_edge_serves_unless_the_config_names_one(plan_dir: Path) -> None:
-    from tandem.edge_agent.cli import sync_model
     from tandem.edge_agent.config import EdgeConfig
+    from tandem.edge_agent.runtime import sync_model
 
     plan = load_agent_plan(plan_dir, "raw")
     assert plan.model_name == "tiny"  # plan.yaml's model.name
