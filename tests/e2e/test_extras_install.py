@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 import yaml
 
+from tandem.cli import COMMAND_MODULES
 from tests.e2e.conftest import free_port
 from tests.layout import build_wheel
 
 pytestmark = pytest.mark.slow
-COMMANDS = {"build-engine", "edge", "check-config", "keys", "hub", "fleet", "publish", "demo", "partition", "profile",
-            "loopback"}  # fmt: skip
+# tandem/cli.py's COMMAND_MODULES is the one list of commands; what each install should offer is the expectation.
+COMMANDS = {command for commands, _, _ in COMMAND_MODULES.values() for command in commands}
 OFFERED = {
     "edge": {"build-engine", "edge", "check-config", "keys"},
     "cloud": {"build-engine", "edge", "check-config", "keys", "hub", "fleet", "publish"},

@@ -153,10 +153,7 @@ def test_fleet_with_a_hub_config_without_sync_says_what_it_needs(
     )
 
 
-@pytest.mark.parametrize(
-    "command",
-    ["check-config", "fleet", "keys", "loopback", "hub", "edge", "demo", "partition", "profile", "build-engine"],
-)
+@pytest.mark.parametrize("command", [c for commands, _, _ in tandem.cli.COMMAND_MODULES.values() for c in commands])
 def test_every_command_has_a_description(command: str) -> None:
     parser, _missing = tandem.cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
