@@ -25,7 +25,7 @@ def load_tails(plan_dir: Path, executor: ExecutorConfig) -> list[Tail]:
     when running two samples as one batch gives the same outputs as running
     them apart; otherwise it is served one request at a time.
     """
-    from tandem.partitioner.plan import load_plan
+    from tandem.contracts.plan import load_plan
 
     plan = load_plan(plan_dir)
     tails = []

@@ -77,7 +77,7 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
     """
     import logging
 
-    from tandem.partitioner.plan import PlanError, load_plan
+    from tandem.contracts.plan import PlanError, load_plan
 
     plan = load_plan(plan_dir)
     options = []
@@ -111,7 +111,7 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
 
 
 def _option(plan_dir: Path, split: object, codec: str) -> SplitOption:
-    from tandem.partitioner.plan import SplitPlan
+    from tandem.contracts.plan import SplitPlan
 
     if not isinstance(split, SplitPlan):
         raise TypeError(split)

@@ -1,7 +1,7 @@
 """The partitioner as named steps: load -> analyse -> profile -> costs -> search -> export -> choose -> plan.
 
 :func:`partition` runs them all and writes a plan folder (see
-:mod:`tandem.partitioner.plan`); each step is a function of its own so tests and
+:mod:`tandem.contracts.plan`); each step is a function of its own so tests and
 benchmarks can run a part of the way.
 """
 
@@ -28,7 +28,7 @@ from tandem.partitioner.costs import CostModel, Link, SplitCost, measure_codecs,
 from tandem.partitioner.errors import PartitionError
 from tandem.partitioner.export import FULL_MODEL, SplitParts, run_split, verify_split, write_full_model, write_split
 from tandem.partitioner.graph import ModelGraph, analyse
-from tandem.partitioner.plan import (
+from tandem.contracts.plan import (
     PLAN_FILE,
     Artifact,
     Choice,

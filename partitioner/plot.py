@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.partitioner.plan import Plan
+from tandem.contracts.plan import Plan
 
 __all__ = ["plot_plan"]
 

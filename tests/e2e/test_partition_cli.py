@@ -11,7 +11,7 @@ import numpy as np
 import onnx.parser
 import pytest
 
-from tandem.partitioner.plan import load_plan
+from tandem.contracts.plan import load_plan
 from tests.unit.test_graph import TINY, tiny_samples
 
 REPO = Path(__file__).resolve().parents[2]

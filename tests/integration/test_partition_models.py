@@ -21,7 +21,7 @@ from tandem.partitioner.config import PartitionConfig
 from tandem.partitioner.export import verify_split, write_full_model, write_split
 from tandem.partitioner.graph import ModelGraph
 from tandem.partitioner.pipeline import ModelSource, analyse_model, partition_graph
-from tandem.partitioner.plan import Plan, load_plan
+from tandem.contracts.plan import Plan, load_plan
 
 CONFIG = PartitionConfig.model_validate(
     {

@@ -16,7 +16,7 @@ from tandem.cli import main
 from tandem.cloud_hub.metrics import HubMetrics, MetricsError
 from tandem.edge_agent.outbox import OutboxError
 from tandem.executors import ExecutorError
-from tandem.partitioner.plan import ArtifactError, PlanError
+from tandem.contracts.plan import ArtifactError, PlanError
 from tandem.transport.errors import ConnectError
 
 REPO = Path(__file__).resolve().parents[2]

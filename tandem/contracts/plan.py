@@ -31,7 +31,7 @@ from pydantic import ConfigDict, Field
 
 from tandem.config import ConfigError, StrictModel, load_config
 from tandem.hashing import file_sha256
-from tandem.partitioner.errors import PartitionError
+from tandem.errors import TandemError
 
 __all__ = [
     "PLAN_FILE",
@@ -57,7 +57,7 @@ PLAN_FILE = "plan.yaml"
 PLAN_FORMAT = "tandem-plan/1"
 
 
-class PlanError(PartitionError):
+class PlanError(TandemError):
     """A plan folder is missing its plan, or the plan does not validate."""
 
 
@@ -356,7 +356,7 @@ def save_plan(plan: Plan, folder: str | Path) -> Path:
     path = Path(folder) / PLAN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False, width=120, default_flow_style=None)
-    path.write_text(f"# Tandem partition plan for {plan.model.name}; see partitioner/plan.py\n{text}", "utf-8")
+    path.write_text(f"# Tandem partition plan for {plan.model.name}; see tandem/contracts/plan.py\n{text}", "utf-8")
     return path
 
 
