@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from tandem.contracts.plan import Plan
 from tandem.models.registry import get_reference
 from tandem.partitioner.config import PartitionConfig
 from tandem.partitioner.export import SplitParts, verify_split, write_split
 from tandem.partitioner.graph import ModelGraph
 from tandem.partitioner.pipeline import THIS_MACHINE, ModelSource, analyse_model, partition_graph
-from tandem.contracts.plan import Plan
 from tandem.partitioner.profiling import OrtModel, profile_model
 from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 

@@ -22,12 +22,6 @@ from tqdm import tqdm
 
 import tandem
 from tandem.config import ConfigError
-from tandem.models.registry import get_reference, labelled_samples
-from tandem.partitioner.config import PartitionConfig
-from tandem.partitioner.costs import CostModel, Link, SplitCost, measure_codecs, seconds_per_byte
-from tandem.partitioner.errors import PartitionError
-from tandem.partitioner.export import FULL_MODEL, SplitParts, run_split, verify_split, write_full_model, write_split
-from tandem.partitioner.graph import ModelGraph, analyse
 from tandem.contracts.plan import (
     PLAN_FILE,
     Artifact,
@@ -45,6 +39,12 @@ from tandem.contracts.plan import (
     artifact_for,
     save_plan,
 )
+from tandem.models.registry import get_reference, labelled_samples
+from tandem.partitioner.config import PartitionConfig
+from tandem.partitioner.costs import CostModel, Link, SplitCost, measure_codecs, seconds_per_byte
+from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.export import FULL_MODEL, SplitParts, run_split, verify_split, write_full_model, write_split
+from tandem.partitioner.graph import ModelGraph, analyse
 from tandem.partitioner.profiling import (
     DeviceProfile,
     OrtModel,

@@ -164,8 +164,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the scenario; exit 0 when every phase showed its winner and every answer agreed with the unsplit model."""
     from tandem.commands.demo_report import report
-    from tandem.edge_agent.plan_view import load_agent_plan
     from tandem.contracts.plan import load_plan
+    from tandem.edge_agent.plan_view import load_agent_plan
 
     started = time.monotonic()
     config = load_config(args.config, DemoConfig) if args.config else DemoConfig()

@@ -30,8 +30,8 @@ import yaml
 from pydantic import ConfigDict, Field
 
 from tandem.config import ConfigError, StrictModel, load_config
-from tandem.hashing import file_sha256
 from tandem.errors import TandemError
+from tandem.hashing import file_sha256
 
 __all__ = [
     "PLAN_FILE",

@@ -19,8 +19,8 @@ import yaml
 import zmq
 
 from tandem.commands.demo_world import kind_of, predict
-from tandem.edge_agent.plan_view import load_agent_plan
 from tandem.contracts.plan import load_plan
+from tandem.edge_agent.plan_view import load_agent_plan
 from tandem.transport.envelope import Envelope, Kind, decode
 from tandem.transport.zmq_channel import ZmqClient
 from tests.e2e.conftest import free_port

@@ -15,13 +15,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tandem.contracts.plan import Plan, load_plan
 from tandem.models.base import ExportedModel
 from tandem.models.registry import get_reference
 from tandem.partitioner.config import PartitionConfig
 from tandem.partitioner.export import verify_split, write_full_model, write_split
 from tandem.partitioner.graph import ModelGraph
 from tandem.partitioner.pipeline import ModelSource, analyse_model, partition_graph
-from tandem.contracts.plan import Plan, load_plan
 
 CONFIG = PartitionConfig.model_validate(
     {

@@ -14,10 +14,10 @@ import onnx
 import onnx.parser
 import pytest
 
+from tandem.contracts.plan import ArtifactError, PlanError, load_plan, save_plan
 from tandem.partitioner.costs import CostModel, Link, measure_codecs
 from tandem.partitioner.export import VerificationError, relative_error, verify_split, write_full_model, write_split
 from tandem.partitioner.graph import InvalidCut, ModelGraph, ModelLoadError, UnsupportedOpset, analyse, ort_opset_range
-from tandem.contracts.plan import ArtifactError, PlanError, load_plan, save_plan
 from tandem.partitioner.profiling import OrtModel, ProfileError, load_profile, profile_model
 from tandem.partitioner.search import closed_sets, cut_cost, min_cut
 

@@ -9,12 +9,12 @@ import onnx.parser
 import pytest
 
 from tandem.config import ConfigError
+from tandem.contracts.plan import load_plan
 from tandem.partitioner import pipeline
 from tandem.partitioner.cli import main
 from tandem.partitioner.config import PartitionConfig
 from tandem.partitioner.errors import PartitionError
 from tandem.partitioner.pipeline import ModelSource, analyse_model, build_cost_model, profile_devices
-from tandem.contracts.plan import load_plan
 from tandem.partitioner.profiling import ProfileError, profile_model
 from tests.unit.test_graph import TINY, tiny_samples
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tandem.edge_agent.plan_view import load_agent_plan
 from tandem.contracts.plan import PlanError
+from tandem.edge_agent.plan_view import load_agent_plan
 from tests.unit.test_graph import TINY, tiny_samples, write_model
 
 
