@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tandem.edge_agent.artifacts import PlanManifest, safe_name
+from tandem.contracts.manifest import PlanManifest, safe_name
 from tandem.errors import TandemError
 
 __all__ = ["DeviceRow", "Release", "SqliteStore", "Store", "StoreError", "StoredItem"]

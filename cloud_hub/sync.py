@@ -40,8 +40,9 @@ from prometheus_client import CollectorRegistry
 from tandem.cloud_hub.fleet import FleetMetrics
 from tandem.cloud_hub.store import DeviceRow, Release, Store, StoredItem, StoreError
 from tandem.cloud_hub.sync_config import HubSyncConfig
-from tandem.edge_agent.artifacts import PlanManifest, chunk_reply, scan_plan_dir
+from tandem.contracts.manifest import PlanManifest, scan_plan_dir
 from tandem.throttled_log import ThrottledWarning
+from tandem.transport.artifact_reply import chunk_reply
 from tandem.transport.channel import Channel
 from tandem.transport.envelope import Envelope, Kind, Limits, unpack
 from tandem.transport.errors import ChannelError, ProtocolError

@@ -25,7 +25,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from tandem.edge_agent.artifacts import ArtifactRejected, Installer, PlanManifest
+from tandem.contracts.manifest import ArtifactRejected, PlanManifest
+from tandem.edge_agent.artifacts import Installer
 
 __all__ = ["full_model_self_check", "make_installer"]
 

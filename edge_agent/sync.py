@@ -41,7 +41,8 @@ from typing import Any
 
 import msgpack
 
-from tandem.edge_agent.artifacts import ArtifactDownloader, ArtifactRejected, Installer, PlanManifest, PlanReleases
+from tandem.contracts.manifest import ArtifactRejected, PlanManifest
+from tandem.edge_agent.artifacts import ArtifactDownloader, Installer, PlanReleases
 from tandem.edge_agent.outbox import Outbox, OutboxEntry, OutboxError
 from tandem.edge_agent.sync_config import EdgeSyncConfig
 from tandem.throttled_log import ThrottledWarning

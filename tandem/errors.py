@@ -10,7 +10,9 @@ is a bug and keeps its traceback::
     ├── ExecutorError           tandem.executors.base: a model could not be loaded or run
     ├── PartitionError          tandem.partitioner.errors: partitioning failed (its own tree)
     ├── OutboxError             tandem.edge_agent.outbox: the edge's outbox could not store or read
-    ├── ArtifactRejected        tandem.edge_agent.artifacts: a downloaded plan artifact was refused
+    ├── PlanError               tandem.contracts.plan: a plan folder is missing its plan or does not validate
+    │   └── ArtifactError       a file the plan lists is missing or differs from the plan
+    ├── ArtifactRejected        tandem.contracts.manifest: a downloaded plan artifact was refused
     ├── StoreError              tandem.cloud_hub.store: the hub's store could not store or read
     ├── MetricsError            tandem.cloud_hub.metrics: the metrics endpoint could not start
     └── DemoError               tandem.commands.demo: a step of the demo failed

@@ -17,8 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from tandem.cli import main
 from tandem.cloud_hub.store import SqliteStore
 from tandem.cloud_hub.sync import HubSync, open_hub_sync_channel
+from tandem.contracts.manifest import PlanManifest, scan_plan_dir
 from tandem.edge_agent.agent import EdgeAgent
-from tandem.edge_agent.artifacts import PlanManifest, scan_plan_dir
 from tandem.edge_agent.config import EdgeConfig
 from tandem.edge_agent.outbox import Outbox
 from tandem.edge_agent.plan_install import full_model_self_check, make_installer

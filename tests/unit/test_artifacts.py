@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tandem.edge_agent.artifacts import (
-    ArtifactDownloader,
-    ArtifactEntry,
-    ArtifactRejected,
-    PlanManifest,
-    PlanReleases,
-    StagedFile,
-    chunk_reply,
-    scan_plan_dir,
-)
+from tandem.contracts.manifest import ArtifactEntry, ArtifactRejected, PlanManifest, scan_plan_dir
+from tandem.edge_agent.artifacts import ArtifactDownloader, PlanReleases, StagedFile
 from tandem.edge_agent.plan_gate import PlanGate
+from tandem.transport.artifact_reply import chunk_reply
 from tandem.transport.envelope import Envelope
 
 

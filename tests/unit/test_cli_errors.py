@@ -14,9 +14,9 @@ import pytest
 import tandem.cli
 from tandem.cli import main
 from tandem.cloud_hub.metrics import HubMetrics, MetricsError
+from tandem.contracts.plan import ArtifactError, PlanError
 from tandem.edge_agent.outbox import OutboxError
 from tandem.executors import ExecutorError
-from tandem.contracts.plan import ArtifactError, PlanError
 from tandem.transport.errors import ConnectError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +90,8 @@ def test_every_error_family_has_the_one_root() -> None:
         "tandem.executors.base": "ExecutorError",
         "tandem.partitioner.errors": "PartitionError",
         "tandem.edge_agent.outbox": "OutboxError",
-        "tandem.edge_agent.artifacts": "ArtifactRejected",
+        "tandem.contracts.plan": "PlanError",
+        "tandem.contracts.manifest": "ArtifactRejected",
         "tandem.cloud_hub.store": "StoreError",
         "tandem.cloud_hub.metrics": "MetricsError",
         "tandem.commands.demo": "DemoError",
