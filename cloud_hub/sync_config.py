@@ -19,8 +19,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tandem.config import StrictModel
-from tandem.edge_agent.sync_config import SYNC_TOPIC_PREFIX, sync_topics
-from tandem.transport.config import MqttConfig
+from tandem.contracts.sync_topics import SYNC_TOPIC_PREFIX
+from tandem.transport.config import MqttConfig, sync_topics
 
 __all__ = ["HubSyncConfig", "PublishConfig", "StoreConfig"]
 

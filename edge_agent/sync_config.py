@@ -18,23 +18,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from tandem.config import StrictModel
-from tandem.transport.config import MqttConfig, check_topic_name
+from tandem.contracts.sync_topics import SYNC_TOPIC_PREFIX
+from tandem.transport.config import MqttConfig, check_topic_name, sync_topics
 
-__all__ = ["SYNC_TOPIC_PREFIX", "EdgeSyncConfig", "OutboxConfig", "SamplingConfig", "sync_topics"]
-
-SYNC_TOPIC_PREFIX = "tandem/v1/sync"
-
-
-def sync_topics(mqtt: MqttConfig) -> MqttConfig:
-    """``mqtt`` with the sync topic prefix unless one was set: sync must not share the activation channel's topics.
-
-    On the default prefix the hub's activation channel would hear the sync
-    messages (and the sync channel the agent's heartbeats), since both subscribe
-    to ``{prefix}/+/up/+``.
-    """
-    if "topic_prefix" in mqtt.model_fields_set:
-        return mqtt
-    return mqtt.model_copy(update={"topic_prefix": SYNC_TOPIC_PREFIX})
+__all__ = ["EdgeSyncConfig", "OutboxConfig", "SamplingConfig"]
 
 
 class OutboxConfig(StrictModel):

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tandem.config import StrictModel
+from tandem.contracts.sync_topics import SYNC_TOPIC_PREFIX
 from tandem.transport.envelope import Kind, Limits
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "ZmqConfig",
     "check_topic_name",
     "check_topic_prefix",
+    "sync_topics",
 ]
 
 DEFAULT_QOS: dict[Kind, int] = {
@@ -167,3 +169,15 @@ class LinkConfig(StrictModel):
     bandwidth_mbps: float | None = Field(None, gt=0, description="uplink Mbit/s; none means unlimited")
     downlink_mbps: float | None = Field(None, gt=0, description="downlink Mbit/s; none means unlimited")
     rtt_ms: float = Field(0.0, ge=0)
+
+
+def sync_topics(mqtt: MqttConfig) -> MqttConfig:
+    """``mqtt`` with the sync topic prefix unless one was set: sync must not share the activation channel's topics.
+
+    On the default prefix the hub's activation channel would hear the sync
+    messages (and the sync channel the agent's heartbeats), since both subscribe
+    to ``{prefix}/+/up/+``.
+    """
+    if "topic_prefix" in mqtt.model_fields_set:
+        return mqtt
+    return mqtt.model_copy(update={"topic_prefix": SYNC_TOPIC_PREFIX})
