@@ -3,7 +3,8 @@
 An engine is specific to the TensorRT version and the GPU it was built on, so
 it is built where it will run: on the Jetson by ``tandem build-engine``, or
 on the hub for the cloud part. Where TensorRT or a CUDA GPU is missing (the
-partitioner's own machine, usually), :func:`engine_status_message` says so
+partitioner's own machine, usually),
+:func:`~tandem.executors.engines.engine_status_message` says so
 plainly and the plan carries ONNX files only.
 
 Nothing here imports onnx or torch: the command has to work on an edge box.
@@ -14,8 +15,6 @@ or the older ``cuda.cudart``), which ships alongside TensorRT on JetPack.
 from __future__ import annotations
 
 import argparse
-import functools
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,94 +22,30 @@ from typing import Any
 
 import numpy as np
 
+from tandem.executors.engines import (
+    PRECISIONS,
+    cuda_runtime,
+    engine_name,
+    engine_status_message,
+    gpu_name,
+    import_tensorrt,
+    tensorrt_available,
+    tensorrt_version,
+)
 from tandem.partitioner.errors import EngineBuildError, TensorRTUnavailable
 
 __all__ = [
     "EXIT_UNAVAILABLE",
     "build_engine",
     "engine_file_name",
-    "engine_status_message",
-    "gpu_name",
     "register",
-    "tensorrt_available",
-    "tensorrt_version",
 ]
 
 EXIT_UNAVAILABLE = 3
 DEFAULT_WORKSPACE_MB = 1024
-PRECISIONS = ("fp32", "fp16", "int8")
-_UNAVAILABLE = "the engine will be built on the device by `tandem build-engine`"
 
 
-# --- what is installed ------------------------------------------------------------------------------------------------
-
-
-def _import_tensorrt() -> Any | None:
-    try:
-        import tensorrt
-    except ImportError:
-        return None
-    return tensorrt
-
-
-def _cuda_runtime() -> Any | None:
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-        except ImportError:
-            return None
-    return runtime
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT version, or None when it cannot be imported."""
-    trt = _import_tensorrt()
-    return None if trt is None else str(trt.__version__)
-
-
-@functools.lru_cache(maxsize=1)
-def gpu_name() -> str | None:
-    """Name of CUDA device 0, or None when no CUDA device can be opened."""
-    runtime = _cuda_runtime()
-    if runtime is not None:
-        err, count = runtime.cudaGetDeviceCount()
-        if int(err) != 0 or not count:
-            return None
-        err, props = runtime.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            name = props.name
-            return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00")
-    trt = _import_tensorrt()
-    if trt is None:
-        return None
-    # No cuda-python: a builder can only be made with a working CUDA device.
-    try:
-        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
-    except (RuntimeError, TypeError):
-        return None
-    return "cuda-device" if builder is not None else None
-
-
-def tensorrt_available() -> bool:
-    """True when TensorRT imports and a CUDA device is present."""
-    return _import_tensorrt() is not None and gpu_name() is not None
-
-
-def engine_status_message() -> str:
-    """One plain line: can engines be built on this machine, and if not, where they will be."""
-    version = tensorrt_version()
-    if version is None:
-        return f"TensorRT is not installed here: {_UNAVAILABLE}."
-    gpu = gpu_name()
-    if gpu is None:
-        return f"TensorRT {version} is installed but no CUDA GPU is available here: {_UNAVAILABLE}."
-    return f"TensorRT {version} on {gpu}: engines can be built here."
-
-
-def _sanitise(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "unknown"
+# --- naming ----------------------------------------------------------------------------------------------------------
 
 
 def engine_file_name(onnx_stem: str, precision: str, *, trt_version: str | None = None, gpu: str | None = None) -> str:
@@ -123,7 +58,7 @@ def engine_file_name(onnx_stem: str, precision: str, *, trt_version: str | None 
     device = gpu if gpu is not None else gpu_name()
     if version is None or device is None:
         raise TensorRTUnavailable(f"engine for {onnx_stem!r}: {engine_status_message()}")
-    return f"{_sanitise(onnx_stem)}.{precision}.trt{_sanitise(version)}.{_sanitise(device)}.engine"
+    return engine_name(onnx_stem, precision, trt_version=version, gpu=device)
 
 
 # --- the build --------------------------------------------------------------------------------------------------------
@@ -144,7 +79,7 @@ def build_engine(
     ``int8`` needs ``calibration_inputs`` (one dict of input arrays per
     batch) for an entropy calibrator. Returns the engine's path.
     """
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     if trt is None or gpu_name() is None:
         raise TensorRTUnavailable(f"{onnx_path}: {engine_status_message()}")
     onnx_path = Path(onnx_path)
@@ -189,7 +124,7 @@ def build_engine(
 
 
 def _make_calibrator(trt: Any, batches: list[dict[str, np.ndarray]], onnx_path: Path) -> Any:
-    found = _cuda_runtime()
+    found = cuda_runtime()
     if found is None:
         raise EngineBuildError(f"{onnx_path}: int8 calibration needs cuda-python (pip install cuda-python)")
     runtime: Any = found

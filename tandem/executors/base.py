@@ -100,12 +100,12 @@ def engine_for(onnx_path: Path) -> Path | None:
     Engines sit beside the ONNX file as ``<stem>.<precision>.trt<version>.<gpu>.engine``;
     fp16 is preferred over int8 and fp32 when several were built.
     """
-    from tandem.partitioner.engine import engine_file_name
+    from tandem.executors.engines import local_engine_name
 
     for precision in ("fp16", "int8", "fp32"):
-        candidate = onnx_path.with_name(engine_file_name(onnx_path.stem, precision))
-        if candidate.is_file():
-            return candidate
+        name = local_engine_name(onnx_path.stem, precision)
+        if name is not None and onnx_path.with_name(name).is_file():
+            return onnx_path.with_name(name)
     return None
 
 

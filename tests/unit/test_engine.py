@@ -12,6 +12,7 @@ import importlib.util
 
 import pytest
 
+from tandem.executors import engines
 from tandem.partitioner import engine
 from tandem.partitioner.errors import EngineBuildError, PartitionError, TensorRTUnavailable
 
@@ -45,9 +46,9 @@ def test_engine_file_name_rejects_unknown_precision():
 
 @needs_no_tensorrt
 def test_status_message_says_where_the_engine_will_be_built():
-    assert engine.tensorrt_available() is False
-    assert engine.tensorrt_version() is None
-    message = engine.engine_status_message()
+    assert engines.tensorrt_available() is False
+    assert engines.tensorrt_version() is None
+    message = engines.engine_status_message()
     assert message == "TensorRT is not installed here: the engine will be built on the device by `tandem build-engine`."
 
 
@@ -74,7 +75,7 @@ def test_build_engine_command_exits_non_zero_with_the_plain_message(tmp_path, ca
     code = args.func(args)
     assert code == engine.EXIT_UNAVAILABLE != 0
     err = capsys.readouterr().err
-    assert err.strip() == f"tandem build-engine: {engine.engine_status_message()}"
+    assert err.strip() == f"tandem build-engine: {engines.engine_status_message()}"
     assert not (tmp_path / "out").exists()
 
 
