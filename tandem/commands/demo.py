@@ -33,7 +33,17 @@ import numpy as np
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from tandem.commands.demo_world import SAFETY, Link, NoWorldError, Winner, derive_world, kind_of, link_for, predict
+from tandem.commands.demo_world import (
+    SAFETY,
+    Link,
+    NoWorldError,
+    Winner,
+    derive_world,
+    kind_of,
+    link_for,
+    predict,
+    story_kinds,
+)
 from tandem.config import StrictModel, load_config
 from tandem.errors import TandemError
 
@@ -189,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         records = _stream(config, processes, photos, plan.model.inputs[0].name)
     finally:
         processes.stop_all()
-    return report(config, links, photos, records, work, time.monotonic() - started, processes.hub_back_at)
+    kinds = story_kinds(tuple(splits))
+    return report(config, links, photos, records, work, time.monotonic() - started, processes.hub_back_at, kinds)
 
 
 def resolve_phases(config: DemoConfig, splits: Any) -> tuple[DemoConfig, list[Link]]:
@@ -227,7 +238,7 @@ def resolve_phases(config: DemoConfig, splits: Any) -> tuple[DemoConfig, list[Li
         resolved.append(phase.model_copy(update={"bandwidth_mbps": float(bandwidth), "rtt_ms": float(rtt)}))
         origin = "derived from the plan" if "auto" in (phase.bandwidth_mbps, phase.rtt_ms) else "from demo.yaml"
         print(f"   t={phase.at_s:>4g} s  {phase.label:<15} {link.describe()} ({origin})", flush=True)
-        shown = kind_of(next(s for s in splits if s.split_id == link.split_id))
+        shown = kind_of(next(s for s in splits if s.split_id == link.split_id), splits)
         if phase.winner is not None and shown != phase.winner:
             print(f"      note: demo.yaml wants {phase.winner} here; the plan predicts {link.split_id}", flush=True)
         elif link.gain < required:

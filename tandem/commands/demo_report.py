@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,10 @@ __all__ = ["judge_phases", "report"]
 OUTAGE = "hub outage"
 
 
-def _kind(split_id: str) -> str:
+def _kind(split_id: str, kinds: Mapping[str, str] | None = None) -> str:
+    """The story's kind of a split (``kinds`` from :func:`story_kinds`), else what its name says."""
+    if kinds and split_id in kinds:
+        return kinds[split_id]
     return split_id if split_id in ("cloud-only", "edge-only") else "cut"
 
 
@@ -28,7 +32,9 @@ def phase_of(config: DemoConfig, t: float) -> int | None:
     return max((i for i, phase in enumerate(config.phases) if phase.at_s <= t), default=0)
 
 
-def judge_phases(config: DemoConfig, links: list[Link], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def judge_phases(
+    config: DemoConfig, links: list[Link], records: list[dict[str, Any]], kinds: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Per phase: the split the plan predicts, the one the agents used most once settled, and whether they agree.
 
     Answers in a phase's first ``settle_s`` seconds (the agents are still
@@ -59,7 +65,7 @@ def judge_phases(config: DemoConfig, links: list[Link], records: list[dict[str, 
                 "predicted_ms": round(link.predicted_ms, 2),
                 "lead": round(link.gain, 3),
                 "used": dict(used),
-                "shown": bool(most) and _kind(most) == _kind(link.split_id),
+                "shown": bool(most) and _kind(most, kinds) == _kind(link.split_id, kinds),
                 "judged": judged,
             }
         )
@@ -92,11 +98,12 @@ def report(
     work: Path,
     elapsed_s: float,
     hub_back_at: float | None = None,
+    kinds: Mapping[str, str] | None = None,
 ) -> int:
     """Print the verdict, write demo-summary.json and demo.png; 0 when the demo showed what it promises."""
-    verdicts = judge_phases(config, links, records)
+    verdicts = judge_phases(config, links, records, kinds)
     _print_table(config, verdicts, records)
-    _print_labels(photos, records)
+    _print_labels(photos, records, kinds)
     per_agent = Counter(r["agent"] for r in records)
     exactly_once = bool(records) and all(
         sorted(r["seq"] for r in records if r["agent"] == a) == list(range(n)) for a, n in per_agent.items()
@@ -133,6 +140,7 @@ def report(
         "codec": config.codec,
         "elapsed_s": round(elapsed_s, 1),
         "phases": verdicts,
+        "kinds": kinds or {},
         "outage": outage,
         "exactly_once": exactly_once,
         "top1_agreement": agreement,
@@ -181,12 +189,14 @@ def _print_table(config: DemoConfig, verdicts: list[dict[str, Any]], records: li
     )
 
 
-def _print_labels(photos: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+def _print_labels(
+    photos: list[dict[str, Any]], records: list[dict[str, Any]], kinds: Mapping[str, str] | None = None
+) -> None:
     """For each photo, one answer through the hub (a cut where there was one) next to the unsplit model's label."""
     print("\nphoto        split pipeline (split, source)                 unsplit model")
     for photo in photos:
         mine = [r for r in records if r["photo"] == photo["name"]]
-        shown = next((r for r in mine if r["source"] == "hub" and _kind(r["split"]) == "cut"), None)
+        shown = next((r for r in mine if r["source"] == "hub" and _kind(r["split"], kinds) == "cut"), None)
         shown = shown or next((r for r in mine if r["source"] == "hub"), None) or (mine[0] if mine else None)
         if shown is None:
             continue

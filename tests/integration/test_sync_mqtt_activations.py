@@ -92,8 +92,8 @@ def test_probes_through_a_default_mosquitto_measure_the_link(
 ) -> None:
     """The broker runs Mosquitto's default ``set_tcp_nodelay false``; the probes still measure the link.
 
-    The agent sits behind an emulated 8 Mbit/s uplink, so a 32 KB probe takes
-    33 ms on the wire whatever this host's speed (on bare loopback it takes
+    The agent sits behind an emulated 4 Mbit/s uplink, so a 32 KB probe takes
+    66 ms on the wire whatever this host's speed (on bare loopback it takes
     well under the estimator's 0.5 ms floor on a fast host, and gives no
     sample). Whatever the broker path adds (a held delayed ACK would add
     40 ms) shows in the fastest probe and in the estimate, the best sample
@@ -104,7 +104,7 @@ def test_probes_through_a_default_mosquitto_measure_the_link(
     hub = start_toy_hub(channel_config, tail_path)
     config = EdgeConfig(device_id="cam-1", plan=plan.full_model.parent, codec="raw", channel=channel_config,
                         probe_interval_s=0.5, probe_bytes=32_768)  # fmt: skip
-    uplink_mbps = 8.0
+    uplink_mbps = 4.0
     channel = EmulatedLink(open_client(channel_config, device_id="cam-1"), bandwidth_mbps=uplink_mbps, rtt_ms=0)
     agent = EdgeAgent(config, plan, channel)
     probes: list[tuple[int, float]] = []
@@ -124,7 +124,9 @@ def test_probes_through_a_default_mosquitto_measure_the_link(
         f"probe round trips (ms): {[round(ms, 1) for _, ms in probes]}"
     )
     bandwidth = agent.estimator.snapshot().bandwidth_mbps
-    assert bandwidth is not None and 0.6 * uplink_mbps <= bandwidth <= 1.05 * uplink_mbps
+    # The estimator subtracts the best plain heartbeat's round trip; on a loaded host that one's own jitter (a few
+    # ms out of 66) moves the estimate either way, hence the band.
+    assert bandwidth is not None and 0.6 * uplink_mbps <= bandwidth <= 1.2 * uplink_mbps
 
 
 def test_an_edge_agent_started_before_the_broker_answers_locally_then_uses_the_hub(

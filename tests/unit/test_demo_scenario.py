@@ -62,6 +62,24 @@ def test_the_agents_walk_through_all_three_winners_on_any_host_speed(host_slowne
         assert link.gain >= REQUIRED
 
 
+def test_a_cut_that_only_moves_the_input_padding_tells_cloud_only_s_story() -> None:
+    """Seen on a real plan: the partitioner kept a one-node cut after the input's Pad, 0.2 % off cloud-only.
+
+    Cloud-only can never beat it by the hysteresis, and the agents never tell
+    the two apart, so it counts as cloud-only: the world still exists, and an
+    agent on it shows the cloud-only phase.
+    """
+    pad = SplitOption("cut-00", Path("pad.onnx"), ("padded",), edge_ms=0.21, cloud_ms=10.27, wire_bytes=149_700,
+                      codec_ms=1.45, result_bytes=4000)  # fmt: skip
+    splits = (SPLITS[0], pad, *SPLITS[1:])
+    assert kind_of(pad) == "cut" and kind_of(pad, splits) == "cloud-only"
+    assert kind_of(SPLITS[2], splits) == "cut"
+    world = derive_world(splits, DEMO_MIN_GAIN)
+    assert kind_of(next(s for s in splits if s.split_id == world["cloud-only"].split_id), splits) == "cloud-only"
+    assert "cut-00" not in world["cloud-only"].gains and world["cloud-only"].gain >= REQUIRED
+    assert world["cut"].split_id.startswith("cut-0") and world["cut"].split_id != "cut-00"
+
+
 def test_a_fixed_link_shows_nothing_on_a_fast_host_which_is_why_the_world_is_derived() -> None:
     """The old demo's 50 Mbit/s / 20 ms: on a host 4x faster than the one the plan above came from, edge-only wins."""
     fast = scaled(SPLITS, 0.25)
