@@ -18,13 +18,12 @@ with a fixed seed (a few seconds); the held-out quarter of the data set is
 from __future__ import annotations
 
 import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tandem.models.base import ExportedModel, ReferenceModel
+from tandem.models.base import ExportedModel, ReferenceModel, export_onnx
 from tandem.partitioner.errors import ReferenceModelError
 
 __all__ = ["accuracy", "export", "load_trained", "reference", "sample_inputs", "test_set", "train", "train_set"]
@@ -167,13 +166,7 @@ def export(path: Path, batch: int = 1) -> ExportedModel:
     else:
         module = train()
         torch.save(module.state_dict(), weights)
-    example = torch.zeros(batch, 1, 8, 8, dtype=torch.float32)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
-        torch.onnx.export(
-            module, (example,), str(path), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            opset_version=OPSET, dynamo=False, do_constant_folding=True,
-        )  # fmt: skip
+    export_onnx(module, np.zeros((batch, 1, 8, 8), np.float32), path, INPUT_NAMES, OUTPUT_NAMES, OPSET)
     return ExportedModel(path=path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                          sample_inputs=sample_inputs(batch))  # fmt: skip
 

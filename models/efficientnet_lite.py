@@ -18,14 +18,13 @@ returns ``logits`` (float32 ``[batch, 1000]``), in the order of
 
 from __future__ import annotations
 
-import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tandem.models.base import ExportedModel, ReferenceModel
+from tandem.models.base import ExportedModel, ReferenceModel, export_onnx
 from tandem.partitioner.errors import ReferenceModelError
 
 __all__ = [
@@ -143,26 +142,12 @@ def build() -> Any:
 
 def export(path: Path, batch: int = 1) -> ExportedModel:
     """Write the ONNX graph to ``path`` and return it with one sample input per bundled photo."""
-    import torch
 
     if batch < 1:
         raise ReferenceModelError(f"model {NAME!r}: batch must be at least 1, got {batch}")
-    module = build()
     samples = sample_inputs(batch)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
-        torch.onnx.export(
-            module,
-            (torch.from_numpy(samples[0]["input"]),),
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=OPSET,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+    export_onnx(build(), samples[0]["input"], path, INPUT_NAMES, OUTPUT_NAMES, OPSET)
     return ExportedModel(path=path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, sample_inputs=samples)
 
 

@@ -10,7 +10,6 @@ opset :data:`OPSET`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tandem.models.base import ExportedModel, ReferenceModel
+from tandem.models.base import ExportedModel, ReferenceModel, export_onnx
 from tandem.partitioner.errors import ReferenceModelError
 
 __all__ = ["IMAGE_SHAPE", "OPSET", "SEED", "mobilenet_v2", "resnet50", "sample_images", "vgg16"]
@@ -74,27 +73,12 @@ def _build(name: str) -> Any:
 
 
 def _export(torchvision_name: str, model_name: str, path: Path, batch: int = 1) -> ExportedModel:
-    import torch
 
     if batch < 1:
         raise ReferenceModelError(f"model {model_name!r}: batch must be at least 1, got {batch}")
-    module = _build(torchvision_name)
     samples = sample_images(batch)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript exporter announces its own deprecation; shapes here are static
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.from_numpy(samples[0]["input"]),),
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=OPSET,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+    export_onnx(_build(torchvision_name), samples[0]["input"], path, INPUT_NAMES, OUTPUT_NAMES, OPSET)
     return ExportedModel(path=path, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, sample_inputs=samples)
 
 
