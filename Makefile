@@ -5,13 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: help venv broker test lint demo bench clean
+.PHONY: help venv broker test lint demo bench netbed clean
 
 help:
 	@echo "make demo   run the end-to-end demo on loopback (no broker needed)"
 	@echo "make test   run the test suite (installs .venv and Mosquitto if missing)"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  run the benchmarks; JSON and plots land in benchmarks/results/"
+	@echo "make netbed a shaped edge/hub namespace pair (root): NETBED=up|shape|cut|restore|down RATE=10"
 
 venv: $(STAMP)
 
@@ -43,6 +44,12 @@ demo: $(STAMP)
 
 bench: $(STAMP) broker
 	$(BIN)/python -m benchmarks.run_all
+
+# Two network namespaces joined by veth, the uplink shaped by tbf (tests/fixtures/netns.py; needs root).
+NETBED ?= up
+RATE ?= 10
+netbed: $(STAMP)
+	$(BIN)/python -m tests.fixtures.netns $(NETBED) --up-mbit $(RATE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

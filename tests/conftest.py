@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.broker"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.netns"]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

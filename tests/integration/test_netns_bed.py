@@ -1,0 +1,108 @@
+"""The namespace test bed itself: the shaper delivers its configured rate, a cut drops, cleanup is total."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.fixtures.netns import EDGE_IP, HUB_IP, NetnsLink, Shape, missing_reason
+
+# TCP payload per frame on a 1500-byte MTU with timestamps: 1448 of the 1514 bytes tbf counts.
+PAYLOAD_SHARE = 1448 / 1514
+
+
+def _pair(link: NetnsLink) -> tuple[socket.socket, socket.socket]:
+    """A TCP connection from the edge namespace (client) to the hub namespace (server side)."""
+    server = link.call("hub", lambda: socket.create_server((HUB_IP, 0)))
+    port = server.getsockname()[1]
+    client = link.call("edge", lambda: socket.create_connection((HUB_IP, port), timeout=10))
+    accepted, _ = server.accept()
+    server.close()
+    return client, accepted
+
+
+def _goodput_mbit(sender: socket.socket, receiver: socket.socket, seconds: float) -> float:
+    """Payload Mbit/s the receiver sees, after the first 0.3 s (the bucket's burst and slow start)."""
+    stop = threading.Event()
+
+    def pump() -> None:
+        chunk = b"x" * 65536
+        while not stop.is_set():
+            try:
+                sender.sendall(chunk)
+            except OSError:
+                return
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    receiver.settimeout(5)
+    first = time.monotonic()
+    counted, t0 = 0, None
+    while time.monotonic() - first < seconds + 0.3:
+        got = len(receiver.recv(1 << 20))
+        if t0 is None and time.monotonic() - first >= 0.3:
+            t0 = time.monotonic()
+        elif t0 is not None:
+            counted += got
+    elapsed = time.monotonic() - t0 if t0 is not None else 1.0
+    stop.set()
+    sender.close()
+    thread.join(timeout=5)
+    return counted * 8 / elapsed / 1e6
+
+
+@pytest.mark.parametrize("rate_mbit", [2.0, 20.0])
+def test_the_shaper_delivers_its_configured_rate(netns_link: NetnsLink, rate_mbit: float) -> None:
+    netns_link.shape(rate_mbit)
+    client, server = _pair(netns_link)
+    measured = _goodput_mbit(client, server, 1.5)
+    server.close()
+    expected = rate_mbit * PAYLOAD_SHARE
+    # The kernel's rate, not this host's speed: a busy host can only deliver less, never more.
+    assert 0.85 * expected <= measured <= 1.05 * expected, (measured, expected)
+
+
+def test_the_downlink_has_its_own_shape(netns_link: NetnsLink) -> None:
+    netns_link.shape(50.0, down=2.0)
+    client, server = _pair(netns_link)
+    measured = _goodput_mbit(server, client, 1.5)  # hub to edge
+    client.close()
+    assert 0.85 * 2 * PAYLOAD_SHARE <= measured <= 1.05 * 2 * PAYLOAD_SHARE, measured
+
+
+def test_a_cut_drops_silently_and_restore_delivers_on_the_same_connection(netns_link: NetnsLink) -> None:
+    netns_link.shape(10.0)
+    client, server = _pair(netns_link)
+    netns_link.cut()
+    client.sendall(b"during the cut")
+    server.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        server.recv(100)
+    netns_link.restore()
+    server.settimeout(10)
+    assert server.recv(100) == b"during the cut"  # TCP retransmitted it; the connection survived
+    client.close()
+    server.close()
+
+
+def test_namespaces_are_deleted_even_when_the_test_fails() -> None:
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    link = NetnsLink()
+    with pytest.raises(RuntimeError, match="boom"), link:
+        link.shape(Shape.for_rate(5.0))
+        raise RuntimeError("boom")
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert link.edge_ns not in names and link.hub_ns not in names
+
+
+def test_the_edge_namespace_has_its_own_address(netns_link: NetnsLink) -> None:
+    client, server = _pair(netns_link)
+    assert client.getsockname()[0] == EDGE_IP
+    client.close()
+    server.close()
