@@ -42,6 +42,9 @@ __all__ = ["EdgeAgent", "InferenceResult"]
 
 logger = logging.getLogger("tandem.edge")
 
+_RETRY_UNSENT_S = 0.1  # the next beat after one that could not leave at all
+_MAX_PROBE_BYTES = 4 << 20
+
 
 @dataclass
 class InferenceResult:
@@ -115,6 +118,10 @@ class EdgeAgent:
         self._failures = 0
         self._last_upload = 0.0
         self._beat_answered = threading.Event()  # the hub answered the latest plain heartbeat
+        self._recovered = threading.Event()  # the hub answered after an outage: beat and probe at once
+        self._probes: dict[str, int] = {}  # probe heartbeats in flight: request id -> bytes sent
+        self._overdue: dict[str, tuple[float, int]] = {}  # timed-out requests: id -> (sent, bytes up)
+        self._large_probe = False  # probes alternate two sizes so the estimator can tell rate from burst
         self._recent: deque[tuple[float, float]] = deque(maxlen=256)  # (time, latency_ms)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -238,6 +245,8 @@ class EdgeAgent:
         self._forget(request.request_id)
         if not arrived or waiter.reply is None:
             self._count_failure()
+            self.estimator.observe_timeout(request.wire_bytes, 1000 * (time.perf_counter() - sent))
+            self._remember_overdue(request.request_id, sent, request.wire_bytes)
             return None, f"no hub answer within {self.config.deadline_ms:.0f} ms"
         reply = waiter.reply
         reply.timestamps["edge_round_trip_ms"] = 1000 * (time.perf_counter() - sent)
@@ -263,9 +272,9 @@ class EdgeAgent:
         outputs = {**edge_outputs, **{name: _owned(value) for name, value in reply.arrays().items()}}
         timing["decode_ms"] = 1000 * (time.perf_counter() - t0)
         hub = reply.meta.get("timing", {})
-        hub_ms = sum(float(hub.get(k, 0.0)) for k in ("queue_ms", "decode_ms", "compute_ms", "encode_ms"))
+        hub_ms = _hub_ms(reply)
         round_trip = reply.timestamps["edge_round_trip_ms"]
-        self.estimator.observe_transfer(request.wire_bytes, round_trip, hub_ms)
+        self.estimator.observe_transfer(request.wire_bytes, round_trip, hub_ms, reply_bytes=reply.wire_bytes)
         timing.update({f"hub_{k}": float(v) for k, v in hub.items()}, round_trip_ms=round_trip)
         self.counters["hub"] += 1
         return self._result(outputs, request.request_id, split, "hub", False, started, timing)
@@ -380,8 +389,25 @@ class EdgeAgent:
     def _mark_up(self) -> None:
         if not self._hub_up:
             logger.info("hub reachable again; back to split inference")
+            self._recovered.set()
         self._hub_up = True
         self._failures = 0
+
+    def _remember_overdue(self, request_id: str, sent: float, nbytes: int) -> None:
+        """Keep a timed-out request's send time: its late reply still measures the link."""
+        with self._waiters_lock:
+            self._overdue[request_id] = (sent, nbytes)
+            while len(self._overdue) > 64:
+                self._overdue.pop(next(iter(self._overdue)))
+
+    def _on_late(self, envelope: Envelope) -> None:
+        """A reply after its request was answered locally: dropped, but its round trip is a sample."""
+        self.counters["late_replies"] += 1
+        with self._waiters_lock:
+            overdue = self._overdue.pop(envelope.request_id, None)
+        if overdue is not None and envelope.kind is Kind.RESULT:
+            round_trip = 1000 * (time.perf_counter() - overdue[0])
+            self.estimator.observe_transfer(overdue[1], round_trip, _hub_ms(envelope), reply_bytes=envelope.wire_bytes)
 
     def _receive(self) -> None:
         receive_forever(
@@ -393,13 +419,14 @@ class EdgeAgent:
         )
 
     def _dispatch(self, envelope: Envelope) -> None:
+        self._mark_up()  # any message from the hub means it is reachable
         if envelope.kind is Kind.HEARTBEAT:
             self._on_heartbeat(envelope)
             return
         with self._waiters_lock:
             waiter = self._waiters.pop(envelope.request_id, None)
         if waiter is None:
-            self.counters["late_replies"] += 1  # already answered locally
+            self._on_late(envelope)  # already answered locally
             return
         waiter.deliver(envelope)
 
@@ -407,31 +434,35 @@ class EdgeAgent:
         sent = envelope.timestamps.get("edge_sent")
         if sent is not None:
             round_trip_ms = 1000 * (time.time() - sent)
-            probe = int(envelope.meta.get("probe_bytes", 0) or 0)
+            with self._waiters_lock:
+                probe = self._probes.pop(envelope.request_id, 0)
             if probe:
                 self.estimator.observe_transfer(probe, round_trip_ms, 0.0)
             else:
                 self.estimator.observe_rtt(round_trip_ms)
                 self._beat_answered.set()
-        self._mark_up()
 
     def _maintain(self) -> None:
         next_beat = next_telemetry = time.monotonic()
         backoff = self.config.retry.initial_s
         next_probe: float | None = None
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.02):
             now = time.monotonic()
+            if self._recovered.is_set():  # the hub is back: measure the link now, not a backoff later
+                self._recovered.clear()
+                backoff, next_beat = self.config.retry.initial_s, now
             if now >= next_telemetry and self._hub_up:
                 self._send_quietly(self._telemetry())
                 next_telemetry = now + self.config.telemetry_interval_s
             if next_probe is not None and (self._beat_answered.is_set() or now >= next_probe):
                 next_probe = None
-                if self._hub_up and now - self._last_upload > self.config.probe_interval_s:
+                idle = now - self._last_upload > self.config.probe_interval_s
+                if self._hub_up and (idle or self.estimator.wants_probe()):
                     self._send_quietly(self._heartbeat(probe=True))
             if now < next_beat:
                 continue
             self._beat_answered.clear()
-            self._send_quietly(self._heartbeat(probe=False))
+            left = self._send_quietly(self._heartbeat(probe=False))
             if self._hub_up:
                 backoff = self.config.retry.initial_s
                 if self.config.probe_bytes:
@@ -441,6 +472,8 @@ class EdgeAgent:
                     # not elsewhere; a delayed ACK (~40 ms) would pass for a slow uplink.
                     next_probe = now + self.config.probe_interval_s / 2
                 next_beat = now + self.config.probe_interval_s
+            elif not left:
+                next_beat = now + _RETRY_UNSENT_S  # nothing left (no connection): trying again costs nothing
             else:
                 next_beat = now + backoff
                 backoff = min(backoff * 2, self.config.retry.max_s)
@@ -448,9 +481,24 @@ class EdgeAgent:
     def _heartbeat(self, *, probe: bool) -> Envelope:
         beat = Envelope(kind=Kind.HEARTBEAT, device_id=self.config.device_id, timestamps={"edge_sent": time.time()})
         if probe:
-            beat.add_arrays({"probe": np.zeros(self.config.probe_bytes, np.uint8)})
-            beat.meta["probe_bytes"] = self.config.probe_bytes
+            nbytes = self._probe_size()
+            beat.add_arrays({"probe": np.zeros(nbytes, np.uint8)})
+            beat.meta["probe_bytes"] = nbytes
+            with self._waiters_lock:
+                self._probes[beat.request_id] = beat.wire_bytes
+                while len(self._probes) > 16:
+                    self._probes.pop(next(iter(self._probes)))
         return beat
+
+    def _probe_size(self) -> int:
+        """Alternately ``probe_bytes`` (or 50 ms at the estimated rate, if more) and three times that.
+
+        Two sizes, both well past a token bucket's burst, give the estimator a slope (docs/link-estimation.md).
+        """
+        rate = self.estimator.snapshot().bandwidth_mbps or 0.0
+        small = max(self.config.probe_bytes, int(rate * 1e6 / 8 * 0.05))
+        self._large_probe = not self._large_probe
+        return min(3 * small if self._large_probe else small, _MAX_PROBE_BYTES)
 
     def _telemetry(self) -> Envelope:
         latencies = sorted(latency for _, latency in self._recent)
@@ -464,8 +512,17 @@ class EdgeAgent:
         meta.update({f"count_{k}": v for k, v in self.counters.items()})
         return Envelope(kind=Kind.TELEMETRY, device_id=self.config.device_id, meta=meta)
 
-    def _send_quietly(self, envelope: Envelope) -> None:
+    def _send_quietly(self, envelope: Envelope) -> bool:
+        """Send ``envelope``; False (and the hub marked down) when it could not leave."""
         try:
             self.channel.send(envelope)
         except ChannelError as exc:
             self._mark_down(f"send failed: {exc}")
+            return False
+        return True
+
+
+def _hub_ms(reply: Envelope) -> float:
+    """The time the hub says it spent on a request (queue, decode, compute, encode)."""
+    hub = reply.meta.get("timing", {})
+    return sum(float(hub.get(k, 0.0)) for k in ("queue_ms", "decode_ms", "compute_ms", "encode_ms"))

@@ -1,98 +1,254 @@
-"""Live estimates of the uplink, robust to queueing.
+"""Live estimates of the link: RTT, uplink and downlink rate, and how sure the uplink figure is.
 
-Queueing only ever makes a transfer look slower and a round trip look longer,
-so, as BBR does, the agent keeps the **minimum** RTT seen over a window and the
-**maximum** delivery rate seen over a shorter one. A drop in capacity shows as
-soon as the faster samples age out of the bandwidth window.
+docs/link-estimation.md says what is assumed and why. In short:
+
+- **RTT**: the minimum round trip of small messages over a window, as BBR
+  keeps it; when the window holds fewer than three samples, the last three
+  samples however old, so one heartbeat that waited in a stalled queue cannot
+  become the whole estimate.
+- **Uplink rate**: transfer time is affine in bytes, ``t = t0 + bytes / rate``,
+  where ``t0`` absorbs what does not grow with size (a token bucket's burst,
+  which lets a message's first kilobytes leave at line rate; TCP start-up).
+  The rate is the Theil-Sen slope of the recent (bytes, time) samples (the
+  median of pairwise slopes, robust to a few queued samples), not a per-message
+  maximum that a burst inflates. Only samples at least a quarter the size of
+  the window's largest vote (a small message can fit in the burst entirely and
+  say nothing about the rate). Without two sizes far enough apart it falls back
+  to the median per-message rate, and :meth:`LinkEstimator.wants_probe` asks
+  for probes of two sizes.
+- **Changes**: when the last three samples all miss the current fit by more
+  than ``change_ratio`` the same way, the older samples are dropped.
+- **Timeouts** are information: a request without an answer after ``waited_ms``
+  bounds the rate from above (``bytes / (waited - RTT)``) until a later transfer
+  completes.
+- **Downlink rate**: the part of an activation's round trip that the uplink fit
+  and the hub's own time do not explain, for the reply's bytes; None until such
+  samples exist.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["LinkEstimate", "LinkEstimator"]
+__all__ = ["LinkEstimate", "LinkEstimator", "theil_sen"]
+
+_RECENT_RTT = 3  # RTT samples always considered, however old
+_CHANGE_RUN = 3  # samples in a row that must miss the fit the same way to mean a change
 
 
+@dataclass(frozen=True)
 class LinkEstimate:
-    """A snapshot: RTT in ms and uplink bandwidth in Mbit/s (None until measured)."""
+    """A snapshot: RTT in ms and uplink (and downlink) rate in Mbit/s; None until measured.
 
-    def __init__(self, rtt_ms: float | None, bandwidth_mbps: float | None) -> None:
-        self.rtt_ms = rtt_ms
-        self.bandwidth_mbps = bandwidth_mbps
+    ``spread`` is the relative standard error of the uplink rate (0 when unknown);
+    the selector's switching margin grows with it.
+    """
+
+    rtt_ms: float | None
+    bandwidth_mbps: float | None
+    downlink_mbps: float | None = None
+    spread: float = 0.0
 
     def __repr__(self) -> str:
         bw = "?" if self.bandwidth_mbps is None else f"{self.bandwidth_mbps:.2f}"
         rtt = "?" if self.rtt_ms is None else f"{self.rtt_ms:.1f}"
-        return f"LinkEstimate(rtt_ms={rtt}, bandwidth_mbps={bw})"
+        down = "?" if self.downlink_mbps is None else f"{self.downlink_mbps:.2f}"
+        return f"LinkEstimate(rtt_ms={rtt}, bandwidth_mbps={bw}, downlink_mbps={down}, spread={self.spread:.3f})"
 
 
-class _Window:
-    """The best sample (lowest or highest) of the last ``seconds``; the newest survives however old it is.
+@dataclass(frozen=True)
+class _Transfer:
+    at: float
+    nbytes: int
+    ms: float
 
-    A monotonic deque: a sample that a newer, at least as good one outshines can
-    never be the best again and is dropped when that one arrives, so ``add`` and
-    ``best`` cost O(1) amortised however many requests a window holds.
+    @property
+    def mbps(self) -> float:
+        return self.nbytes * 8 / (self.ms * 1000)
+
+
+def theil_sen(points: list[tuple[float, float]], *, min_ratio: float = 1.3) -> tuple[float, float, float] | None:
+    """(slope, intercept, relative MAD of the slopes) of ``points`` (x, y), or None.
+
+    Only pairs whose x differ by ``min_ratio`` or more vote; no such pair, or a
+    slope that is not positive, gives None. With fewer than three pairs the
+    spread is unknown and reported as 0.5.
     """
-
-    def __init__(self, seconds: float, clock: Callable[[], float], *, highest: bool) -> None:
-        self.seconds = seconds
-        self.clock = clock
-        self.highest = highest
-        self.samples: deque[tuple[float, float]] = deque()  # best first, newest last
-
-    def add(self, value: float) -> None:
-        samples = self.samples
-        while samples and (samples[-1][1] <= value if self.highest else samples[-1][1] >= value):
-            samples.pop()
-        samples.append((self.clock(), value))
-
-    def best(self) -> float | None:
-        samples = self.samples
-        horizon = self.clock() - self.seconds
-        while len(samples) > 1 and samples[0][0] < horizon:
-            samples.popleft()
-        return samples[0][1] if samples else None
+    slopes = [
+        (y2 - y1) / (x2 - x1)
+        for i, (x1, y1) in enumerate(points)
+        for x2, y2 in points[i + 1 :]
+        if max(x1, x2) >= min_ratio * min(x1, x2)
+    ]
+    if not slopes:
+        return None
+    slope = statistics.median(slopes)
+    if slope <= 0:
+        return None
+    intercept = statistics.median(y - slope * x for x, y in points)
+    mad = statistics.median(abs(s - slope) for s in slopes) / slope if len(slopes) >= 3 else 0.5
+    return slope, intercept, mad
 
 
 class LinkEstimator:
-    """Windowed min-RTT and max-bandwidth estimates, fed by the agent after every exchange.
+    """RTT, uplink and downlink estimates, fed by the agent after every exchange (see module docstring).
 
-    ``observe_rtt`` takes the round trip of a message too small for bandwidth to
+    ``observe_rtt`` takes the round trip of a message too small for the rate to
     matter (a heartbeat). ``observe_transfer`` takes a round trip that carried
-    ``nbytes`` up, minus the time the hub says it spent: what remains beyond the
-    RTT is serialisation on the uplink.
+    ``nbytes`` up (and ``reply_bytes`` down) and spent ``hub_ms`` in the hub.
     """
 
     def __init__(
         self,
         *,
         rtt_window_s: float = 10.0,
-        bandwidth_window_s: float = 3.0,
+        bandwidth_window_s: float = 10.0,
+        max_samples: int = 24,
         min_transfer_ms: float = 0.5,
+        change_ratio: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.rtt_window_s = rtt_window_s
+        self.bandwidth_window_s = bandwidth_window_s
         self.min_transfer_ms = min_transfer_ms
-        self._rtt = _Window(rtt_window_s, clock, highest=False)
-        self._bandwidth = _Window(bandwidth_window_s, clock, highest=True)
+        self.change_ratio = change_ratio
+        self._clock = clock
+        self._rtt: deque[tuple[float, float]] = deque(maxlen=256)
+        self._up: deque[_Transfer] = deque(maxlen=max_samples)
+        self._down: deque[_Transfer] = deque(maxlen=max_samples)
+        self._bound: _Transfer | None = None  # newest timeout: the rate is at most its mbps
+        self._misses: list[int] = []  # the latest samples' misses of the fit: +1 slower, -1 faster
         self._lock = threading.Lock()
+
+    # -- observations ---------------------------------------------------------------------------------------------
 
     def observe_rtt(self, rtt_ms: float) -> None:
         """A small message's round trip, in ms."""
         with self._lock:
-            self._rtt.add(rtt_ms)
+            self._rtt.append((self._clock(), rtt_ms))
 
-    def observe_transfer(self, nbytes: int, round_trip_ms: float, hub_ms: float) -> None:
-        """A round trip that sent ``nbytes`` up and spent ``hub_ms`` in the hub."""
+    def observe_transfer(self, nbytes: int, round_trip_ms: float, hub_ms: float, *, reply_bytes: int = 0) -> None:
+        """A round trip that sent ``nbytes`` up, ``reply_bytes`` down and spent ``hub_ms`` in the hub."""
         with self._lock:
-            transfer_ms = round_trip_ms - hub_ms - (self._rtt.best() or 0.0)
-            if transfer_ms < self.min_transfer_ms or nbytes <= 0:
+            beyond_rtt = round_trip_ms - hub_ms - (self._rtt_ms() or 0.0)
+            self._observe_downlink(nbytes, beyond_rtt, reply_bytes)
+            up_ms = beyond_rtt - self._downlink_ms(reply_bytes)
+            if up_ms < self.min_transfer_ms or nbytes <= 0:
                 return  # too fast to tell the link apart from noise
-            self._bandwidth.add(nbytes * 8 / (transfer_ms * 1000))
+            self._add_up(_Transfer(self._clock(), nbytes, up_ms))
+            self._bound = None
+
+    def observe_timeout(self, nbytes: int, waited_ms: float) -> None:
+        """``nbytes`` went up and no answer came within ``waited_ms``: the uplink is at most that fast."""
+        with self._lock:
+            up_ms = waited_ms - (self._rtt_ms() or 0.0)
+            if up_ms >= self.min_transfer_ms and nbytes > 0:
+                bound = _Transfer(self._clock(), nbytes, up_ms)
+                if self._bound is None or bound.mbps < self._bound.mbps:
+                    self._bound = bound
+
+    # -- estimates ------------------------------------------------------------------------------------------------
 
     def snapshot(self) -> LinkEstimate:
         """The current estimate."""
         with self._lock:
-            return LinkEstimate(self._rtt.best(), self._bandwidth.best())
+            rate, spread = self._uplink()
+            if rate is not None and self._bound is not None:
+                rate = min(rate, self._bound.mbps)
+            elif self._bound is not None:
+                rate = self._bound.mbps
+            down = self._recent(self._down)
+            down_rate = statistics.median(t.mbps for t in down) if down else None
+            return LinkEstimate(self._rtt_ms(), rate, down_rate, spread)
+
+    def wants_probe(self) -> bool:
+        """Whether the uplink window lacks two sizes far enough apart to tell the rate from a burst."""
+        with self._lock:
+            return self._fit() is None
+
+    def predicted_up_ms(self, nbytes: int) -> float | None:
+        """The uplink time the current fit predicts for ``nbytes`` (None without a rate)."""
+        with self._lock:
+            return self._up_ms(nbytes)
+
+    # -- internals (called with the lock held) --------------------------------------------------------------------
+
+    def _rtt_ms(self) -> float | None:
+        horizon = self._clock() - self.rtt_window_s
+        recent = [v for t, v in self._rtt if t >= horizon]
+        if len(recent) < _RECENT_RTT:
+            recent += [v for _, v in list(self._rtt)[-_RECENT_RTT:]]
+        return min(recent) if recent else None
+
+    def _recent(self, samples: deque[_Transfer]) -> list[_Transfer]:
+        horizon = self._clock() - self.bandwidth_window_s
+        return [t for t in samples if t.at >= horizon]
+
+    def _voters(self) -> list[_Transfer]:
+        """The window's samples at least a quarter the size of its largest: beyond a bucket's burst."""
+        samples = self._recent(self._up)
+        largest = max((t.nbytes for t in samples), default=0)
+        return [t for t in samples if 4 * t.nbytes >= largest]
+
+    def _fit(self) -> tuple[float, float, float] | None:
+        return theil_sen([(t.nbytes, t.ms) for t in self._voters()])
+
+    def _uplink(self) -> tuple[float | None, float]:
+        """(rate in Mbit/s, relative standard error) from the window."""
+        samples = self._recent(self._up)
+        if not samples:
+            return None, 0.0
+        fit = self._fit()
+        if fit is not None:
+            slope, _, mad = fit
+            return 8 / (slope * 1000), 1.4826 * mad / math.sqrt(len(samples))
+        rates = [t.mbps for t in samples]
+        rate = statistics.median(rates)
+        mad = statistics.median(abs(r - rate) for r in rates) / rate
+        return rate, 1.4826 * mad / math.sqrt(len(samples))
+
+    def _up_ms(self, nbytes: int) -> float | None:
+        fit = self._fit()
+        if fit is not None:
+            slope, intercept, _ = fit
+            return max(0.0, intercept + slope * nbytes)
+        rate, _ = self._uplink()
+        return None if rate is None else nbytes * 8 / (rate * 1000)
+
+    def _downlink_ms(self, reply_bytes: int) -> float:
+        """Time the reply took down: by the downlink estimate, else as fast as the uplink, else nothing."""
+        if reply_bytes <= 0:
+            return 0.0
+        down = self._recent(self._down)
+        rate = statistics.median(t.mbps for t in down) if down else self._uplink()[0]
+        return reply_bytes * 8 / (rate * 1000) if rate else 0.0
+
+    def _observe_downlink(self, nbytes: int, beyond_rtt_ms: float, reply_bytes: int) -> None:
+        """The part of the round trip the uplink fit does not explain, when it is the larger part."""
+        up_ms = self._up_ms(nbytes)
+        if up_ms is None or reply_bytes <= 0:
+            return
+        down_ms = beyond_rtt_ms - up_ms
+        if down_ms >= max(self.min_transfer_ms, up_ms):
+            self._down.append(_Transfer(self._clock(), reply_bytes, down_ms))
+
+    def _add_up(self, sample: _Transfer) -> None:
+        """Add ``sample``; drop the older ones when the newest few all miss the fit the same way."""
+        predicted = self._up_ms(sample.nbytes)
+        self._up.append(sample)
+        if predicted is None or predicted < 2.0 or sample not in self._voters():
+            return  # a sample the fit does not rest on cannot say it changed
+        miss = sample.ms / max(predicted, 1e-9) - 1
+        direction = 1 if miss > self.change_ratio else -1 if miss < -self.change_ratio else 0
+        self._misses = [*self._misses, direction][-_CHANGE_RUN:] if direction else []
+        if len(self._misses) == _CHANGE_RUN and len(set(self._misses)) == 1:
+            kept = list(self._up)[-_CHANGE_RUN:]
+            self._up.clear()
+            self._up.extend(kept)
+            self._misses = []

@@ -1,0 +1,152 @@
+"""The link estimator on synthetic sample streams: token buckets, queueing, steps, timeouts, stale RTTs."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from tandem.edge_agent.link_estimator import LinkEstimator, theil_sen
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bucket_ms(nbytes: int, rate_mbps: float, burst: int) -> float:
+    """A token bucket after idle: the first ``burst`` bytes leave at (near) line rate, the rest at ``rate``."""
+    return 0.2 + max(0, nbytes - burst) * 8 / (rate_mbps * 1000)
+
+
+def feed(estimator: LinkEstimator, clock: Clock, sizes: list[int], rate: float, burst: int, rtt: float = 1.0) -> None:
+    rng = random.Random(7)
+    for nbytes in sizes:
+        clock.now += 0.2
+        jitter = rng.uniform(0, 2.0)  # scheduling noise on a busy host: only ever later
+        estimator.observe_transfer(nbytes, rtt + 3.0 + bucket_ms(nbytes, rate, burst) + jitter, hub_ms=3.0)
+
+
+@pytest.mark.parametrize("rate", [2.0, 10.0, 50.0])
+def test_a_burst_does_not_inflate_the_rate_when_sizes_differ(rate: float) -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    sizes = list(itertools.islice(itertools.cycle([40_000, 108_000, 160_000]), 12))
+    feed(estimator, clock, sizes, rate, burst=32_000)
+    per_message_max = max(n * 8 / (bucket_ms(n, rate, 32_000) * 1000) for n in sizes)
+    assert per_message_max > 1.3 * rate  # what the old maximum filter reported
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(rate, rel=0.05)
+    assert not estimator.wants_probe()
+
+
+def test_one_size_only_falls_back_to_the_median_and_asks_for_a_probe() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    feed(estimator, clock, [100_000] * 6, 10.0, burst=0)
+    assert estimator.wants_probe()
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0, rel=0.15)
+
+
+def test_a_few_queued_samples_do_not_move_the_estimate() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    feed(estimator, clock, [32_000, 128_000] * 5, 10.0, burst=16_000)
+    clock.now += 0.2
+    estimator.observe_transfer(128_000, 1 + 400 + bucket_ms(128_000, 10.0, 16_000), hub_ms=0)  # waited in a queue
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0, rel=0.1)
+
+
+@pytest.mark.parametrize(("before", "after"), [(50.0, 2.0), (2.0, 20.0)])
+def test_a_step_is_followed_within_a_few_samples(before: float, after: float) -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    feed(estimator, clock, [32_000, 128_000] * 6, before, burst=16_000)
+    feed(estimator, clock, [32_000, 128_000, 32_000, 128_000], after, burst=16_000)
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(after, rel=0.15)
+
+
+def test_a_timeout_bounds_the_rate_until_a_transfer_completes() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    feed(estimator, clock, [32_000, 128_000] * 4, 50.0, burst=16_000)
+    estimator.observe_timeout(108_000, waited_ms=501.0)  # 108 kB not answered within 500 ms
+    bound = estimator.snapshot().bandwidth_mbps
+    assert bound is not None and bound <= 108_000 * 8 / (500 * 1000) + 1e-9
+    feed(estimator, clock, [32_000, 128_000, 32_000, 128_000], 1.5, burst=16_000)
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(1.5, rel=0.15)
+
+
+def test_one_stale_heartbeat_cannot_take_over_the_rtt() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(rtt_window_s=10, clock=clock)
+    for _ in range(5):
+        clock.now += 1
+        estimator.observe_rtt(2.0)
+    clock.now += 20  # a fade: nothing answered for 20 s
+    estimator.observe_rtt(406.0)  # the beat that waited in the stalled queue
+    assert estimator.snapshot().rtt_ms == 2.0
+    for _ in range(3):  # the path really is slower now: three fresh samples say so
+        clock.now += 1
+        estimator.observe_rtt(60.0)
+    clock.now += 11
+    estimator.observe_rtt(60.0)
+    assert estimator.snapshot().rtt_ms == 60.0
+
+
+def test_the_downlink_is_measured_from_replies() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    feed(estimator, clock, [32_000, 128_000] * 4, 20.0, burst=0)  # probes: nothing comes back
+    for nbytes in [32_000, 128_000] * 4:  # activations with a 40 kB reply on a 2 Mbit/s downlink
+        clock.now += 0.2
+        down = 40_000 * 8 / (2.0 * 1000)
+        estimator.observe_transfer(nbytes, 1 + 3 + bucket_ms(nbytes, 20.0, 0) + down, hub_ms=3, reply_bytes=40_000)
+    snapshot = estimator.snapshot()
+    assert snapshot.downlink_mbps == pytest.approx(2.0, rel=0.1)
+    assert snapshot.bandwidth_mbps == pytest.approx(20.0, rel=0.1)
+
+
+def test_samples_too_small_to_measure_are_ignored() -> None:
+    estimator = LinkEstimator()
+    estimator.observe_rtt(40.0)
+    estimator.observe_transfer(100, round_trip_ms=40.1, hub_ms=0.0)
+    assert estimator.snapshot().bandwidth_mbps is None
+
+
+def test_theil_sen_needs_sizes_apart_and_ignores_an_outlier() -> None:
+    assert theil_sen([(100.0, 1.0), (101.0, 2.0), (102.0, 3.0)]) is None
+    assert theil_sen([(100.0, 3.0), (200.0, 2.0)]) is None  # faster when larger: not a rate
+    points = [(x, 5 + 0.01 * x) for x in (1000.0, 2000.0, 4000.0, 8000.0)] + [(3000.0, 500.0)]
+    fit = theil_sen(points)
+    assert fit is not None
+    assert fit[0] == pytest.approx(0.01, rel=0.2)
+
+
+def test_the_spread_shrinks_with_agreeing_samples() -> None:
+    clock = Clock()
+    noisy, clean = LinkEstimator(clock=clock), LinkEstimator(clock=clock)
+    rng = random.Random(3)
+    for nbytes in [32_000, 128_000] * 6:
+        clock.now += 0.1
+        clean.observe_transfer(nbytes, nbytes * 8 / 10_000, hub_ms=0)
+        noisy.observe_transfer(nbytes, nbytes * 8 / 10_000 * rng.uniform(0.7, 1.5), hub_ms=0)
+    assert clean.snapshot().spread < 0.01 < noisy.snapshot().spread
+
+
+def test_small_messages_inside_the_burst_do_not_vote_against_two_probe_sizes() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    feed(estimator, clock, [64_000, 192_000], 2.0, burst=16_000)  # the two probes
+    feed(estimator, clock, [11_000, 20_000] * 10, 2.0, burst=16_000)  # activations, mostly within the burst
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(2.0, rel=0.1)
