@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from tandem.cloud_hub.metrics import DeviceLabels, bounded_label
 from tandem.cloud_hub.store import DeviceRow
 
 __all__ = ["FleetMetrics", "format_fleet"]
@@ -65,8 +66,10 @@ def _number(value: object) -> str:
 class FleetMetrics:
     """Prometheus gauges per device, and counters of what sync stored, de-duplicated and rejected."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, device_label: DeviceLabels | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # The hub's own (one bound for all its metrics) when sync runs inside a hub.
+        self.device = device_label or DeviceLabels()
         r = self.registry
         self.last_seen = Gauge("tandem_fleet_last_seen_seconds", "Unix time a device was last heard on sync",
                                ["device"], registry=r)  # fmt: skip
@@ -86,9 +89,9 @@ class FleetMetrics:
 
     def observe(self, row: DeviceRow) -> None:
         """Set the gauges of one device from its row."""
-        device = row.device
+        device = self.device(row.device)
         self.last_seen.labels(device).set(row.last_seen)
-        plan = str(row.get("plan_id", ""))
+        plan = bounded_label(str(row.get("plan_id", "")))
         if self._plans.get(device, plan) != plan:
             self.plan_version.remove(device, self._plans[device])
         self._plans[device] = plan

@@ -18,9 +18,10 @@ from typing import Any
 from tandem.cloud_hub.batcher import Batcher, Pending, Tail
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.metrics import HubMetrics
+from tandem.throttled_log import ThrottledLog, clip
 from tandem.transport.channel import Channel
 from tandem.transport.codec import CodecSpec
-from tandem.transport.envelope import Envelope, Kind
+from tandem.transport.envelope import Envelope, Kind, rejection_reply
 from tandem.transport.errors import ChannelError, ProtocolError
 from tandem.transport.factory import open_server
 from tandem.transport.serve import receive_forever
@@ -37,6 +38,8 @@ class Hub:
         self.config = config
         self.metrics = HubMetrics(max_devices=config.metrics.max_devices)
         self.tails = {tail.key: tail for tail in tails}
+        self.metrics.set_served((plan_id, split_id) for plan_id, _, split_id in self.tails)
+        self._rejections = ThrottledLog(logger, level=logging.INFO)  # one line per code an interval, whatever the flood
         self._reply_codec = CodecSpec.parse(config.reply_codec)
         batching = config.batching
         self._batchers = {
@@ -140,18 +143,17 @@ class Hub:
         if key in self.tails:
             return self.tails[key]
         held = self._serving()
+        plan = clip(envelope.plan_id)
         if envelope.plan_id not in held:
             known = ", ".join(sorted(held)) or "none"
-            self._error(
-                channel, envelope, "unknown_plan", f"plan {envelope.plan_id!r} is not loaded; loaded: {known}", "plan"
-            )
+            self._error(channel, envelope, "unknown_plan", f"plan {plan} is not loaded; loaded: {known}", "plan")
         elif str(envelope.plan_version) not in held[envelope.plan_id]:
             versions = ", ".join(sorted(held[envelope.plan_id]))
-            message = f"plan {envelope.plan_id!r} version {envelope.plan_version} is not loaded; loaded: {versions}"
+            message = f"plan {plan} version {envelope.plan_version} is not loaded; loaded: {versions}"
             self._error(channel, envelope, "unknown_plan_version", message, "plan_version")
         else:
             splits = ", ".join(held[envelope.plan_id][str(envelope.plan_version)])
-            message = f"plan {envelope.plan_id!r} has no split {envelope.split_id!r}; its splits: {splits}"
+            message = f"plan {plan} has no split {clip(envelope.split_id)}; its splits: {splits}"
             self._error(channel, envelope, "unknown_split", message, "split")
         return None
 
@@ -193,33 +195,30 @@ class Hub:
 
     def _reject_malformed(self, channel: Channel, exc: ProtocolError) -> None:
         device = exc.device_id or exc.sender or "unknown"
-        logger.info("rejected a message from %r: %s", device, exc)
+        why = clip(exc, 300, quoted=False)
+        self._rejections.log(exc.code, f"rejected a message from {clip(device)} ({exc.code}): {why}")
         self.metrics.errors.labels(self.metrics.device_label(device, identified=False), exc.code).inc()
         if exc.sender is None:
             return
-        reply = Envelope(
-            kind=Kind.ERROR,
-            request_id=exc.request_id or "",
-            device_id=exc.device_id or "",
-            meta={"code": exc.code, "field": exc.field, "message": str(exc)},
-        )
-        self._send(channel, exc.sender, reply)
+        self._send(channel, exc.sender, rejection_reply(exc))
 
     def _error(self, channel: Channel, request: Envelope, code: str, message: str, field: str = "") -> None:
-        logger.info("error %s for %s request %s: %s", code, request.device_id, request.request_id, message)
+        self._rejections.log(code, f"error {code} for {clip(request.device_id)} request {clip(request.request_id)}: "
+                                   f"{clip(message, 300, quoted=False)}")  # fmt: skip
         device = self.metrics.device_label(request.device_id or str(request.sender))
         self.metrics.errors.labels(device, code).inc()
-        self.metrics.requests.labels(device, request.plan_id, request.split_id, code).inc()
+        plan, split = self.metrics.request_labels(request.plan_id, request.split_id)
+        self.metrics.requests.labels(device, plan, split, code).inc()
         self._send(channel, request.sender, request.error_reply(code, message, field_name=field))
 
     def _send(self, channel: Channel, to: str | None, envelope: Envelope) -> None:
         try:
             channel.send(envelope, to=to)
-        except ChannelError as exc:
+        except (ChannelError, ValueError) as exc:  # ValueError: an address the channel refuses (a bad topic name)
             self.metrics.dropped_replies.labels(
                 self.metrics.device_label(envelope.device_id or str(to), identified=False)
             ).inc()
-            logger.debug("reply to %s dropped: %s", to, exc)
+            logger.debug("reply to %s dropped: %s", clip(to), exc)
 
     def _serving(self) -> dict[str, dict[str, list[str]]]:
         held: dict[str, dict[str, list[str]]] = {}

@@ -38,13 +38,14 @@ import msgpack
 from prometheus_client import CollectorRegistry
 
 from tandem.cloud_hub.fleet import FleetMetrics
+from tandem.cloud_hub.metrics import DeviceLabels
 from tandem.cloud_hub.store import DeviceRow, Release, Store, StoredItem, StoreError
 from tandem.cloud_hub.sync_config import HubSyncConfig
 from tandem.contracts.manifest import PlanManifest, scan_plan_dir
-from tandem.throttled_log import ThrottledWarning
+from tandem.throttled_log import ThrottledLog, ThrottledWarning, clip
 from tandem.transport.artifact_reply import chunk_reply
 from tandem.transport.channel import Channel
-from tandem.transport.envelope import Envelope, Kind, Limits, unpack
+from tandem.transport.envelope import Envelope, Kind, Limits, rejection_reply, unpack
 from tandem.transport.errors import ChannelError, ProtocolError
 from tandem.transport.serve import receive_forever
 
@@ -80,6 +81,7 @@ class HubSync:
         *,
         channel: Channel | None = None,
         registry: CollectorRegistry | None = None,
+        device_label: DeviceLabels | None = None,
         limits: Limits = Limits(),
         base: Path | None = None,
     ) -> None:
@@ -88,7 +90,7 @@ class HubSync:
         self.channel = channel
         self.limits = limits
         self.base = base
-        self.metrics = FleetMetrics(registry)
+        self.metrics = FleetMetrics(registry, device_label)
         self._releases: dict[tuple[str, int], Release] = {}
         self._targets: dict[str, tuple[str, int]] = {}
         self._targets_read = 0.0
@@ -100,6 +102,7 @@ class HubSync:
             "batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "bad_messages": 0, "chunks": 0, "store_failed": 0
         }  # fmt: skip
         self._store_failures = ThrottledWarning(logger)  # a full disk fails every message until space is freed
+        self._rejections = ThrottledLog(logger)  # one line per rejection code an interval, whatever the flood
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -262,20 +265,21 @@ class HubSync:
                 items.append(self._item(device, kind, record_id, float(when), envelope, index))
             except _Rejected as exc:
                 rejected.append([record_id, exc.code, exc.message])
-                self.metrics.rejected.labels(device, exc.code).inc()
-                logger.warning("hub sync: rejected %s entry %s from %s (%s): %s",
-                               kind, record_id, device, exc.code, exc.message)  # fmt: skip
+                self.metrics.rejected.labels(self.metrics.device(device), exc.code).inc()
+                self._rejections.log(exc.code, f"hub sync: rejected {kind} entry {clip(record_id)} from "
+                                               f"{clip(device)} ({exc.code}): {exc.message}")  # fmt: skip
         new = self.store.put(items)  # a StoreError is answered by _handle: the edge resends the batch
         self._touched[device] = time.monotonic()
         self.counters["batches"] += 1
         self.counters["stored"] += len(new)
         self.counters["duplicates"] += len(items) - len(new)
         self.counters["rejected"] += len(rejected)
+        label = self.metrics.device(device)
         if new:
-            self.metrics.stored.labels(device, kind).inc(len(new))
+            self.metrics.stored.labels(label, kind).inc(len(new))
         if len(items) > len(new):
-            self.metrics.duplicates.labels(device).inc(len(items) - len(new))
-        self.metrics.last_seen.labels(device).set(time.time())
+            self.metrics.duplicates.labels(label).inc(len(items) - len(new))
+        self.metrics.last_seen.labels(label).set(time.time())
         ack = envelope.reply(Kind.ACK, meta={"ids": [item.record_id for item in items], "rejected": rejected})
         self._send(channel, device, ack)
 
@@ -349,7 +353,7 @@ class HubSync:
             return
         self._offered[device] = now
         logger.info("hub sync: %s runs %s@%s, its target is %s: announcing it again",
-                    device, status.get("plan_id"), current, key)  # fmt: skip
+                    clip(device), clip(status.get("plan_id")), current, key)  # fmt: skip
         announcement = Envelope(kind=Kind.PLAN, plan_id=plan_id, plan_version=version,
                                 meta=release.manifest.to_meta())  # fmt: skip
         self._send(channel, device, announcement)
@@ -390,7 +394,7 @@ class HubSync:
             self._reply_error(channel, request, "unknown_artifact", f"artifact {entry.path!r} cannot be read here")
             return
         self.counters["chunks"] += 1
-        self.metrics.artifact_bytes.labels(request.sender or "").inc(len(data))
+        self.metrics.artifact_bytes.labels(self.metrics.device(request.sender)).inc(len(data))
         self._send(channel, str(request.sender), chunk_reply(request, data, path=entry.path, offset=offset, size=size))
 
     # -- replies --------------------------------------------------------------------------------------------------
@@ -398,20 +402,21 @@ class HubSync:
     def _reject_message(self, channel: Channel, exc: ProtocolError) -> None:
         device = exc.sender or exc.device_id or "unknown"
         self.counters["bad_messages"] += 1
-        self.metrics.rejected.labels(device, exc.code).inc()
-        logger.warning("hub sync: rejected a message from %s (%s): %s", device, exc.code, exc)
+        self.metrics.rejected.labels(self.metrics.device(device, identified=False), exc.code).inc()
+        self._rejections.log(exc.code, f"hub sync: rejected a message from {clip(device)} ({exc.code}): {exc}")
         if exc.sender is None:
             return
-        reply = Envelope(kind=Kind.ERROR, request_id=exc.request_id or "", device_id=exc.sender,
-                         meta={"code": exc.code, "field": exc.field, "message": str(exc)})  # fmt: skip
-        self._send(channel, exc.sender, reply)
+        self._send(channel, exc.sender, rejection_reply(exc, device_id=exc.sender))
 
     def _reply_error(
         self, channel: Channel, request: Envelope, code: str, message: str, field: str = "", *, quiet: bool = False
     ) -> None:
         """Answer ``request`` with an error; logged at WARNING unless ``quiet`` (the caller logged it already)."""
-        logger.log(logging.DEBUG if quiet else logging.WARNING, "hub sync: %s from %s refused (%s): %s",
-                   request.kind.value, request.sender, code, message)  # fmt: skip
+        line = f"hub sync: {request.kind.value} from {clip(request.sender)} refused ({code}): {message}"
+        if quiet:
+            logger.debug("%s", line)
+        else:
+            self._rejections.log(code, line)
         if request.sender is not None:
             self._send(channel, request.sender, request.error_reply(code, message, field_name=field))
 

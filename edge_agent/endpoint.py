@@ -17,7 +17,7 @@ import numpy as np
 
 from tandem.edge_agent.agent import EdgeAgent
 from tandem.executors import ExecutorError
-from tandem.transport.envelope import Envelope, Kind, Limits
+from tandem.transport.envelope import Envelope, Kind, Limits, rejection_reply
 from tandem.transport.errors import ChannelError, ProtocolError
 from tandem.transport.serve import receive_forever
 from tandem.transport.zmq_channel import ZmqClient, ZmqServer
@@ -64,8 +64,7 @@ class LocalEndpoint:
 
     def _reject(self, exc: ProtocolError) -> None:
         if exc.sender:
-            error = Envelope(kind=Kind.ERROR, request_id=exc.request_id or "")
-            self._reply(error, exc.sender, code=exc.code, message=str(exc), field=exc.field)
+            self._send(rejection_reply(exc), exc.sender)
 
     def _answer(self, request: Envelope) -> None:
         if request.kind is not Kind.ACTIVATION:

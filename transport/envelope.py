@@ -9,6 +9,7 @@ is the normative description of this format.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import time
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from tandem.throttled_log import clip
 from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
 from tandem.transport.errors import (
     MalformedHeader,
@@ -40,6 +42,7 @@ __all__ = [
     "encode",
     "new_request_id",
     "pack",
+    "rejection_reply",
     "stamp",
     "unpack",
 ]
@@ -166,9 +169,12 @@ def decode(frames: Sequence[Buffer], limits: Limits = Limits()) -> Envelope:
         raise TruncatedMessage("message has no frames: expected a header frame", field="frames")
     total = sum(map(len, frames))
     if total > limits.max_message_bytes:
-        raise MessageTooLarge(
+        exc = MessageTooLarge(
             f"message is {total} bytes, over the limit of {limits.max_message_bytes}", field="message"
         )
+        if len(frames[0]) <= limits.max_header_bytes:
+            _salvage_ids(exc, frames[0])
+        raise exc
     envelope = _parse_header(frames[0], limits)
     try:
         _attach_frames(envelope, list(frames[1:]))
@@ -182,9 +188,14 @@ def unpack(payload: Buffer, limits: Limits = Limits()) -> Envelope:
     """Validate and rebuild an envelope from :func:`pack`'s single buffer."""
     view = memoryview(payload)
     if len(view) > limits.max_message_bytes:
-        raise MessageTooLarge(
+        exc = MessageTooLarge(
             f"message is {len(view)} bytes, over the limit of {limits.max_message_bytes}", field="message"
         )
+        if len(view) >= _PACKED_PREFIX.size:
+            magic, header_len = _PACKED_PREFIX.unpack_from(view)
+            if magic == PACKED_MAGIC and header_len <= min(limits.max_header_bytes, len(view) - _PACKED_PREFIX.size):
+                _salvage_ids(exc, view[_PACKED_PREFIX.size : _PACKED_PREFIX.size + header_len])
+        raise exc
     if len(view) < _PACKED_PREFIX.size:
         raise TruncatedMessage(f"payload is {len(view)} bytes, shorter than its 8-byte prefix", field="magic")
     magic, header_len = _PACKED_PREFIX.unpack_from(view)
@@ -231,11 +242,15 @@ def _header_dict(envelope: Envelope) -> dict[str, Any]:
 
 
 def _parse_header(frame: Buffer, limits: Limits) -> Envelope:
-    if len(frame) > limits.max_header_bytes:
-        raise MessageTooLarge(
-            f"header is {len(frame)} bytes, over the limit of {limits.max_header_bytes}", field="header"
-        )
-    envelope = _parse_header_typed(frame, limits) or _parse_header_checked(frame, limits)
+    try:
+        if len(frame) > limits.max_header_bytes:
+            raise MalformedHeader(
+                f"header is {len(frame)} bytes, over the limit of {limits.max_header_bytes}", field="header"
+            )
+        envelope = _parse_header_typed(frame, limits) or _parse_header_checked(frame, limits)
+    except ProtocolError as exc:
+        _salvage_ids(exc, frame)
+        raise
     try:
         decoded = 0
         for spec in envelope.tensors:
@@ -302,7 +317,14 @@ def _parse_header_typed(frame: Buffer, limits: Limits) -> Envelope | None:
     except (msgspec.DecodeError, RecursionError):  # the checked path names what is wrong
         return None
     kind = _KINDS.get(header.kind)
-    if kind is None or header.v != PROTOCOL_VERSION or len(header.tensors) > limits.max_tensors:
+    if (
+        kind is None
+        or header.v != PROTOCOL_VERSION
+        or not header.id
+        or len(header.tensors) > limits.max_tensors
+        or (header.deadline is not None and not math.isfinite(header.deadline))
+        or not all(map(math.isfinite, header.ts.values()))
+    ):
         return None
     tensors = [_spec_for(entry) for entry in header.tensors]
     return Envelope(
@@ -356,9 +378,9 @@ def _parse_header_checked(frame: Buffer, limits: Limits) -> Envelope:
     if not isinstance(header, dict):
         raise MalformedHeader(f"header is a {type(header).__name__}, expected a map", field="header")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0: the spec says int
         raise VersionMismatch(
-            f"v: protocol version {version!r} is not supported; this build speaks {PROTOCOL_VERSION}", field="v"
+            f"v: protocol version {clip(version)} is not supported; this build speaks {PROTOCOL_VERSION}", field="v"
         )
     return _read_fields_checked(header, limits)
 
@@ -367,7 +389,7 @@ def _read_fields_checked(header: dict[str, Any], limits: Limits) -> Envelope:
     fields = _HeaderReader(header)
     envelope = Envelope(
         kind=Kind.ACTIVATION,
-        request_id=fields.text("id", required=True),
+        request_id=fields.text("id", required=True, non_empty=True),
         device_id=fields.text("device"),
     )
     try:
@@ -408,8 +430,64 @@ def _kind(value: object) -> Kind:
 
 
 def _with_ids(exc: ProtocolError, envelope: Envelope) -> None:
-    exc.request_id = exc.request_id or envelope.request_id or None
-    exc.device_id = exc.device_id or envelope.device_id or None
+    exc.keeping_ids(envelope)
+
+
+class _Ids(msgspec.Struct):
+    """The routing fields of a header, each of any type: what a rejected header still tells about its request."""
+
+    id: Any = None
+    device: Any = None
+    plan: Any = None
+    plan_version: Any = None
+    split: Any = None
+
+
+_IDS_DECODER = msgspec.msgpack.Decoder(_Ids)
+
+
+def _salvage_ids(exc: ProtocolError, frame: Buffer) -> None:
+    """Fill what ``exc`` lacks of id, device, plan, plan_version and split from a header that failed a check.
+
+    Fields of the wrong type are left out; other keys are skipped unread, so
+    this costs one pass over a header already within the message limit.
+    """
+    try:
+        ids = _IDS_DECODER.decode(frame)
+    except (msgspec.DecodeError, RecursionError):
+        return
+    text = {name: value for name, value in (("id", ids.id), ("device", ids.device), ("plan", ids.plan),
+                                             ("split", ids.split)) if isinstance(value, str) and value}  # fmt: skip
+    exc.request_id = exc.request_id or text.get("id")
+    exc.device_id = exc.device_id or text.get("device")
+    exc.plan_id = exc.plan_id or text.get("plan")
+    exc.split_id = exc.split_id or text.get("split")
+    if exc.plan_version is None and type(ids.plan_version) is int:
+        exc.plan_version = ids.plan_version
+
+
+def rejection_reply(exc: ProtocolError, *, device_id: str | None = None) -> Envelope:
+    """The ``error`` that answers a message rejected by validation (docs/protocol.md 1.3).
+
+    It keeps the id, device, plan, plan version and split the header gave,
+    except a field that is itself at fault (a ``device`` that does not match
+    the topic is not echoed as the reply's address); ``device_id`` overrides
+    the device. A request whose id could not be read is answered with a fresh
+    id (the spec requires one) and ``meta.request_id_unread`` set.
+    """
+    meta: dict[str, Any] = {"code": exc.code, "field": exc.field, "message": str(exc)}
+    if not exc.request_id:
+        meta["request_id_unread"] = True
+    device = device_id if device_id is not None else ("" if exc.field == "device" else exc.device_id or "")
+    return Envelope(
+        kind=Kind.ERROR,
+        request_id=exc.request_id or new_request_id(),
+        device_id=device,
+        plan_id=exc.plan_id or "",
+        plan_version=exc.plan_version or 0,
+        split_id=exc.split_id or "",
+        meta=meta,
+    )
 
 
 class _HeaderReader:
@@ -422,12 +500,14 @@ class _HeaderReader:
     def _bad(self, key: str, expected: str) -> MalformedHeader:
         value = self.header.get(key)
         name = f"{self.prefix}{key}"
-        return MalformedHeader(f"{name}: expected {expected}, got {value!r:.80}", field=name)
+        return MalformedHeader(f"{name}: expected {expected}, got {clip(value)}", field=name)
 
-    def text(self, key: str, *, required: bool = False) -> str:
+    def text(self, key: str, *, required: bool = False, non_empty: bool = False) -> str:
         value = self.header.get(key, None if required else "")
         if not isinstance(value, str):
             raise self._bad(key, "a string")
+        if non_empty and not value:
+            raise self._bad(key, "a non-empty string")
         return value
 
     def integer(self, key: str, *, default: int | None = 0) -> int:
@@ -440,8 +520,8 @@ class _HeaderReader:
         value = self.header.get(key)
         if value is None:
             return None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise self._bad(key, "a number or nil")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise self._bad(key, "a finite number or nil")
         return float(value)
 
     def mapping(self, key: str) -> dict[str, Any]:
@@ -452,8 +532,9 @@ class _HeaderReader:
 
     def timestamps(self, key: str) -> dict[str, float]:
         value = self.mapping(key)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
-            raise self._bad(key, "a map of names to numbers")
+        finite = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value.values())
+        if not all(finite):
+            raise self._bad(key, "a map of names to finite numbers")
         return {k: float(v) for k, v in value.items()}
 
     def tensor_list(self, key: str, limits: Limits) -> list[Any]:

@@ -18,9 +18,11 @@ zstandard, msgpack)::
         ├── ChannelTimeout       nothing arrived in time
         └── ConnectError         could not reach or bind the peer / broker
 
-Protocol errors carry ``field`` (the header field at fault), and, when the
-header could be read, ``request_id`` and ``device_id`` so that a server can
-answer the sender with a named error instead of dropping it.
+Protocol errors carry ``field`` (the header field at fault) and whatever of
+``request_id``, ``device_id``, ``plan_id``, ``plan_version`` and ``split_id``
+the header gave (read before the check that failed, or salvaged from a header
+that failed it), so that a server can answer the sender with a named error the
+sender can match to its request instead of dropping it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,19 @@ class ProtocolError(TransportError):
         self.field = field
         self.request_id = request_id
         self.device_id = device_id
+        self.plan_id: str | None = None
+        self.plan_version: int | None = None
+        self.split_id: str | None = None
         self.sender: str | None = None
+
+    def keeping_ids(self, envelope: object) -> ProtocolError:
+        """This error, with the ids of ``envelope`` (an Envelope) it lacks; returns ``self`` for ``raise``."""
+        self.request_id = self.request_id or getattr(envelope, "request_id", "") or None
+        self.device_id = self.device_id or getattr(envelope, "device_id", "") or None
+        self.plan_id = self.plan_id or getattr(envelope, "plan_id", "") or None
+        self.plan_version = self.plan_version or getattr(envelope, "plan_version", 0) or None
+        self.split_id = self.split_id or getattr(envelope, "split_id", "") or None
+        return self
 
 
 class VersionMismatch(ProtocolError):

@@ -124,6 +124,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from tandem.throttled_log import clip
 from tandem.transport.channel import Channel, PushHandler
 from tandem.transport.chunking import CHUNK_MAGIC, Reassembler, split
 from tandem.transport.config import MqttConfig, TlsConfig, check_topic_name, check_topic_prefix
@@ -393,11 +394,11 @@ class _MqttChannel(Channel):
     def _check_routing(self, envelope: Envelope, device: str, kind: str) -> None:
         if envelope.kind.value != kind:
             raise MalformedHeader(
-                f"kind: header says {envelope.kind.value!r} but the message came on a {kind!r} topic",
+                f"kind: header says {envelope.kind.value!r} but the message came on a {clip(kind)} topic",
                 field="kind",
                 request_id=envelope.request_id,
                 device_id=envelope.device_id or None,
-            )
+            ).keeping_ids(envelope)
 
     def _sender_name(self, device: str) -> str:
         return device
@@ -633,7 +634,7 @@ class MqttServer(_MqttChannel):
     def _parse_topic(self, topic: str) -> tuple[str, str]:
         parts = topic[self._up_start :].split("/")
         if len(parts) != 3 or parts[1] != "up":
-            raise MalformedHeader(f"topic {topic!r} is not {self._prefix}/<device>/up/<kind>", field="topic")
+            raise MalformedHeader(f"topic {clip(topic)} is not {self._prefix}/<device>/up/<kind>", field="topic")
         return parts[0], parts[2]
 
     def _on_chunk(self) -> None:
@@ -648,12 +649,12 @@ class MqttServer(_MqttChannel):
     def _check_routing(self, envelope: Envelope, device: str, kind: str) -> None:
         if envelope.device_id != device:
             raise MalformedHeader(
-                f"device: header says {envelope.device_id!r} but the message came on a topic of device {device!r}: "
+                f"device: header says {clip(envelope.device_id)} but the message came on a topic of device {device!r}: "
                 "a message on a topic the device does not own",
                 field="device",
                 request_id=envelope.request_id,
                 device_id=envelope.device_id or None,
-            )
+            ).keeping_ids(envelope)
         super()._check_routing(envelope, device, kind)
 
 
@@ -740,17 +741,18 @@ class MqttClient(_MqttChannel):
         if not topic.startswith(self._subscription[:-1]) or "/" in kind:
             base, _, kind = topic.rpartition("/")
             if f"{base}/" not in self._group_topics:
-                raise MalformedHeader(f"topic {topic!r} is not {self._subscription[:-1]}<kind>", field="topic")
+                raise MalformedHeader(f"topic {clip(topic)} is not {self._subscription[:-1]}<kind>", field="topic")
         return self.device_id, kind
 
     def _check_routing(self, envelope: Envelope, device: str, kind: str) -> None:
         if envelope.device_id and envelope.device_id != device:
             raise MalformedHeader(
-                f"device: header says {envelope.device_id!r} but the message came on the topics of device {device!r}",
+                f"device: header says {clip(envelope.device_id)} "
+                f"but the message came on the topics of device {device!r}",
                 field="device",
                 request_id=envelope.request_id,
                 device_id=envelope.device_id,
-            )
+            ).keeping_ids(envelope)
         super()._check_routing(envelope, device, kind)
 
     def _sender_name(self, device: str) -> str:

@@ -159,7 +159,7 @@ def test_entries_over_the_hubs_limit_are_rejected_by_name_and_sync_goes_on(
         assert store.record_ids() >= {small, after}
         assert big not in store.record_ids()
         assert outbox.counters()["rejected"] == 1
-        assert f"rejected record entry {big} from cam-1 (record_too_large): record entry of 2" in caplog.text
+        assert f"rejected record entry '{big}' from 'cam-1' (record_too_large): record entry of 2" in caplog.text
         assert "over the hub's limit of 1024 bytes (sync.max_record_bytes)" in caplog.text
         assert f"the hub rejected entry {big} (record_too_large)" in caplog.text
 
@@ -215,9 +215,9 @@ def test_a_message_on_another_devices_topic_is_rejected_and_sync_goes_on(
         ids = [outbox.put("record", msgpack.packb({"n": i})) for i in range(50)]
         wait_until(lambda: outbox.backlog == 0, 20, "outbox drained")
         assert store.record_ids() == set(ids)
-        assert "rejected a message from cam-2 (malformed_header): device: header says 'cam-1' but the message " \
+        assert "rejected a message from 'cam-2' (malformed_header): device: header says 'cam-1' but the message " \
                "came on a topic of device 'cam-2': a message on a topic the device does not own" in caplog.text
-        assert "rejected record entry cam-1:x:1 from cam-2 (foreign_record): record id 'cam-1:x:1' does not " \
+        assert "rejected record entry 'cam-1:x:1' from 'cam-2' (foreign_record): record id 'cam-1:x:1' does not " \
                "belong to device 'cam-2'" in caplog.text
         assert hub.counters["bad_messages"] == 1
 

@@ -19,6 +19,7 @@ from tandem.transport.envelope import (
     decode,
     encode,
     pack,
+    rejection_reply,
     unpack,
 )
 from tandem.transport.errors import (
@@ -108,8 +109,16 @@ def test_reply_keeps_ids_and_error_reply_names_the_problem() -> None:
         ({"kind": "telepathy"}, UnknownKind, r"kind: unknown message kind 'telepathy'"),
         ({"id": 7}, MalformedHeader, r"id: expected a string, got 7"),
         ({"plan_version": "3"}, MalformedHeader, r"plan_version: expected an integer"),
-        ({"deadline": "soon"}, MalformedHeader, r"deadline: expected a number or nil"),
-        ({"ts": {"a": "b"}}, MalformedHeader, r"ts: expected a map of names to numbers"),
+        ({"deadline": "soon"}, MalformedHeader, r"deadline: expected a finite number or nil"),
+        ({"ts": {"a": "b"}}, MalformedHeader, r"ts: expected a map of names to finite numbers"),
+        # Strict where the spec says int or finite float (a bool is not 1, NaN never expires).
+        ({"v": True}, VersionMismatch, r"v: protocol version True is not supported"),
+        ({"v": 1.0}, VersionMismatch, r"v: protocol version 1.0 is not supported"),
+        ({"deadline": float("nan")}, MalformedHeader, r"deadline: expected a finite number or nil, got nan"),
+        ({"deadline": float("inf")}, MalformedHeader, r"deadline: expected a finite number or nil, got inf"),
+        ({"ts": {"edge_sent": float("nan")}}, MalformedHeader, r"ts: expected a map of names to finite numbers"),
+        ({"id": ""}, MalformedHeader, r"id: expected a non-empty string, got ''"),
+        ({"plan_version": True}, MalformedHeader, r"plan_version: expected an integer, got True"),
         ({"meta": [1]}, MalformedHeader, r"meta: expected a map"),
         ({"tensors": {}}, MalformedHeader, r"tensors: expected a list"),
     ],
@@ -125,6 +134,53 @@ def test_protocol_errors_carry_the_request_and_device_ids() -> None:
     with pytest.raises(UnknownKind) as info:
         decode(with_header(sent, kind="nope"))
     assert (info.value.request_id, info.value.device_id) == (sent.request_id, "cam-01")
+
+
+@pytest.mark.parametrize(
+    ("changes", "limits", "error"),
+    [
+        ({"v": 2}, Limits(), VersionMismatch),
+        ({"v": None}, Limits(), VersionMismatch),
+        ({"kind": "nope"}, Limits(), UnknownKind),
+        ({"deadline": float("nan")}, Limits(), MalformedHeader),
+        ({"meta": {"pad": "x" * 5000}}, Limits(max_header_bytes=4000), MalformedHeader),
+        ({}, Limits(max_message_bytes=300), MessageTooLarge),
+    ],
+    ids=["v2", "no-v", "kind", "nan-deadline", "header-too-large", "message-too-large"],
+)
+def test_rejections_keep_every_id_the_header_gave(
+    changes: dict[str, Any], limits: Limits, error: type[ProtocolError]
+) -> None:
+    """docs/protocol.md 1.3: the error keeps id, device, plan, plan_version and split, over ZeroMQ and packed."""
+    sent = activation()
+    frames = with_header(sent, **changes)
+    packed = pack_header_only(frames[0]) + b"".join(bytes(f) for f in frames[1:])
+    for attempt in (lambda: decode(frames, limits), lambda: unpack(packed, limits)):
+        with pytest.raises(error) as info:
+            attempt()
+        exc = info.value
+        assert (exc.request_id, exc.device_id, exc.plan_id, exc.plan_version, exc.split_id) == (
+            sent.request_id, sent.device_id, sent.plan_id, sent.plan_version, sent.split_id
+        )  # fmt: skip
+        reply = decode(encode(rejection_reply(exc)))
+        assert reply.kind is Kind.ERROR and reply.meta["code"] == error.code
+        assert (reply.request_id, reply.device_id, reply.plan_id, reply.plan_version, reply.split_id) == (
+            sent.request_id, sent.device_id, sent.plan_id, sent.plan_version, sent.split_id
+        )  # fmt: skip
+
+
+def test_a_rejection_without_a_readable_id_gets_a_fresh_one_and_says_so() -> None:
+    with pytest.raises(MalformedHeader) as info:
+        decode([b"\xc1not msgpack"])
+    reply = rejection_reply(info.value)
+    assert reply.request_id and reply.meta["request_id_unread"] is True
+    assert decode(encode(reply)).meta["code"] == "malformed_header"
+
+
+def test_a_wrong_device_is_not_echoed_as_the_reply_address() -> None:
+    exc = MalformedHeader("device: header says 'cam-02'", field="device", request_id="r1", device_id="cam-02")
+    assert rejection_reply(exc).device_id == ""
+    assert rejection_reply(exc, device_id="cam-01").device_id == "cam-01"
 
 
 def tensor_header(envelope: Envelope, index: int, **changes: Any) -> list[Any]:
@@ -193,8 +249,10 @@ def test_size_limits_are_enforced_before_allocating() -> None:
     sent = activation()
     with pytest.raises(MessageTooLarge, match="over the limit of 100"):
         decode(encode(sent), Limits(max_message_bytes=100))
-    with pytest.raises(MessageTooLarge, match=r"header is .* bytes, over the limit of 10"):
+    # docs/protocol.md section 3 step 2: an oversized header is a malformed header.
+    with pytest.raises(MalformedHeader, match=r"header is .* bytes, over the limit of 10") as header_info:
         decode(encode(sent), Limits(max_header_bytes=10))
+    assert header_info.value.field == "header"
     with pytest.raises(MessageTooLarge, match="tensors: 3 tensors, over the limit of 2"):
         decode(encode(sent), Limits(max_tensors=2))
     # A header claiming a huge tensor is refused from its shape alone.
