@@ -10,7 +10,11 @@ A codec is a quantiser followed by an optional lossless compressor:
 Then ``+lz4`` or ``+zstd`` compresses the quantised bytes. A codec is written
 as text in configs and benchmarks: ``raw``, ``fp16+lz4``, ``int8@1+zstd``.
 Quantising codecs apply to floating tensors only; integer and boolean tensors
-(token ids, attention masks) always travel ``raw``.
+(token ids, attention masks) always travel ``raw``. Where a codec cannot apply
+to one tensor it falls back for that tensor alone (:func:`tensor_codec` says to
+what and why): ``int8@AXIS`` on a tensor without that axis (a 0-d or 1-d one)
+uses one scale per tensor, and ``int8`` on a tensor holding NaN or infinities
+sends it ``raw``. The header names the codec each tensor really has.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "decode_tensor",
     "dtype_name",
     "encode_tensor",
+    "tensor_codec",
 ]
 
 QUANTISERS = ("raw", "fp16", "int8")
@@ -208,16 +213,36 @@ def _validate_cached(spec: TensorSpec, max_bytes: int) -> None:
     spec._validate(max_bytes)
 
 
+def tensor_codec(
+    dtype: str, shape: tuple[int, ...], spec: CodecSpec, *, finite: bool = True
+) -> tuple[str, int | None, str | None]:
+    """The quantiser and channel axis ``spec`` gives a tensor of this dtype and shape, and why, if it falls back.
+
+    ``finite``: whether the tensor holds only finite values (int8 cannot carry NaN or infinities).
+    """
+    if spec.quantiser == "raw":
+        return "raw", None, None
+    if dtype not in _FLOAT_DTYPES:
+        return "raw", None, f"{spec.quantiser} quantises floating tensors only; {dtype} travels raw"
+    if spec.quantiser == "fp16":
+        return "fp16", None, None
+    if not finite:
+        return "raw", None, "holds NaN or infinite values, which int8 cannot carry; sent raw"
+    if spec.axis is not None and not -len(shape) <= spec.axis < len(shape):
+        return "int8", None, f"has no axis {spec.axis} (shape {list(shape)}); one int8 scale for the tensor"
+    return "int8", spec.axis, None
+
+
 def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[TensorSpec, memoryview | bytes]:
-    """Quantise and compress ``array``; return its header entry and its frame."""
+    """Quantise and compress ``array``; return its header entry and its frame (see :func:`tensor_codec`)."""
     array = np.asarray(array)
     dtype = dtype_name(array.dtype)
     if dtype not in DTYPES:
         raise TypeError(f"tensor {name!r}: dtype {dtype} cannot be sent; supported: {', '.join(DTYPES)}")
-    quantiser = spec.quantiser if dtype in _FLOAT_DTYPES else "raw"
+    finite = spec.quantiser != "int8" or dtype not in _FLOAT_DTYPES or bool(np.isfinite(array).all())
+    quantiser, axis, _ = tensor_codec(dtype, array.shape, spec, finite=finite)
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
-    axis = spec.axis if quantiser == "int8" else None
     if quantiser == "raw":
         wire = array.astype(array.dtype.newbyteorder("<"), copy=False)
     elif quantiser == "fp16":
@@ -274,14 +299,14 @@ def _quantise_int8(
     if axis is not None and not -x.ndim <= axis < x.ndim:
         raise ValueError(f"tensor {name!r}: int8 channel axis {axis} is out of range for shape {list(x.shape)}")
     reduce_axes = tuple(i for i in range(x.ndim) if axis is None or i != axis % x.ndim)
-    if x.size:
-        lo = np.minimum(x.min(axis=reduce_axes, keepdims=True), 0.0)
-        hi = np.maximum(x.max(axis=reduce_axes, keepdims=True), 0.0)
+    if x.size:  # np.asarray: on a 0-d tensor the reductions return NumPy scalars, not arrays
+        lo = np.asarray(np.minimum(x.min(axis=reduce_axes, keepdims=True), 0.0), np.float32)
+        hi = np.asarray(np.maximum(x.max(axis=reduce_axes, keepdims=True), 0.0), np.float32)
     else:
         keep = [1] * x.ndim if axis is None else [1 if i != axis % x.ndim else x.shape[i] for i in range(x.ndim)]
         lo = hi = np.zeros(keep, np.float32)
-    scale = ((hi.astype(np.float64) - lo) / 255.0).astype(np.float32)
-    scale[scale == 0] = 1.0
+    scale = np.asarray((hi.astype(np.float64) - lo) / 255.0, np.float32)
+    scale = np.where(scale == 0, np.float32(1.0), scale)
     zero = np.clip(np.round(-128.0 - lo / scale), -128, 127)
     q = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
     return q, tuple(float(s) for s in scale.reshape(-1)), tuple(int(z) for z in zero.reshape(-1))
@@ -293,7 +318,8 @@ def _dequantise_int8(spec: TensorSpec, wire: np.ndarray) -> np.ndarray:
         shape[spec.axis] = wire.shape[spec.axis]
     scale = np.asarray(spec.scale, np.float32).reshape(shape)
     zero = np.asarray(spec.zero_point, np.float32).reshape(shape)
-    return ((wire.astype(np.float32) - zero) * scale).astype(spec.dtype, copy=False)
+    # np.asarray: arithmetic on a 0-d array yields a NumPy scalar, which ONNX Runtime does not take as a tensor
+    return np.asarray(((wire.astype(np.float32) - zero) * scale).astype(spec.dtype, copy=False))
 
 
 def _compress(raw: memoryview, compression: str) -> memoryview | bytes:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
+from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor, tensor_codec
 from tandem.transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
 
 COMPRESSIONS = ["none", "lz4", "zstd"]
@@ -100,9 +100,12 @@ def test_non_float_tensors_travel_raw_whatever_the_codec() -> None:
     np.testing.assert_array_equal(out, mask)
 
 
-def test_int8_refuses_non_finite_values() -> None:
-    with pytest.raises(ValueError, match="tensor 'x': int8 cannot encode NaN"):
-        encode_tensor("x", np.array([1.0, np.nan], np.float32), CodecSpec(quantiser="int8"))
+def test_int8_sends_a_tensor_with_non_finite_values_raw() -> None:
+    array = np.array([1.0, np.nan, -np.inf], np.float32)
+    spec, out = roundtrip(array, "int8+zstd")
+    assert spec.codec == "raw"
+    np.testing.assert_array_equal(out, array)
+    assert "NaN or infinite" in (tensor_codec("float32", (3,), CodecSpec.parse("int8"), finite=False)[2] or "")
 
 
 @pytest.mark.parametrize(
