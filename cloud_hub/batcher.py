@@ -1,4 +1,11 @@
-"""Dynamic batching of requests for one cloud part (one plan split).
+"""Admission and dynamic batching of requests for one cloud part (one plan split).
+
+:meth:`Batcher.submit` admits a request only while the queue holds fewer than
+``max_queue`` requests and its device fewer than ``max_queue_per_device``;
+otherwise it says why (``overloaded``), and a request already past its
+deadline is refused there too (``deadline_exceeded``). Requests whose deadline
+passes while they wait are dropped before compute, not computed and thrown
+away.
 
 A worker thread takes the first waiting request and, when others are
 queueing (the last batch had company, or more requests are already waiting),
@@ -24,7 +31,7 @@ import numpy as np
 from tandem.executors import Executor, ExecutorError
 from tandem.transport.envelope import Envelope
 
-__all__ = ["Batcher", "Pending", "Tail"]
+__all__ = ["Batcher", "Pending", "Refusal", "Tail"]
 
 logger = logging.getLogger("tandem.hub.batcher")
 
@@ -58,6 +65,21 @@ class Pending:
     compute_s: float = 0.0
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     error: str = ""
+    expired: bool = False
+
+    @property
+    def device(self) -> str:
+        """Whom the request counts against in the per-device queue bound."""
+        return self.envelope.device_id or str(self.envelope.sender)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was not admitted: an error code, a message, the header field at fault."""
+
+    code: str
+    message: str
+    field: str = ""
 
 
 Finish = Callable[[Pending], None]
@@ -66,12 +88,25 @@ Finish = Callable[[Pending], None]
 class Batcher:
     """One worker thread batching requests for one :class:`Tail`."""
 
-    def __init__(self, tail: Tail, *, max_batch_size: int, max_delay_s: float, finish: Finish) -> None:
+    def __init__(
+        self,
+        tail: Tail,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        finish: Finish,
+        max_queue: int = 256,
+        max_queue_per_device: int = 64,
+    ) -> None:
         self.tail = tail
         self.max_batch_size = max_batch_size if tail.executor.batchable else 1
         self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.max_queue_per_device = max_queue_per_device
         self._finish = finish
         self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()  # in C: a cheaper hand-off than Queue
+        self._waiting: dict[str, int] = {}  # per device, under _admission
+        self._admission = threading.Lock()
         self._last_batch_size = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{tail.split_id}", daemon=True)
@@ -82,9 +117,29 @@ class Batcher:
         """Start the worker thread."""
         self._thread.start()
 
-    def submit(self, pending: Pending) -> None:
-        """Queue a request; its ``finish`` callback runs on the worker thread."""
-        self._queue.put(pending)
+    def submit(self, pending: Pending) -> Refusal | None:
+        """Queue a request (its ``finish`` callback runs on the worker thread), or say why not."""
+        deadline = pending.envelope.deadline
+        if deadline is not None and time.time() > deadline:
+            return Refusal("deadline_exceeded", "the request's deadline had passed when it reached the hub", "deadline")
+        device = pending.device
+        with self._admission:
+            mine = self._waiting.get(device, 0)
+            if self._queue.qsize() >= self.max_queue:
+                return Refusal(
+                    "overloaded",
+                    f"split {self.tail.split_id!r} has {self.max_queue} requests waiting (batching.max_queue); "
+                    "retry later or answer locally",
+                )
+            if mine >= self.max_queue_per_device:
+                return Refusal(
+                    "overloaded",
+                    f"this device has {mine} requests waiting for split {self.tail.split_id!r} "
+                    "(batching.max_queue_per_device); retry later or answer locally",
+                )
+            self._waiting[device] = mine + 1
+            self._queue.put(pending)
+        return None
 
     def stop(self) -> None:
         """Stop after the batch in progress."""
@@ -103,9 +158,29 @@ class Batcher:
             except queue.Empty:
                 continue
             batch = self._gather(first)
-            self._run(batch)
+            self._release(batch)
+            now = time.time()
+            live = []
             for pending in batch:
+                deadline = pending.envelope.deadline
+                if deadline is not None and now > deadline:
+                    pending.expired = True  # dropped before compute: running it would only delay the others
+                    self._finish(pending)
+                else:
+                    live.append(pending)
+            if live:
+                self._run(live)
+            for pending in live:
                 self._finish(pending)
+
+    def _release(self, batch: list[Pending]) -> None:
+        with self._admission:
+            for pending in batch:
+                left = self._waiting.get(pending.device, 1) - 1
+                if left > 0:
+                    self._waiting[pending.device] = left
+                else:
+                    self._waiting.pop(pending.device, None)
 
     def _gather(self, first: Pending) -> list[Pending]:
         batch = [first]

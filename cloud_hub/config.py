@@ -16,11 +16,18 @@ __all__ = ["BatchingConfig", "ExecutorConfig", "HubConfig", "MetricsConfig"]
 
 
 class BatchingConfig(StrictModel):
-    """Dynamic batching per (plan, split): wait at most ``max_queue_delay_ms`` to fill a batch."""
+    """Dynamic batching per (plan, split): wait at most ``max_queue_delay_ms`` to fill a batch.
+
+    Admission: each (plan, split) queues at most ``max_queue`` requests, and
+    one device at most ``max_queue_per_device`` of them; a request beyond
+    either is answered ``overloaded`` at once, so a flood costs the flooder.
+    """
 
     enabled: bool = True
     max_batch_size: int = Field(16, ge=1)
     max_queue_delay_ms: float = Field(4.0, ge=0)
+    max_queue: int = Field(256, ge=1, description="requests waiting per (plan, split) before 'overloaded'")
+    max_queue_per_device: int = Field(64, ge=1, description="of those, from one device")
 
 
 class ExecutorConfig(StrictModel):

@@ -48,6 +48,8 @@ class Hub:
                 max_batch_size=batching.max_batch_size if batching.enabled else 1,
                 max_delay_s=batching.max_queue_delay_ms / 1000 if batching.enabled else 0.0,
                 finish=self._finish,
+                max_queue=batching.max_queue,
+                max_queue_per_device=batching.max_queue_per_device,
             )
             for key, tail in self.tails.items()
         }
@@ -136,7 +138,9 @@ class Hub:
             self._error(channel, envelope, "bad_input", problem, field)
             return
         pending = Pending(envelope, feeds, received=started, decode_s=time.perf_counter() - started, channel=channel)
-        self._batchers[tail.key].submit(pending)
+        refusal = self._batchers[tail.key].submit(pending)
+        if refusal is not None:
+            self._error(channel, envelope, refusal.code, refusal.message, refusal.field)
 
     def _find_tail(self, channel: Channel, envelope: Envelope) -> Tail | None:
         key = (envelope.plan_id, envelope.plan_version, envelope.split_id)
@@ -162,9 +166,13 @@ class Hub:
         if pending.error:
             self._error(channel, request, "execution_failed", pending.error)
             return
+        if pending.expired:
+            self._error(channel, request, "deadline_exceeded", "the request's deadline passed while it waited; "
+                        "it was not run", "deadline")  # fmt: skip
+            return
         if request.deadline is not None and time.time() > request.deadline:
             self._error(
-                channel, request, "deadline_exceeded", "the request's deadline passed before it ran", "deadline"
+                channel, request, "deadline_exceeded", "the request's deadline passed while it ran", "deadline"
             )
             return
         started = time.perf_counter()
