@@ -44,6 +44,7 @@ logger = logging.getLogger("tandem.edge")
 
 _RETRY_UNSENT_S = 0.1  # the next beat after one that could not leave at all
 _MAX_PROBE_BYTES = 4 << 20
+_TRAIN_EVERY = 4  # while activations go up, a probe train every this many probe intervals
 
 
 @dataclass
@@ -119,9 +120,9 @@ class EdgeAgent:
         self._last_upload = 0.0
         self._beat_answered = threading.Event()  # the hub answered the latest plain heartbeat
         self._recovered = threading.Event()  # the hub answered after an outage: beat and probe at once
-        self._probes: dict[str, int] = {}  # probe heartbeats in flight: request id -> bytes sent
+        self._probes: dict[str, tuple[str, int, int]] = {}  # probes in flight: id -> (train, 0 or 1, bytes)
+        self._train_first: dict[str, float] = {}  # train id -> when its first probe was answered
         self._overdue: dict[str, tuple[float, int]] = {}  # timed-out requests: id -> (sent, bytes up)
-        self._large_probe = False  # probes alternate two sizes so the estimator can tell rate from burst
         self._recent: deque[tuple[float, float]] = deque(maxlen=256)  # (time, latency_ms)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -435,12 +436,22 @@ class EdgeAgent:
         if sent is not None:
             round_trip_ms = 1000 * (time.time() - sent)
             with self._waiters_lock:
-                probe = self._probes.pop(envelope.request_id, 0)
-            if probe:
-                self.estimator.observe_transfer(probe, round_trip_ms, 0.0)
+                probe = self._probes.pop(envelope.request_id, None)
+            if probe is not None:
+                self._on_probe(*probe)
             else:
                 self.estimator.observe_rtt(round_trip_ms)
                 self._beat_answered.set()
+
+    def _on_probe(self, train: str, seq: int, nbytes: int) -> None:
+        """A probe's answer: the first of a train marks the time, the second measures the rate."""
+        now = time.perf_counter()
+        if seq == 0:
+            self._train_first[train] = now
+            while len(self._train_first) > 8:
+                self._train_first.pop(next(iter(self._train_first)))
+        elif (first := self._train_first.pop(train, None)) is not None:
+            self.estimator.observe_train(nbytes, 1000 * (now - first))
 
     def _maintain(self) -> None:
         next_beat = next_telemetry = time.monotonic()
@@ -457,12 +468,12 @@ class EdgeAgent:
             if next_probe is not None and (self._beat_answered.is_set() or now >= next_probe):
                 next_probe = None
                 idle = now - self._last_upload > self.config.probe_interval_s
-                if self._hub_up and (idle or self.estimator.wants_probe()):
-                    self._send_quietly(self._heartbeat(probe=True))
+                if self._hub_up and (idle or self.estimator.wants_probe(_TRAIN_EVERY * self.config.probe_interval_s)):
+                    self._send_train()
             if now < next_beat:
                 continue
             self._beat_answered.clear()
-            left = self._send_quietly(self._heartbeat(probe=False))
+            left = self._send_quietly(self._heartbeat())
             if self._hub_up:
                 backoff = self.config.retry.initial_s
                 if self.config.probe_bytes:
@@ -478,27 +489,29 @@ class EdgeAgent:
                 next_beat = now + backoff
                 backoff = min(backoff * 2, self.config.retry.max_s)
 
-    def _heartbeat(self, *, probe: bool) -> Envelope:
-        beat = Envelope(kind=Kind.HEARTBEAT, device_id=self.config.device_id, timestamps={"edge_sent": time.time()})
-        if probe:
-            nbytes = self._probe_size()
+    def _heartbeat(self) -> Envelope:
+        return Envelope(kind=Kind.HEARTBEAT, device_id=self.config.device_id, timestamps={"edge_sent": time.time()})
+
+    def _send_train(self) -> None:
+        """Two probes back to back: the gap between their answers is the second's time on the uplink.
+
+        Each carries ``probe_bytes``, or 50 ms at the estimated rate if more, so
+        that the first empties a token bucket's burst and the gap is long enough
+        to stand above the host's scheduling noise (docs/link-estimation.md).
+        """
+        rate = self.estimator.snapshot().bandwidth_mbps or 0.0
+        nbytes = min(max(self.config.probe_bytes, int(rate * 1e6 / 8 * 0.05)), _MAX_PROBE_BYTES)
+        train = f"train-{time.monotonic_ns()}"
+        for seq in (0, 1):
+            beat = self._heartbeat()
             beat.add_arrays({"probe": np.zeros(nbytes, np.uint8)})
             beat.meta["probe_bytes"] = nbytes
             with self._waiters_lock:
-                self._probes[beat.request_id] = beat.wire_bytes
+                self._probes[beat.request_id] = (train, seq, beat.wire_bytes)
                 while len(self._probes) > 16:
                     self._probes.pop(next(iter(self._probes)))
-        return beat
-
-    def _probe_size(self) -> int:
-        """Alternately ``probe_bytes`` (or 50 ms at the estimated rate, if more) and three times that.
-
-        Two sizes, both well past a token bucket's burst, give the estimator a slope (docs/link-estimation.md).
-        """
-        rate = self.estimator.snapshot().bandwidth_mbps or 0.0
-        small = max(self.config.probe_bytes, int(rate * 1e6 / 8 * 0.05))
-        self._large_probe = not self._large_probe
-        return min(3 * small if self._large_probe else small, _MAX_PROBE_BYTES)
+            if not self._send_quietly(beat):
+                return
 
     def _telemetry(self) -> Envelope:
         latencies = sorted(latency for _, latency in self._recent)

@@ -6,24 +6,24 @@ docs/link-estimation.md says what is assumed and why. In short:
   keeps it; when the window holds fewer than three samples, the last three
   samples however old, so one heartbeat that waited in a stalled queue cannot
   become the whole estimate.
-- **Uplink rate**: transfer time is affine in bytes, ``t = t0 + bytes / rate``,
-  where ``t0`` absorbs what does not grow with size (a token bucket's burst,
-  which lets a message's first kilobytes leave at line rate; TCP start-up).
-  The rate is the Theil-Sen slope of the recent (bytes, time) samples (the
-  median of pairwise slopes, robust to a few queued samples), not a per-message
-  maximum that a burst inflates. Only samples at least a quarter the size of
-  the window's largest vote (a small message can fit in the burst entirely and
-  say nothing about the rate). Without two sizes far enough apart it falls back
-  to the median per-message rate, and :meth:`LinkEstimator.wants_probe` asks
-  for probes of two sizes.
-- **Changes**: when the last three samples all miss the current fit by more
-  than ``change_ratio`` the same way, the older samples are dropped.
-- **Timeouts** are information: a request without an answer after ``waited_ms``
-  bounds the rate from above (``bytes / (waited - RTT)``) until a later transfer
-  completes.
-- **Downlink rate**: the part of an activation's round trip that the uplink fit
-  and the hub's own time do not explain, for the reply's bytes; None until such
-  samples exist.
+- **Uplink rate from probe trains**: the agent sends two probes back to back.
+  The first empties a token bucket's burst; the second then leaves at the
+  bucket's rate, so the gap between their answers is its serialisation time
+  (the packet-pair dispersion: RTT, burst and hub time cancel out). The
+  estimate is the median of the last three train samples in the window.
+- **Uplink rate from activations**, until a train has been measured: transfer
+  time is affine in bytes, ``t = t0 + bytes / rate`` (``t0`` absorbs a burst
+  and TCP start-up), fitted with the Theil-Sen slope over the samples at least
+  a quarter the size of the window's largest; the median per-message rate when
+  all sizes are alike.
+- **Drops are seen at once**: three activations in a row more than
+  ``change_ratio`` slower than the estimate predicts drop the train samples
+  (the activations speak until the next train, which :meth:`LinkEstimator.wants_probe`
+  asks for); a request without an answer after ``waited_ms`` bounds the rate
+  from above (``bytes / (waited - RTT)``) until a later transfer completes.
+- **Downlink rate**: the part of an activation's round trip that the uplink
+  estimate and the hub's own time do not explain, for replies of 16 kB or
+  more; None until such samples exist.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ from dataclasses import dataclass
 __all__ = ["LinkEstimate", "LinkEstimator", "theil_sen"]
 
 _RECENT_RTT = 3  # RTT samples always considered, however old
-_CHANGE_RUN = 3  # samples in a row that must miss the fit the same way to mean a change
+_CHANGE_RUN = 3  # activations in a row, much slower than predicted, that mean the link dropped
+_MIN_REPLY_SAMPLE = 16_000  # replies smaller than this say nothing about the downlink
+_TRAIN_SAMPLES = 3  # probe trains the uplink rate is the median of
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,9 @@ class LinkEstimator:
         self._rtt: deque[tuple[float, float]] = deque(maxlen=256)
         self._up: deque[_Transfer] = deque(maxlen=max_samples)
         self._down: deque[_Transfer] = deque(maxlen=max_samples)
+        self._trains: deque[_Transfer] = deque(maxlen=_TRAIN_SAMPLES)  # dispersion of back-to-back probes
         self._bound: _Transfer | None = None  # newest timeout: the rate is at most its mbps
-        self._misses: list[int] = []  # the latest samples' misses of the fit: +1 slower, -1 faster
+        self._slower = 0  # activations in a row slower than the estimate by more than change_ratio
         self._lock = threading.Lock()
 
     # -- observations ---------------------------------------------------------------------------------------------
@@ -143,6 +146,13 @@ class LinkEstimator:
                 return  # too fast to tell the link apart from noise
             self._add_up(_Transfer(self._clock(), nbytes, up_ms))
             self._bound = None
+
+    def observe_train(self, nbytes: int, dispersion_ms: float) -> None:
+        """Two probes went back to back; the second (``nbytes``) was answered ``dispersion_ms`` after the first."""
+        with self._lock:
+            if dispersion_ms >= self.min_transfer_ms and nbytes > 0:
+                self._trains.append(_Transfer(self._clock(), nbytes, dispersion_ms))
+                self._bound = None
 
     def observe_timeout(self, nbytes: int, waited_ms: float) -> None:
         """``nbytes`` went up and no answer came within ``waited_ms``: the uplink is at most that fast."""
@@ -167,10 +177,10 @@ class LinkEstimator:
             down_rate = statistics.median(t.mbps for t in down) if down else None
             return LinkEstimate(self._rtt_ms(), rate, down_rate, spread)
 
-    def wants_probe(self) -> bool:
-        """Whether the uplink window lacks two sizes far enough apart to tell the rate from a burst."""
+    def wants_probe(self, max_age_s: float) -> bool:
+        """Whether no probe train was measured in the last ``max_age_s`` seconds."""
         with self._lock:
-            return self._fit() is None
+            return not self._trains or self._trains[-1].at < self._clock() - max_age_s
 
     def predicted_up_ms(self, nbytes: int) -> float | None:
         """The uplink time the current fit predicts for ``nbytes`` (None without a rate)."""
@@ -200,7 +210,10 @@ class LinkEstimator:
         return theil_sen([(t.nbytes, t.ms) for t in self._voters()])
 
     def _uplink(self) -> tuple[float | None, float]:
-        """(rate in Mbit/s, relative standard error) from the window."""
+        """(rate in Mbit/s, relative standard error): from the trains, else from the activations."""
+        trains = self._recent(self._trains)
+        if trains:
+            return _median_rate(trains)
         samples = self._recent(self._up)
         if not samples:
             return None, 0.0
@@ -208,13 +221,10 @@ class LinkEstimator:
         if fit is not None:
             slope, _, mad = fit
             return 8 / (slope * 1000), 1.4826 * mad / math.sqrt(len(samples))
-        rates = [t.mbps for t in samples]
-        rate = statistics.median(rates)
-        mad = statistics.median(abs(r - rate) for r in rates) / rate
-        return rate, 1.4826 * mad / math.sqrt(len(samples))
+        return _median_rate(samples)
 
     def _up_ms(self, nbytes: int) -> float | None:
-        fit = self._fit()
+        fit = None if self._recent(self._trains) else self._fit()
         if fit is not None:
             slope, intercept, _ = fit
             return max(0.0, intercept + slope * nbytes)
@@ -232,23 +242,30 @@ class LinkEstimator:
     def _observe_downlink(self, nbytes: int, beyond_rtt_ms: float, reply_bytes: int) -> None:
         """The part of the round trip the uplink fit does not explain, when it is the larger part."""
         up_ms = self._up_ms(nbytes)
-        if up_ms is None or reply_bytes <= 0:
-            return
+        if up_ms is None or reply_bytes < _MIN_REPLY_SAMPLE:
+            return  # a small reply's time is the host's noise, not the downlink's rate
         down_ms = beyond_rtt_ms - up_ms
         if down_ms >= max(self.min_transfer_ms, up_ms):
             self._down.append(_Transfer(self._clock(), reply_bytes, down_ms))
 
     def _add_up(self, sample: _Transfer) -> None:
-        """Add ``sample``; drop the older ones when the newest few all miss the fit the same way."""
+        """Add an activation's sample; three in a row much slower than predicted mean the link dropped."""
         predicted = self._up_ms(sample.nbytes)
         self._up.append(sample)
-        if predicted is None or predicted < 2.0 or sample not in self._voters():
-            return  # a sample the fit does not rest on cannot say it changed
-        miss = sample.ms / max(predicted, 1e-9) - 1
-        direction = 1 if miss > self.change_ratio else -1 if miss < -self.change_ratio else 0
-        self._misses = [*self._misses, direction][-_CHANGE_RUN:] if direction else []
-        if len(self._misses) == _CHANGE_RUN and len(set(self._misses)) == 1:
+        if predicted is None or predicted < 2.0:
+            return  # too short a transfer to tell a drop from noise
+        self._slower = self._slower + 1 if sample.ms > (1 + self.change_ratio) * predicted else 0
+        if self._slower >= _CHANGE_RUN:
             kept = list(self._up)[-_CHANGE_RUN:]
             self._up.clear()
             self._up.extend(kept)
-            self._misses = []
+            self._trains.clear()
+            self._slower = 0
+
+
+def _median_rate(samples: list[_Transfer]) -> tuple[float, float]:
+    """(median rate in Mbit/s, its relative standard error from the MAD) of ``samples``."""
+    rates = [t.mbps for t in samples]
+    rate = statistics.median(rates)
+    mad = statistics.median(abs(r - rate) for r in rates) / rate if len(rates) >= 3 else 0.5
+    return rate, 1.4826 * mad / math.sqrt(len(rates))

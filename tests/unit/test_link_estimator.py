@@ -41,16 +41,38 @@ def test_a_burst_does_not_inflate_the_rate_when_sizes_differ(rate: float) -> Non
     per_message_max = max(n * 8 / (bucket_ms(n, rate, 32_000) * 1000) for n in sizes)
     assert per_message_max > 1.3 * rate  # what the old maximum filter reported
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(rate, rel=0.05)
-    assert not estimator.wants_probe()
 
 
-def test_one_size_only_falls_back_to_the_median_and_asks_for_a_probe() -> None:
+def test_one_size_only_falls_back_to_the_median() -> None:
     clock = Clock()
     estimator = LinkEstimator(clock=clock)
     estimator.observe_rtt(1.0)
     feed(estimator, clock, [100_000] * 6, 10.0, burst=0)
-    assert estimator.wants_probe()
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0, rel=0.15)
+
+
+def test_trains_give_the_rate_whatever_the_activations_say_and_are_asked_for_when_old() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    assert estimator.wants_probe(max_age_s=1.0)
+    feed(estimator, clock, [11_000] * 10, 10.0, burst=16_000)  # all inside the burst: nothing to learn
+    for dispersion in (32.0, 33.5, 31.0):  # 40 kB each at 10 Mbit/s, one beside a busy host's jitter
+        clock.now += 0.5
+        estimator.observe_train(40_000, dispersion)
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0, rel=0.05)
+    assert not estimator.wants_probe(max_age_s=1.0)
+    clock.now += 1.5
+    assert estimator.wants_probe(max_age_s=1.0)
+
+
+def test_a_step_up_is_followed_by_two_trains() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    for rate in (2.0, 2.0, 2.0, 20.0, 20.0):
+        clock.now += 1
+        estimator.observe_train(100_000, 100_000 * 8 / (rate * 1000))
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(20.0)
 
 
 def test_a_few_queued_samples_do_not_move_the_estimate() -> None:
@@ -63,14 +85,19 @@ def test_a_few_queued_samples_do_not_move_the_estimate() -> None:
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0, rel=0.1)
 
 
-@pytest.mark.parametrize(("before", "after"), [(50.0, 2.0), (2.0, 20.0)])
-def test_a_step_is_followed_within_a_few_samples(before: float, after: float) -> None:
+def test_three_slow_activations_overrule_the_trains() -> None:
     clock = Clock()
     estimator = LinkEstimator(clock=clock)
     estimator.observe_rtt(1.0)
-    feed(estimator, clock, [32_000, 128_000] * 6, before, burst=16_000)
-    feed(estimator, clock, [32_000, 128_000, 32_000, 128_000], after, burst=16_000)
-    assert estimator.snapshot().bandwidth_mbps == pytest.approx(after, rel=0.15)
+    for _ in range(3):
+        clock.now += 0.5
+        estimator.observe_train(300_000, 300_000 * 8 / 50_000)  # 50 Mbit/s
+    feed(estimator, clock, [108_000] * 2, 2.0, burst=16_000)
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(50.0)  # two could be a queue
+    feed(estimator, clock, [108_000], 2.0, burst=16_000)
+    dropped = estimator.snapshot().bandwidth_mbps
+    assert dropped is not None and 2.0 <= dropped <= 2.5  # the activations' burst shows until the next train
+    assert estimator.wants_probe(max_age_s=100.0)
 
 
 def test_a_timeout_bounds_the_rate_until_a_transfer_completes() -> None:
