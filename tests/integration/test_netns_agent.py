@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.netns import NetnsLink, Shape
+from tests.fixtures.netns import NetnsLink
 from tests.fixtures.netns_agent import Bed
 
 
