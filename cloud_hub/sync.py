@@ -368,8 +368,8 @@ class HubSync:
     def _serve_chunk(self, channel: Channel, request: Envelope) -> None:
         release = self._release((request.plan_id, request.plan_version))
         if release is None:
-            self._reply_error(channel, request, "unknown_plan",
-                              f"plan {request.plan_id}@{request.plan_version} is not served here", "plan")  # fmt: skip
+            message = f"plan {clip(request.plan_id)}@{request.plan_version} is not served here"
+            self._reply_error(channel, request, "unknown_plan", message, "plan")
             return
         path, offset, length = (request.meta.get(k) for k in ("path", "offset", "length"))
         entry = release.manifest.entry(path) if isinstance(path, str) else None
