@@ -58,7 +58,32 @@ def register(subparsers: Any) -> None:
     partition.add_argument(
         "--cut", action="append", metavar="TENSOR", help="force the split crossed by these tensors (repeat for several)"
     )
-    partition.add_argument("--inputs", type=Path, metavar="NPZ", help=".npz file with one sample array per model input")
+    partition.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="NPZ",
+        help=".npz file with one sample array per model input (one sample; its shapes fill open dims)",
+    )
+    partition.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME=DIMS",
+        help="size of an input whose dims the model leaves open, like images=1x3x640x640 (repeat per input; "
+        "config inputs.shapes)",
+    )
+    partition.add_argument(
+        "--dim",
+        action="append",
+        metavar="DIM=SIZE",
+        help="size of a named open dim, like height=640 (repeat; config inputs.dims)",
+    )
+    partition.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="PATH",
+        help="real inputs for bytes (p50/p95), verification and fidelity: a folder of images (preprocessing from "
+        "config calibration.preprocess, recorded in the plan), an .npz (first axis: samples) or a folder of .npy",
+    )
     partition.add_argument(
         "--edge-profile", type=Path, metavar="JSON", help="edge node times from `tandem profile` on the device"
     )
@@ -95,6 +120,10 @@ def register(subparsers: Any) -> None:
         help="ONNX Runtime execution provider, one of those this install offers (default CPUExecutionProvider)",
     )
     profile.add_argument("--inputs", type=Path, metavar="NPZ", help=".npz file with one sample array per model input")
+    profile.add_argument(
+        "--input-shape", action="append", metavar="NAME=DIMS", help="size of an input with open dims (repeat)"
+    )
+    profile.add_argument("--dim", action="append", metavar="DIM=SIZE", help="size of a named open dim (repeat)")
     profile.add_argument("--no-progress", action="store_true", help="no progress bar")
     profile.set_defaults(func=run_profile)
 
@@ -124,12 +153,33 @@ def _check_profile(path: Path | None, where: str) -> None:
         raise ProfileError(f"{where}: {exc}") from exc
 
 
+def _apply_shape_flags(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--input-shape and --dim into the config's ``inputs`` section (flags win); a bad flag names itself."""
+    from tandem.partitioner.shapes import parse_dim, parse_input_shape
+
+    inputs = data.setdefault("inputs", {})
+    for flag, values, parse, key in (
+        ("--input-shape", getattr(args, "input_shape", None), parse_input_shape, "shapes"),
+        ("--dim", getattr(args, "dim", None), parse_dim, "dims"),
+    ):
+        for text in values or ():
+            try:
+                name, value = parse(text)
+            except ValueError as exc:
+                raise PartitionError(f"{flag} {exc}") from None
+            inputs.setdefault(key, {})[name] = list(value) if isinstance(value, tuple) else value
+    calibration = getattr(args, "calibration", None)
+    if calibration is not None:
+        data.setdefault("calibration", {})["path"] = calibration
+
+
 def _partition_config(args: argparse.Namespace) -> Any:
     """The config file (or the defaults) with --edge-profile/--cloud-profile applied, every path checked."""
     from tandem.partitioner.config import PartitionConfig
 
     data = load_config(args.config, PartitionConfig).model_dump() if args.config else {}
     name = f"{args.config}: " if args.config else ""
+    _apply_shape_flags(args, data)
     for side, flag in (("edge", args.edge_profile), ("cloud", args.cloud_profile)):
         if flag is not None:
             _check_profile(flag, f"--{side}-profile")
@@ -175,8 +225,13 @@ def run_profile(args: argparse.Namespace) -> int:
             raise PartitionError(f"--out {args.out}: is a folder; give the profile JSON file to write")
         _check_inputs_file(args.inputs, "--inputs")
         with tempfile.TemporaryDirectory(prefix="tandem-profile-") as work:
-            source = load_source(args.model, Path(work), inputs=args.inputs, say=print)
-            graph = analyse_model(source, say=print)
+            from tandem.partitioner.config import PartitionConfig
+
+            shapes: dict[str, Any] = {}
+            _apply_shape_flags(args, shapes)
+            config = PartitionConfig.model_validate({"inputs": shapes["inputs"]})
+            source = load_source(args.model, Path(work), inputs=args.inputs, config=config, say=print)
+            graph = analyse_model(source, say=print, config=config)
             profile = profile_model(
                 graph,
                 args.device_name,
@@ -219,20 +274,23 @@ def format_plan(plan: Any) -> str:
         "",
         "kept splits:",
     ]
-    codecs = plan.codecs
-    header = f"  {'split':<11} {'edge nodes':>10} {'edge ms':>9} {'cloud ms':>9}  {'crossing':<34} " + " ".join(
-        f"{c:>11}" for c in codecs
-    )
-    lines.append(header)
+    lines.append(f"  {'split':<11} {'edge nodes':>10} {'edge ms':>9} {'cloud ms':>9}  crossing")
     for split in plan.splits:
         names = ", ".join(t.name for t in split.crossing) or "-"
-        if len(names) > 34:
-            names = names[:31] + "..."
-        sizes = " ".join(f"{_bytes(r.wire_bytes) + ('' if r.verified else '!'):>11}" for r in split.codecs)
-        lines.append(
-            f"  {split.id:<11} {split.edge_nodes:>10} {split.edge_ms:>9.2f} {split.cloud_ms:>9.2f}  {names:<34} {sizes}"
-        )
-    lines.append("  (bytes on the wire per inference per codec; '!' marks a codec over its verification tolerance)")
+        if len(names) > 60:
+            names = names[:57] + "..."
+        lines.append(f"  {split.id:<11} {split.edge_nodes:>10} {split.edge_ms:>9.2f} {split.cloud_ms:>9.2f}  {names}")
+        if split.kind == "edge-only":
+            continue
+        for r in split.codecs:
+            lines.append("      " + _codec_row(r))
+    lines.append(
+        "  (bytes per inference p50/p95 over the samples; err: worst max|split - full|/max|full| over the samples "
+        "against the tolerance; fidelity vs the unsplit model; '!' marks a codec not offered, with why)"
+    )
+    data = getattr(plan, "data", None)
+    if data is not None:
+        lines.append(f"  data: {data.source}, {data.samples} sample(s){': ' + data.note if data.note else ''}")
     lines += ["", "choice per bandwidth:"]
     lines.append(
         f"  {'Mbit/s':>8}  {'split':<11} {'codec':<10} {'bytes':>9} {'latency ms':>11}   "
@@ -241,12 +299,41 @@ def format_plan(plan: Any) -> str:
     for choice in plan.choices:
         cloud_ms = "-" if choice.cloud_only_ms is None else f"{choice.cloud_only_ms:.2f}"
         slo = "" if choice.meets_slo is None else ("  meets SLO" if choice.meets_slo else "  MISSES SLO")
+        tie = "≈" if choice.tie_with else " "
         lines.append(
-            f"  {choice.bandwidth_mbps:>8g}  {choice.split:<11} {choice.codec:<10} {_bytes(choice.wire_bytes):>9} "
+            f"  {choice.bandwidth_mbps:>8g}{tie} {choice.split:<11} {choice.codec:<10} {_bytes(choice.wire_bytes):>9} "
             f"{choice.latency_ms:>11.2f}   {choice.edge_only_ms:>12.2f} {cloud_ms:>13} "
             f"{'(' + (choice.cloud_only_codec or '-') + ')':<10}{slo}"
         )
+    if any(choice.tie_with for choice in plan.choices):
+        lines.append(
+            "  (≈: another split/codec is within the measured spread of node times; the one with fewer bytes is taken)"
+        )
     return "\n".join(lines)
+
+
+def _fidelity_text(fidelity: Any) -> str:
+    if fidelity is None:
+        return "-"
+    if fidelity.kind == "classes":
+        return f"top1 {fidelity.value:.3f} top5 {fidelity.top5_overlap:.3f}"
+    if fidelity.kind == "embedding":
+        return f"cos {fidelity.value:.4f} (min {fidelity.cosine_min:.4f})"
+    return f"argmax {fidelity.value:.3f} rel p50 {fidelity.rel_err_p50:.2g} p99 {fidelity.rel_err_p99:.2g}"
+
+
+def _codec_row(result: Any) -> str:
+    p50 = result.wire_bytes_p50 if result.wire_bytes_p50 is not None else result.wire_bytes
+    p95 = result.wire_bytes_p95 if result.wire_bytes_p95 is not None else result.wire_bytes
+    error = "-" if result.max_error is None else f"{result.max_error:.2g}/{result.tolerance:g}"
+    mark = "" if result.verified else f"  ! {result.rejected or 'not verified'}"
+    fallbacks = f"  ({len(result.fallbacks)} tensor(s) fall back)" if result.fallbacks else ""
+    if result.accuracy is not None:
+        fallbacks = f"  labelled top-1 {result.accuracy:.3f}" + fallbacks
+    return (
+        f"{result.codec:<12} {_bytes(p50):>9} / {_bytes(p95):<9} err {error:<14} "
+        f"{_fidelity_text(result.fidelity)}{mark}{fallbacks}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,14 +13,19 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tandem.config import StrictModel
+from tandem.partitioner.shapes import ShapeHints
 from tandem.transport.codec import CodecSpec
 
 __all__ = [
     "DEVICE_SPECS_DIR",
     "AccuracySettings",
+    "Calibration",
     "CloudDevice",
     "Constraints",
     "EdgeDevice",
+    "Fidelity",
+    "ImagePreprocess",
+    "InputShapes",
     "LinkAssumptions",
     "PartitionConfig",
     "Profiling",
@@ -99,10 +104,13 @@ class CloudDevice(StrictModel):
 
 
 class LinkAssumptions(StrictModel):
-    """The links to choose a split for: each bandwidth in Mbit/s, one round-trip time."""
+    """The links to choose a split for: each (uplink) bandwidth in Mbit/s, one round-trip time, a downlink."""
 
     bandwidths_mbps: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0, 100.0, 1000.0], min_length=1)
     rtt_ms: float = Field(20.0, ge=0)
+    downlink_mbps: float | None = Field(
+        None, gt=0, description="cloud -> edge bandwidth the results travel on; unset: each link's own bandwidth"
+    )
 
     @field_validator("bandwidths_mbps")
     @classmethod
@@ -153,7 +161,7 @@ class Verification(StrictModel):
     raw: float = Field(1e-5, gt=0)
     fp16: float = Field(1e-2, gt=0)
     int8: float = Field(1e-1, gt=0)
-    max_samples: int = Field(4, ge=1)
+    max_samples: int = Field(32, ge=1, description="samples every kept split and codec is verified on")
 
     def tolerance(self, codec: str) -> float:
         """The tolerance for a codec's quantiser."""
@@ -174,12 +182,96 @@ class SearchSettings(StrictModel):
     sweep_min_mbps: float = Field(0.1, gt=0)
     sweep_max_mbps: float = Field(10000.0, gt=0)
     brute_force_limit: int = Field(20000, ge=0, description="enumerate every split when there are at most this many")
+    bytes_quantile: float = Field(
+        0.5, ge=0, le=1, description="quantile of per-sample wire bytes the cost model uses (0.95 for a latency SLO)"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchSettings:
         if self.sweep_min_mbps >= self.sweep_max_mbps:
             raise ValueError("sweep_min_mbps must be below sweep_max_mbps")
         return self
+
+
+class InputShapes(StrictModel):
+    """Sizes for input dims the model leaves open (``--input-shape`` and ``--dim`` on the command line).
+
+    ``shapes`` maps an input name to its whole shape (``images: [1, 3, 640, 640]``);
+    ``dims`` maps a dim name the model declares to a size (``height: 640``).
+    """
+
+    shapes: dict[str, list[int]] = Field(default_factory=dict)
+    dims: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("shapes")
+    @classmethod
+    def _shapes_positive(cls, values: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, shape in values.items():
+            if not shape or any(d < 1 for d in shape):
+                raise ValueError(f"input {name!r}: a shape is a non-empty list of sizes >= 1, got {shape}")
+        return values
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_positive(cls, values: dict[str, int]) -> dict[str, int]:
+        bad = {name: size for name, size in values.items() if size < 1}
+        if bad:
+            raise ValueError(f"dim sizes must be >= 1, got {bad}")
+        return values
+
+    def hints(self) -> ShapeHints:
+        """These sizes as :class:`ShapeHints`."""
+        return ShapeHints({n: tuple(s) for n, s in self.shapes.items()}, dict(self.dims))
+
+
+class ImagePreprocess(StrictModel):
+    """How a folder of images becomes model inputs; recorded in plan.yaml so edge and clients can repeat it.
+
+    Each image is converted to RGB (or BGR), centre-cropped to the input's aspect ratio (``fit: crop``) or
+    stretched (``fit: stretch``), resized bilinearly to the input's height and width, then
+    ``(pixel * scale - mean) / std`` per channel, in the input's ``layout``.
+    """
+
+    input: str | None = Field(None, description="the input images feed; default: the model's only float input")
+    fit: Literal["crop", "stretch"] = "crop"
+    channels: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = Field(1.0 / 255.0, gt=0)
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0], min_length=3, max_length=3)
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], min_length=3, max_length=3)
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError("every std must be positive")
+        return values
+
+
+class Calibration(StrictModel):
+    """A calibration set (``--calibration PATH``): real inputs for bytes, verification and fidelity.
+
+    ``path`` is a folder of images (read with ``preprocess``), an ``.npz`` with one array per input
+    (first axis: samples), or a folder of ``.npy`` files (``<input>.npy`` per input, or, for a
+    one-input model, any ``*.npy``, each one or more samples). At most ``max_samples`` are used.
+    """
+
+    path: Path | None = None
+    max_samples: int = Field(32, ge=1)
+    preprocess: ImagePreprocess = Field(default_factory=ImagePreprocess)
+
+
+class Fidelity(StrictModel):
+    """Label-free fidelity of each split and codec against the unsplit model on the calibration samples.
+
+    ``kinds`` maps an output name to ``classes`` (top-1 agreement, top-5 overlap), ``embedding``
+    (cosine) or ``other`` (relative error p50/p99, arg-max agreement on the last axis); an output not
+    named is guessed from its name and shape. A lossy codec whose fidelity is below ``min_fidelity``
+    is not verified, so the agent never offers it.
+    """
+
+    kinds: dict[str, Literal["classes", "embedding", "other"]] = Field(default_factory=dict)
+    min_fidelity: float | None = Field(None, ge=0, le=1)
 
 
 class PartitionConfig(StrictModel):
@@ -194,6 +286,9 @@ class PartitionConfig(StrictModel):
     verification: Verification = Field(default_factory=Verification)
     search: SearchSettings = Field(default_factory=SearchSettings)
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+    inputs: InputShapes = Field(default_factory=InputShapes)
+    calibration: Calibration = Field(default_factory=Calibration)
+    fidelity: Fidelity = Field(default_factory=Fidelity)
 
     @field_validator("codecs")
     @classmethod

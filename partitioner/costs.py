@@ -17,20 +17,28 @@ int8 quarters float32 ones, ``+lz4``/``+zstd`` apply the compression those
 very activations get) and the encode/decode times are the fastest of a few
 repetitions on this machine, scaled by ``codec_time_scale`` for a slower edge
 CPU when configured.
+
+With several samples (a calibration set) every sample's activations are
+encoded too: ``CodecCosts.sample_bytes`` keeps each tensor's frame size per
+sample, :meth:`CostModel.bytes_quantiles` gives a split's p50 and p95 over the
+samples, and the search prices each tensor at the configured quantile
+(``search.bytes_quantile``; a sum of per-tensor quantiles, so for p95 an upper
+bound of the split's p95). Result bytes travel on the downlink: at
+``Link.downlink_mbps`` when the link says, else at the uplink's bandwidth.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
 from tandem.partitioner.graph import ModelGraph
 from tandem.partitioner.search import CutCosts, CutGraph, CutTensor, LinearCosts
-from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor, tensor_codec
 
 __all__ = [
     "CodecCosts",
@@ -50,15 +58,21 @@ def seconds_per_byte(bandwidth_mbps: float) -> float:
 
 @dataclass(frozen=True)
 class Link:
-    """A network link: bandwidth in Mbit/s and round-trip time in seconds."""
+    """A network link: uplink bandwidth in Mbit/s, round-trip time in seconds, downlink (None: as the uplink)."""
 
     bandwidth_mbps: float
     rtt_s: float
+    downlink_mbps: float | None = None
 
     @property
     def seconds_per_byte(self) -> float:
-        """Transfer time of one byte."""
+        """Transfer time of one byte edge -> cloud."""
         return seconds_per_byte(self.bandwidth_mbps)
+
+    @property
+    def down_seconds_per_byte(self) -> float:
+        """Transfer time of one result byte cloud -> edge."""
+        return seconds_per_byte(self.downlink_mbps or self.bandwidth_mbps)
 
 
 @dataclass(frozen=True)
@@ -70,12 +84,61 @@ class CodecCosts:
     encode_s: Mapping[str, float]
     decode_s: Mapping[str, float]
     max_abs_error: Mapping[str, float]
+    sample_bytes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    fallbacks: Mapping[str, str] = field(default_factory=dict)
+
+
+def _fallback(name: str, array: np.ndarray, spec: CodecSpec, header: TensorSpec) -> str | None:
+    if header.codec == spec.quantiser and header.axis == spec.axis:
+        return None
+    finite = header.codec != "raw" or array.dtype.kind != "f" or bool(np.isfinite(array).all())
+    reason = tensor_codec(array.dtype.name, array.shape, spec, finite=finite)[2]
+    return f"{array.dtype.name} {list(array.shape)}: {reason}"
 
 
 def measure_codecs(
-    activations: Mapping[str, np.ndarray], codecs: Sequence[str], *, repetitions: int = 3, progress: bool = True
+    activations: Mapping[str, np.ndarray],
+    codecs: Sequence[str],
+    *,
+    repetitions: int = 3,
+    progress: bool = True,
+    more_samples: Iterable[Mapping[str, np.ndarray]] = (),
+    quantile: float = 0.5,
 ) -> dict[str, CodecCosts]:
-    """Encode and decode every activation with every codec; keep sizes and the fastest times."""
+    """Encode and decode every activation with every codec; keep sizes and the fastest times.
+
+    ``more_samples``: the same activations on further samples, whose frame sizes are measured too;
+    ``wire_bytes`` is then each tensor's ``quantile`` over all samples.
+    """
+    first = _measure_first(activations, codecs, repetitions=repetitions, progress=progress)
+    sizes = {codec: {name: [b] for name, b in costs.wire_bytes.items()} for codec, costs in first.items()}
+    fallbacks = {codec: dict(costs.fallbacks) for codec, costs in first.items()}
+    specs = {codec: CodecSpec.parse(codec) for codec in first}
+    for sample in tqdm(more_samples, desc="measuring bytes per sample", unit="sample", disable=not progress):
+        for codec, spec in specs.items():
+            for name in sizes[codec]:
+                header, _ = encode_tensor(name, sample[name], spec)
+                sizes[codec][name].append(header.nbytes)
+                reason = _fallback(name, np.asarray(sample[name]), spec, header)
+                if reason is not None:
+                    fallbacks[codec].setdefault(name, reason)
+    return {
+        codec: CodecCosts(
+            codec,
+            {name: round(float(np.quantile(v, quantile))) for name, v in sizes[codec].items()},
+            costs.encode_s,
+            costs.decode_s,
+            costs.max_abs_error,
+            {name: tuple(v) for name, v in sizes[codec].items()},
+            fallbacks[codec],
+        )
+        for codec, costs in first.items()
+    }
+
+
+def _measure_first(
+    activations: Mapping[str, np.ndarray], codecs: Sequence[str], *, repetitions: int, progress: bool
+) -> dict[str, CodecCosts]:
     results: dict[str, CodecCosts] = {}
     bar = tqdm(
         total=len(codecs) * len(activations), desc="measuring codecs", unit="tensor", disable=not progress, leave=False
@@ -86,6 +149,7 @@ def measure_codecs(
         encode_s: dict[str, float] = {}
         decode_s: dict[str, float] = {}
         errors: dict[str, float] = {}
+        reasons: dict[str, str] = {}
         for name, array in activations.items():
             best_encode = best_decode = float("inf")
             for _ in range(max(1, repetitions)):
@@ -100,8 +164,11 @@ def measure_codecs(
             encode_s[name] = best_encode
             decode_s[name] = best_decode
             errors[name] = _max_abs_error(array, decoded)
+            reason = _fallback(name, np.asarray(array), spec, header)
+            if reason is not None:
+                reasons[name] = reason
             bar.update(1)
-        results[str(spec)] = CodecCosts(str(spec), wire, encode_s, decode_s, errors)
+        results[str(spec)] = CodecCosts(str(spec), wire, encode_s, decode_s, errors, {}, reasons)
     bar.close()
     return results
 
@@ -158,6 +225,7 @@ class CostModel:
         *,
         codec_time_scale: float = 1.0,
         decode_time_scale: float = 1.0,
+        downlink_mbps: float | None = None,
     ) -> None:
         missing = [n for n in graph.node_names if n not in edge_s or n not in cloud_s]
         if missing:
@@ -174,6 +242,7 @@ class CostModel:
         self.codecs = dict(codecs)
         self.codec_time_scale = codec_time_scale
         self.decode_time_scale = decode_time_scale
+        self.downlink_mbps = downlink_mbps
         self._crossing: dict[frozenset[str], tuple[str, ...]] = {}
         self._result_bytes: dict[str, int] = {}
         for name in graph.outputs:
@@ -206,6 +275,25 @@ class CostModel:
         costs = self.codecs[codec]
         return sum(costs.wire_bytes[name] for name in self.crossing(edge_nodes))
 
+    def bytes_quantiles(self, edge_nodes: frozenset[str], codec: str) -> tuple[int, int]:
+        """The split's bytes per inference with ``codec``: median and 95th percentile over the samples."""
+        if edge_nodes == self.graph.all_nodes:
+            return 0, 0
+        costs = self.codecs[codec]
+        crossing = self.crossing(edge_nodes)
+        if not crossing:
+            return 0, 0
+        per_sample = np.sum([costs.sample_bytes.get(n, (costs.wire_bytes[n],)) for n in crossing], axis=0)
+        p50, p95 = np.quantile(np.atleast_1d(per_sample), [0.5, 0.95])
+        return round(float(p50)), round(float(p95))
+
+    def fallbacks(self, edge_nodes: frozenset[str], codec: str) -> list[str]:
+        """Crossing tensors that ``codec`` sends otherwise, each with the reason."""
+        if edge_nodes == self.graph.all_nodes:
+            return []
+        reasons = self.codecs[codec].fallbacks
+        return [f"{name!r} {reasons[name]}" for name in self.crossing(edge_nodes) if name in reasons]
+
     def raw_bytes(self, edge_nodes: frozenset[str]) -> int:
         """Bytes of the crossing tensors in their own dtypes."""
         return sum(self.graph.tensors[name].nbytes for name in self.crossing(edge_nodes))
@@ -231,8 +319,14 @@ class CostModel:
             decode_s=sum(costs.decode_s[name] for name in crossing) * self.decode_time_scale,
             cloud_s=self.cloud_time(edge_nodes),
             result_bytes=result,
-            download_s=result * link.seconds_per_byte,
+            download_s=result * self._down_spb(link),
         )
+
+    def _down_spb(self, link: Link) -> float:
+        """Seconds per result byte: the link's downlink, else the model's fixed downlink, else the uplink's."""
+        if link.downlink_mbps:
+            return link.down_seconds_per_byte
+        return seconds_per_byte(self.downlink_mbps) if self.downlink_mbps else link.seconds_per_byte
 
     def linear(self, codec: str) -> LinearCosts:
         """The search costs without RTT, linear in ``u`` = seconds per byte (see the search module)."""
@@ -241,10 +335,13 @@ class CostModel:
             name: costs.encode_s[name] * self.codec_time_scale + costs.decode_s[name] * self.decode_time_scale
             for name in costs.wire_bytes
         }
-        base = CutCosts(edge=self.edge_s, cloud=self.cloud_s, tensor=tensor_base)
-        slope = CutCosts(
-            edge={},
-            cloud={producer: float(b) for producer, b in self._result_bytes.items()},
-            tensor={name: float(b) for name, b in costs.wire_bytes.items()},
-        )
+        cloud_base = dict(self.cloud_s)
+        result_slope = {producer: float(b) for producer, b in self._result_bytes.items()}
+        if self.downlink_mbps:  # results travel on a fixed downlink: a constant, not a function of the uplink
+            down = seconds_per_byte(self.downlink_mbps)
+            for producer, b in result_slope.items():
+                cloud_base[producer] += b * down
+            result_slope = {}
+        base = CutCosts(edge=self.edge_s, cloud=cloud_base, tensor=tensor_base)
+        slope = CutCosts(edge={}, cloud=result_slope, tensor={name: float(b) for name, b in costs.wire_bytes.items()})
         return LinearCosts(base, slope)

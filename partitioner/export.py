@@ -28,15 +28,19 @@ import numpy as np
 import onnx
 import onnx.utils
 
+from tandem.contracts.plan import Fidelity
 from tandem.partitioner.errors import PartitionError
+from tandem.partitioner.fidelity import score
 from tandem.partitioner.graph import ModelGraph
 from tandem.partitioner.profiling import OrtModel
 from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 
 __all__ = [
     "FULL_MODEL",
+    "CodecCheck",
     "SplitParts",
     "VerificationError",
+    "check_split",
     "relative_error",
     "run_split",
     "send",
@@ -204,3 +208,66 @@ def verify_split(
             f"{list(parts.crossing)}"
         )
     return errors
+
+
+@dataclass(frozen=True)
+class CodecCheck:
+    """One codec on one split over the samples: worst relative error, which sample gave it, and fidelity."""
+
+    max_error: float
+    worst_sample: int
+    samples: int
+    fidelity: Fidelity | None
+
+
+def check_split(
+    parts: SplitParts,
+    out_dir: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    expected: Sequence[Mapping[str, np.ndarray]],
+    codecs: Sequence[str],
+    raw_tolerance: float,
+    *,
+    threads: int = 1,
+    output: str | None = None,
+    kind: str = "other",
+) -> dict[str, CodecCheck]:
+    """Every codec (``raw`` included) on every sample: the edge part runs once per sample, the cloud per codec.
+
+    ``output`` (a graph output) is scored for fidelity as ``kind`` (see :mod:`tandem.partitioner.fidelity`).
+    Raw beyond ``raw_tolerance`` raises :class:`VerificationError`: the split itself is wrong.
+    """
+    edge = OrtModel(out_dir / parts.edge_model, threads=threads) if parts.edge_model else None
+    cloud = OrtModel(out_dir / parts.cloud_model, threads=threads) if parts.cloud_model else None
+    names = list(dict.fromkeys(["raw", *codecs]))
+    worst = {codec: (0.0, 0) for codec in names}
+    got: dict[str, list[np.ndarray]] = {codec: [] for codec in names}
+    for index, (sample, want) in enumerate(zip(samples, expected, strict=True)):
+        available = dict(sample)
+        if edge is not None:
+            available.update(edge.run(available))
+        for codec in names:
+            result = {name: available[name] for name in parts.edge_outputs}
+            if cloud is not None:
+                result.update(cloud.run(send(available, parts.crossing, codec)))
+            error = relative_error(result, want)
+            if error > worst[codec][0]:
+                worst[codec] = (error, index)
+            if output is not None:
+                got[codec].append(result[output])
+    if worst["raw"][0] > raw_tolerance:
+        raise VerificationError(
+            f"split {parts.split_id!r}: cloud(edge(x)) differs from the full model by {worst['raw'][0]:.3g} "
+            f"(relative, sample {worst['raw'][1]}) with the raw codec, over the tolerance {raw_tolerance:g}; "
+            f"crossing tensors: {list(parts.crossing)}"
+        )
+    reference = [want[output] for want in expected] if output is not None else []
+    return {
+        codec: CodecCheck(
+            max_error=worst[codec][0],
+            worst_sample=worst[codec][1],
+            samples=len(samples),
+            fidelity=score(kind, output, got[codec], reference) if output is not None else None,
+        )
+        for codec in names
+    }

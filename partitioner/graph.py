@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,9 +42,11 @@ from onnx import TensorProto, helper, shape_inference
 from tandem.hashing import file_sha256
 from tandem.partitioner.errors import PartitionError
 from tandem.partitioner.flops import ensure_node_names
+from tandem.partitioner.shapes import MissingInputShape, ShapeHints, declared_shapes, resolve_shapes
 
 __all__ = [
     "InvalidCut",
+    "MissingInputShape",
     "ModelGraph",
     "ModelLoadError",
     "NodeInfo",
@@ -53,6 +56,7 @@ __all__ = [
     "default_sample_inputs",
     "file_sha256",
     "ort_opset_range",
+    "sample_activations",
     "static_model",
     "weightless_copy",
 ]
@@ -134,6 +138,9 @@ class ModelGraph:
     samples: list[dict[str, np.ndarray]]
     activations: dict[str, np.ndarray] = field(repr=False)
     external_data: bool = False
+    declared: dict[str, list[int | str | None]] = field(default_factory=dict)
+    shape_notes: list[str] = field(default_factory=list)
+    synthetic: bool = False
 
     @property
     def name(self) -> str:
@@ -469,21 +476,24 @@ def _live_nodes(model: onnx.ModelProto, constant_nodes: set[str], outputs: Seque
 # --- sample inputs and one ONNX Runtime run -------------------------------------------------------------------------
 
 
-def default_sample_inputs(model: onnx.ModelProto, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """One sample for the model's inputs: normal floats, ones for integers; unknown dims become 1."""
+def default_sample_inputs(
+    model: onnx.ModelProto, seed: int = 0, hints: ShapeHints | None = None, *, where: str = "model"
+) -> list[dict[str, np.ndarray]]:
+    """One synthetic sample for the model's inputs: normal floats, ones for integers.
+
+    Open dims take their sizes from ``hints`` (see :func:`tandem.partitioner.shapes.resolve_shapes`);
+    one still open raises :class:`MissingInputShape` naming it. Nothing becomes 1 silently.
+    """
     rng = np.random.default_rng(seed)
-    initializers = {init.name for init in model.graph.initializer}
+    shapes, _ = resolve_shapes(model, hints, where=where)
+    types = {info.name: info.type.tensor_type.elem_type for info in model.graph.input}
     sample: dict[str, np.ndarray] = {}
-    for info in model.graph.input:
-        if info.name in initializers:
-            continue
-        tensor_type = info.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor_type.shape.dim)
+    for name, shape in shapes.items():
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(types[name]))
         if dtype.kind == "f":
-            sample[info.name] = rng.standard_normal(shape).astype(dtype)
+            sample[name] = rng.standard_normal(shape).astype(dtype)
         else:
-            sample[info.name] = np.ones(shape, dtype=dtype)
+            sample[name] = np.ones(shape, dtype=dtype)
     return [sample]
 
 
@@ -516,10 +526,8 @@ def _check_samples(
     return checked
 
 
-def _probe_activations(
-    model: onnx.ModelProto, names: Sequence[str], sample: Mapping[str, np.ndarray], where: str
-) -> dict[str, np.ndarray]:
-    """Run ORT once with every activation exposed as a graph output; return their values."""
+def _probe_session(model: onnx.ModelProto, names: Sequence[str], where: str) -> Any:
+    """An ORT session of ``model`` with every activation in ``names`` exposed as an extra graph output."""
     import onnxruntime as ort
 
     # expose the activations as extra graph outputs just long enough to serialise (no copy of the weights)
@@ -539,15 +547,19 @@ def _probe_activations(
     finally:
         del model.graph.output[count:]
     try:
-        session = ort.InferenceSession(payload, _quiet_options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(payload, _quiet_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"{where}: ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+
+
+def _probe_run(session: Any, sample: Mapping[str, np.ndarray], where: str, index: int = 0) -> dict[str, np.ndarray]:
     wanted = [out.name for out in session.get_outputs()]
     try:
         values = session.run(wanted, dict(sample))
     except Exception as exc:
         raise ModelLoadError(
-            f"{where}: ONNX Runtime cannot run the model on the sample input: {_first_line(exc)}"
+            f"{where}: ONNX Runtime cannot run the model on sample input {index} "
+            f"({ {n: list(np.shape(v)) for n, v in sample.items()} }): {_first_line(exc)}"
         ) from exc
     result = {}
     for name, value in zip(wanted, values, strict=True):
@@ -558,6 +570,26 @@ def _probe_activations(
             )
         result[name] = value
     return result
+
+
+def _probe_activations(
+    model: onnx.ModelProto, names: Sequence[str], sample: Mapping[str, np.ndarray], where: str
+) -> dict[str, np.ndarray]:
+    """Run ORT once with every activation exposed as a graph output; return their values."""
+    return _probe_run(_probe_session(model, names, where), sample, where)
+
+
+def sample_activations(graph: ModelGraph, index: int) -> dict[str, np.ndarray]:
+    """Every activation's value on ``graph.samples[index]`` (one ORT session per graph, kept on it)."""
+    if index == 0:
+        return graph.activations
+    session = graph.__dict__.get("_probe_session")
+    produced = [out for node in graph.nodes for out in node.outputs]
+    if session is None:
+        session = graph.__dict__["_probe_session"] = _probe_session(graph.model, produced, str(graph.path))
+    sample = graph.samples[index]
+    observed = _probe_run(session, sample, str(graph.path), index)
+    return {name: sample[name] for name in graph.inputs} | {name: observed[name] for name in produced}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -587,14 +619,26 @@ def _complete_value_info(
         model.graph.value_info.append(helper.make_tensor_value_info(name, elem, list(value.shape)))
 
 
+def _sample_shape_notes(declared: Mapping[str, list[int | str | None]], sample: Mapping[str, np.ndarray]) -> list[str]:
+    """Where the sample inputs fill a model's open dims: one note per such input."""
+    return [
+        f"input {name!r} {dims} at {list(np.shape(sample[name]))} from the sample inputs"
+        for name, dims in declared.items()
+        if name in sample and any(not isinstance(d, int) for d in dims)
+    ]
+
+
 # --- analyse --------------------------------------------------------------------------------------------------------
 
 
-def analyse(path: str | Path, samples: Sequence[Mapping[str, np.ndarray]] | None = None) -> ModelGraph:
+def analyse(
+    path: str | Path, samples: Sequence[Mapping[str, np.ndarray]] | None = None, hints: ShapeHints | None = None
+) -> ModelGraph:
     """Load, check and analyse the ONNX file at ``path`` (see the module docstring).
 
     ``samples`` are input dicts; the first one is run to observe every
-    activation. Without samples, :func:`default_sample_inputs` makes one.
+    activation. Without samples, :func:`default_sample_inputs` makes one at the
+    shapes ``hints`` give (an open dim without a hint raises :class:`MissingInputShape`).
     Raises :class:`ModelLoadError` (or :class:`UnsupportedOpset`) naming the
     file and what is wrong with it.
     """
@@ -620,7 +664,22 @@ def analyse(path: str | Path, samples: Sequence[Mapping[str, np.ndarray]] | None
     compute = [node for node in model.graph.node if node.name in live]
     dead = tuple(node.name for node in model.graph.node if node.name not in live and node.name not in constant_nodes)
 
-    checked = _check_samples(samples if samples is not None else default_sample_inputs(model), model, inputs, where)
+    declared = declared_shapes(model)
+    synthetic = samples is None
+    if samples is None:
+        shape_notes = resolve_shapes(model, hints, where=where)[1]
+        samples = default_sample_inputs(model, hints=hints, where=where)
+    else:
+        shape_notes = _sample_shape_notes(declared, samples[0])
+        if hints is not None and (hints.shapes or hints.dims):
+            try:
+                shapes, notes = resolve_shapes(model, hints, where=where)
+            except MissingInputShape:
+                pass  # the samples fill what the hints leave open
+            else:
+                if all(n in samples[0] and tuple(np.shape(samples[0][n])) == shape for n, shape in shapes.items()):
+                    shape_notes = notes
+    checked = _check_samples(samples, model, inputs, where)
     produced = [out for node in compute for out in node.output if out]
     observed = _probe_activations(model, produced, checked[0], where)
     activations = {name: checked[0][name] for name in inputs} | {name: observed[name] for name in produced}
@@ -659,6 +718,9 @@ def analyse(path: str | Path, samples: Sequence[Mapping[str, np.ndarray]] | None
         samples=checked,
         activations=activations,
         external_data=external,
+        declared=declared,
+        shape_notes=shape_notes,
+        synthetic=synthetic,
     )
 
 

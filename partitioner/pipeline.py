@@ -28,6 +28,7 @@ from tandem.contracts.plan import (
     Choice,
     CodecResult,
     ConstraintsInfo,
+    DataInfo,
     DeviceInfo,
     LinkInfo,
     ModelInfo,
@@ -43,8 +44,17 @@ from tandem.models.registry import get_reference, labelled_samples
 from tandem.partitioner.config import PartitionConfig
 from tandem.partitioner.costs import CostModel, Link, SplitCost, measure_codecs, seconds_per_byte
 from tandem.partitioner.errors import PartitionError
-from tandem.partitioner.export import FULL_MODEL, SplitParts, run_split, verify_split, write_full_model, write_split
-from tandem.partitioner.graph import ModelGraph, analyse
+from tandem.partitioner.export import (
+    FULL_MODEL,
+    CodecCheck,
+    SplitParts,
+    check_split,
+    run_split,
+    write_full_model,
+    write_split,
+)
+from tandem.partitioner.fidelity import output_kind
+from tandem.partitioner.graph import ModelGraph, analyse, sample_activations
 from tandem.partitioner.profiling import (
     DeviceProfile,
     OrtModel,
@@ -87,6 +97,12 @@ def _quiet(_: str) -> None:
 # --- load and analyse -----------------------------------------------------------------------------------------------
 
 
+SYNTHETIC_NOTE = (
+    "bytes, errors and fidelity come from ONE synthetic sample (random normal floats, ones for integers), "
+    "not from real inputs; give --calibration PATH (images, .npz or .npy) for figures you can rely on"
+)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """The ONNX file to partition, its name and sample inputs (None: generated from the input shapes)."""
@@ -95,6 +111,7 @@ class ModelSource:
     path: Path
     samples: list[dict[str, np.ndarray]] | None
     reference: bool
+    data: DataInfo | None = None
 
 
 def load_inputs(path: Path) -> list[dict[str, np.ndarray]]:
@@ -108,21 +125,62 @@ def load_inputs(path: Path) -> list[dict[str, np.ndarray]]:
         raise PartitionError(f"{path}: not a .npz file of input arrays: {exc}") from exc
 
 
-def load_source(model: str, work_dir: Path, *, inputs: Path | None = None, say: Say = _quiet) -> ModelSource:
-    """An ONNX path as it is, or a reference model by name exported into ``work_dir``."""
+def load_source(
+    model: str,
+    work_dir: Path,
+    *,
+    inputs: Path | None = None,
+    config: PartitionConfig | None = None,
+    say: Say = _quiet,
+) -> ModelSource:
+    """An ONNX path as it is, or a reference model by name exported into ``work_dir``, with its samples.
+
+    Samples come from the calibration set (``config.calibration.path``), else ``inputs``, else a
+    reference model's own inputs; else None (one synthetic sample is made at analysis).
+    """
+    config = config or PartitionConfig()
     samples = load_inputs(inputs) if inputs is not None else None
     path = Path(model)
-    if path.suffix.lower() == ".onnx" or path.exists() or "/" in model:
-        return ModelSource(path.stem, path, samples, reference=False)
-    reference = get_reference(model)
-    say(f"exporting reference model {model!r}: {reference.description}")
-    exported = reference.export(work_dir / f"{model}.onnx", 1)
-    return ModelSource(model, exported.path, samples or exported.sample_inputs, reference=True)
+    name, own = path.stem, None
+    if not (path.suffix.lower() == ".onnx" or path.exists() or "/" in model):
+        reference = get_reference(model)
+        say(f"exporting reference model {model!r}: {reference.description}")
+        exported = reference.export(work_dir / f"{model}.onnx", 1)
+        name, path, own = model, exported.path, exported.sample_inputs
+    calibration = config.calibration
+    if calibration.path is not None and path.is_file():
+        from tandem.partitioner.calibration import load_calibration
+
+        proto = onnx.load(str(path), load_external_data=False)
+        found = load_calibration(calibration.path, proto, calibration, config.inputs.hints())
+        say(f"calibration set {found.source}: {len(found.samples)} samples ({found.kind})")
+        data = DataInfo(
+            source="calibration",
+            samples=len(found.samples),
+            path=str(calibration.path),
+            kind=found.kind,
+            preprocess=found.preprocess,
+            note="bytes (p50, p95), worst errors and fidelity over the calibration samples",
+        )
+        return ModelSource(name, path, found.samples, own is not None, data)
+    if samples is not None:
+        data = DataInfo(source="inputs", samples=len(samples), path=str(inputs), note="one sample from --inputs")
+    elif own is not None:
+        samples = own
+        data = DataInfo(source="reference", samples=len(own), note="the reference model's own sample inputs")
+    else:
+        data = DataInfo(source="synthetic", samples=1, note=SYNTHETIC_NOTE)
+    return ModelSource(name, path, samples, own is not None, data)
 
 
-def analyse_model(source: ModelSource, say: Say = _quiet) -> ModelGraph:
+def analyse_model(source: ModelSource, say: Say = _quiet, config: PartitionConfig | None = None) -> ModelGraph:
     """Load, check and analyse the model (see :func:`tandem.partitioner.graph.analyse`)."""
-    graph = analyse(source.path, source.samples)
+    hints = (config or PartitionConfig()).inputs.hints()
+    graph = analyse(source.path, source.samples, hints)
+    for note in graph.shape_notes:
+        say(f"shape: {note}")
+    if graph.synthetic:
+        say(f"NOTE: {SYNTHETIC_NOTE}")
     say(
         f"loaded {source.path}: opset {graph.opset}, {len(graph.nodes)} compute nodes "
         f"({len(graph.constant_nodes)} constant, {len(graph.dead_nodes)} dead left out), "
@@ -275,36 +333,48 @@ def _movable(graph: ModelGraph) -> dict[str, np.ndarray]:
 
 
 def check_codecs(graph: ModelGraph, codecs: Sequence[str], *, source: str = "<config>") -> None:
-    """Refuse a per-channel int8 codec (``int8@AXIS``) whose axis a floating tensor that may cross lacks.
+    """Refuse a per-channel int8 codec (``int8@AXIS``) whose axis no floating tensor that may cross has.
 
-    Raises :class:`ConfigError` naming ``source``, the ``codecs`` key, the codec, the tensor and its shape.
+    A tensor without the axis (0-d, 1-d) falls back to one scale per tensor, and the plan says so; a codec
+    that would apply per channel to no tensor at all is a config mistake. Raises :class:`ConfigError`
+    naming ``source``, the ``codecs`` key, the codec and the tensor ranks found.
     """
+    floats = {name: array for name, array in _movable(graph).items() if array.dtype.kind == "f"}
     for text in codecs:
         axis = CodecSpec.parse(text).axis
-        if axis is None:
+        if axis is None or not floats:
             continue
-        for name, array in _movable(graph).items():
+        if not any(-array.ndim <= axis < array.ndim for array in floats.values()):
+            name, array = max(floats.items(), key=lambda item: item[1].ndim)
             rank = array.ndim
-            if array.dtype.kind == "f" and not -rank <= axis < rank:
-                fix = f"an axis from {-rank} to {rank - 1}, or plain int8" if rank else "plain int8"
-                raise ConfigError(
-                    source,
-                    [
-                        f"codecs: value {text!r} is not valid for model {graph.name!r}: channel axis {axis} is out "
-                        f"of range for tensor {name!r} of shape {list(array.shape)}, which may cross a cut; use {fix}"
-                    ],
-                )
+            fix = f"an axis from {-rank} to {rank - 1}, or plain int8" if rank else "plain int8"
+            raise ConfigError(
+                source,
+                [
+                    f"codecs: value {text!r} is not valid for model {graph.name!r}: channel axis {axis} is out "
+                    f"of range for every tensor that may cross a cut (largest: {name!r} of shape "
+                    f"{list(array.shape)}); use {fix}"
+                ],
+            )
 
 
 def build_cost_model(
     graph: ModelGraph, config: PartitionConfig, edge: DeviceTimes, cloud: DeviceTimes, *, progress: bool = True
 ) -> CostModel:
-    """Measure every codec on the sample's activations and combine with the node times."""
+    """Measure every codec on the samples' activations (bytes on each, times on the first); add node times."""
+    count = min(len(graph.samples), config.verification.max_samples)
+    movable = _movable(graph)
+    more = ({n: sample_activations(graph, i)[n] for n in movable} for i in range(1, count))
     try:
         codecs = measure_codecs(
-            _movable(graph), config.codecs, repetitions=config.profiling.codec_repetitions, progress=progress
+            movable,
+            config.codecs,
+            repetitions=config.profiling.codec_repetitions,
+            progress=progress,
+            more_samples=more,
+            quantile=config.search.bytes_quantile,
         )
-    except ValueError as exc:  # tandem.transport.codec refuses a tensor (an axis, NaN); name the config key
+    except ValueError as exc:  # tandem.transport.codec refuses a tensor; name the config key
         raise PartitionError(f"codecs {config.codecs}: cannot encode the activations of {graph.name!r}: {exc}") from exc
     return CostModel(
         graph,
@@ -313,6 +383,7 @@ def build_cost_model(
         codecs,
         codec_time_scale=config.edge.codec_time_scale,
         decode_time_scale=config.cloud.decode_time_scale,
+        downlink_mbps=config.link.downlink_mbps,
     )
 
 
@@ -342,7 +413,7 @@ def limits_of(config: PartitionConfig) -> Limits:
 
 
 def _links(config: PartitionConfig) -> list[Link]:
-    return [Link(bw, config.link.rtt_ms / 1e3) for bw in config.link.bandwidths_mbps]
+    return [Link(bw, config.link.rtt_ms / 1e3, config.link.downlink_mbps) for bw in config.link.bandwidths_mbps]
 
 
 def search_splits(costs: CostModel, config: PartitionConfig, *, cut: Sequence[str] | None = None) -> SearchOutcome:
@@ -418,7 +489,7 @@ def _infeasible(name: str, config: PartitionConfig) -> str:
 
 @dataclass
 class ExportedSplit:
-    """A kept split written to disk, with its verification error and accuracy per codec."""
+    """A kept split written to disk, with its verification error, fidelity and accuracy per codec."""
 
     split_id: str
     parts: SplitParts
@@ -426,6 +497,8 @@ class ExportedSplit:
     verified: dict[str, bool]
     accuracy: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    checks: dict[str, CodecCheck] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def _split_ids(costs: CostModel, splits: Sequence[frozenset[str]]) -> dict[frozenset[str], str]:
@@ -447,35 +520,55 @@ def _split_ids(costs: CostModel, splits: Sequence[frozenset[str]]) -> dict[froze
 def _top1(
     parts: SplitParts,
     out_dir: Path,
+    output: str,
     samples: Sequence[Mapping[str, np.ndarray]],
     labels: np.ndarray,
     codecs: Sequence[str],
     threads: int,
 ) -> dict[str, float]:
-    """Top-1 accuracy per codec; real splits through tandem.partitioner.accuracy, one-sided ones directly."""
-    if parts.edge_model and parts.cloud_model and parts.edge_model != parts.cloud_model:
-        from tandem.partitioner.accuracy import accuracy_for_codecs
-        from tandem.transport.codec import CodecSpec
+    """Top-1 accuracy per codec of the graph output ``output`` (the edge merges both sides' outputs first).
 
-        results = accuracy_for_codecs(
-            out_dir / parts.edge_model,
-            out_dir / parts.cloud_model,
-            list(samples),
-            [CodecSpec.parse(c) for c in codecs],
-            "top1",
-            labels,
-        )
-        return {codec: results[codec].value for codec in codecs}
+    Scoring the model's own output by name, not the cloud part's first output: a forced cut's cloud part
+    may return other tensors first (the digits bug: 200 labels for 600 predictions).
+    """
     edge = OrtModel(out_dir / parts.edge_model, threads=threads) if parts.edge_model else None
     cloud = OrtModel(out_dir / parts.cloud_model, threads=threads) if parts.cloud_model else None
     scores = {}
     for codec in codecs:
         hits = 0
         for sample, label in zip(samples, labels, strict=True):
-            output = next(iter(run_split(parts, edge, cloud, sample, codec).values()))
-            hits += int(np.argmax(output.reshape(-1)) == int(label))
+            scores_out = run_split(parts, edge, cloud, sample, codec)[output]
+            hits += int(np.argmax(scores_out.reshape(-1)) == int(label))
         scores[codec] = hits / len(samples)
     return scores
+
+
+def _verify(
+    item: SplitParts,
+    graph: ModelGraph,
+    out_dir: Path,
+    config: PartitionConfig,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    expected: Sequence[Mapping[str, np.ndarray]],
+) -> tuple[dict[str, CodecCheck], dict[str, bool], dict[str, str]]:
+    """Every codec on every sample: the worst error against its tolerance, fidelity against min_fidelity."""
+    output = graph.outputs[0]
+    kind = output_kind(output, graph.tensors[output].shape, config.fidelity.kinds)
+    checks = check_split(
+        item, out_dir, samples, expected, config.codecs, config.verification.raw,
+        threads=config.profiling.threads, output=output, kind=kind,
+    )  # fmt: skip
+    verified, rejected = {}, {}
+    minimum = config.fidelity.min_fidelity
+    for codec in config.codecs:
+        check, tolerance = checks[codec], config.verification.tolerance(codec)
+        verified[codec] = check.max_error <= tolerance
+        if not verified[codec]:
+            rejected[codec] = f"error {check.max_error:.3g} on sample {check.worst_sample} > tolerance {tolerance:g}"
+        elif minimum is not None and check.fidelity is not None and check.fidelity.value < minimum:
+            verified[codec] = False
+            rejected[codec] = f"fidelity {check.fidelity.value:.4g} < min_fidelity {minimum:g}"
+    return checks, verified, rejected
 
 
 def export_splits(
@@ -489,11 +582,11 @@ def export_splits(
     progress: bool = True,
     say: Say = _quiet,
 ) -> dict[frozenset[str], ExportedSplit]:
-    """Write model.onnx and every kept split's parts; verify each with every codec; measure accuracy if labelled."""
+    """Write model.onnx and every kept split's parts; verify each with every codec on every sample (up to
+    ``verification.max_samples``), measure fidelity, and accuracy if labelled."""
     write_full_model(graph, out_dir)
     ids = _split_ids(costs, list(outcome.kept))
-    verification = config.verification
-    samples = graph.samples[: verification.max_samples]
+    samples = graph.samples[: config.verification.max_samples]
     full = OrtModel(out_dir / FULL_MODEL, threads=config.profiling.threads)
     expected = [full.run(sample) for sample in samples]
     labelled = None
@@ -506,23 +599,26 @@ def export_splits(
     ):
         split_id = ids[split]
         parts = write_split(graph, split_id, split, out_dir, extractor)
-        errors = verify_split(
-            parts, out_dir, samples, expected, config.codecs, verification.raw, config.profiling.threads
-        )
-        verified = {codec: errors[codec] <= verification.tolerance(codec) for codec in config.codecs}
+        checks, verified, rejected = _verify(parts, graph, out_dir, config, samples, expected)
+        errors = {codec: check.max_error for codec, check in checks.items()}
         accuracy: dict[str, float] = {}
         if labelled is not None:
             accuracy = _top1(
-                parts, out_dir, labelled[0], labelled[1], ["raw", *config.codecs], config.profiling.threads
-            )
+                parts, out_dir, graph.outputs[0], labelled[0], labelled[1], ["raw", *config.codecs],
+                config.profiling.threads,
+            )  # fmt: skip
             for codec in config.codecs:
-                if accuracy[codec] < accuracy["raw"] - config.accuracy.max_drop:
+                if accuracy[codec] < accuracy["raw"] - config.accuracy.max_drop and verified[codec]:
                     verified[codec] = False
-        exported[split] = ExportedSplit(split_id, parts, errors, verified, accuracy, outcome.kept[split])
+                    rejected[codec] = f"top-1 {accuracy[codec]:.3f} is more than {config.accuracy.max_drop} below raw"
+        exported[split] = ExportedSplit(
+            split_id, parts, errors, verified, accuracy, outcome.kept[split], checks, rejected
+        )
         passed = [c for c in config.codecs if verified[c]]
         say(
             f"split {split_id}: {len(split)} edge nodes, crossing {list(parts.crossing)[:4]}"
-            f"{'...' if len(parts.crossing) > 4 else ''}; raw error {errors['raw']:.2g}; verified codecs {passed}"
+            f"{'...' if len(parts.crossing) > 4 else ''}; raw error {errors['raw']:.2g} over {len(samples)} "
+            f"sample(s); verified codecs {passed}"
         )
     return exported
 
@@ -578,7 +674,9 @@ def choose_splits(
 
 def _tensor(graph: ModelGraph, name: str) -> TensorDesc:
     tensor = graph.tensors[name]
-    return TensorDesc(name=name, dtype=tensor.dtype, shape=list(tensor.shape))
+    declared = graph.declared.get(name)
+    open_dims = declared is not None and any(not isinstance(d, int) for d in declared)
+    return TensorDesc(name=name, dtype=tensor.dtype, shape=list(tensor.shape), declared=declared if open_dims else None)
 
 
 def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) -> SplitPlan:
@@ -588,16 +686,25 @@ def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) 
     results = []
     for codec in costs.codec_names:
         cost = costs.cost(split, codec, link0)
+        p50, p95 = costs.bytes_quantiles(split, codec)
+        check = item.checks.get(codec)
         results.append(
             CodecResult(
                 codec=codec,
                 wire_bytes=cost.wire_bytes,
+                wire_bytes_p50=p50,
+                wire_bytes_p95=p95,
                 encode_ms=cost.encode_s * 1e3,
                 decode_ms=cost.decode_s * 1e3,
                 max_error=item.errors.get(codec),
                 tolerance=config.verification.tolerance(codec),
                 verified=item.verified[codec],
                 accuracy=item.accuracy.get(codec),
+                samples=None if check is None else check.samples,
+                worst_sample=None if check is None else check.worst_sample,
+                fidelity=None if check is None else check.fidelity,
+                fallbacks=costs.fallbacks(split, codec),
+                rejected=item.rejected.get(codec),
             )
         )
     predicted = [
@@ -671,10 +778,15 @@ def build_plan(
             nodes=len(graph.nodes),
             inputs=[_tensor(graph, n) for n in graph.inputs],
             outputs=[_tensor(graph, n) for n in graph.outputs],
+            shape_notes=list(graph.shape_notes),
         ),
         edge=edge.info,
         cloud=cloud.info,
-        link=LinkInfo(bandwidths_mbps=list(config.link.bandwidths_mbps), rtt_ms=config.link.rtt_ms),
+        link=LinkInfo(
+            bandwidths_mbps=list(config.link.bandwidths_mbps),
+            rtt_ms=config.link.rtt_ms,
+            downlink_mbps=config.link.downlink_mbps,
+        ),
         codecs=list(costs.codec_names),
         constraints=ConstraintsInfo(
             max_bytes_per_inference=c.byte_budget, max_edge_ms=c.max_edge_ms, latency_slo_ms=c.latency_slo_ms
@@ -702,7 +814,17 @@ def build_plan(
             for ch in choices
         ],
         artifacts=list(artifacts),
+        data=_data_info(source, graph, config),
     )
+
+
+def _data_info(source: ModelSource, graph: ModelGraph, config: PartitionConfig) -> DataInfo:
+    """The plan's data section: how many samples the figures really come from."""
+    used = min(len(graph.samples), config.verification.max_samples)
+    if source.data is None:
+        kind = "synthetic" if graph.synthetic else "inputs"
+        return DataInfo(source=kind, samples=used, note=SYNTHETIC_NOTE if graph.synthetic else "")
+    return source.data.model_copy(update={"samples": used})
 
 
 def check_out_dir(out_dir: str | Path, *, where: str = "out_dir") -> Path:
@@ -720,6 +842,7 @@ def partition(
     *,
     cut: Sequence[str] | None = None,
     inputs: Path | None = None,
+    calibration: Path | None = None,
     version: int = 1,
     config_source: str = "<config>",
     progress: bool = True,
@@ -727,12 +850,19 @@ def partition(
 ) -> Plan:
     """Partition an ONNX file or a reference model (by name) and write the plan folder ``out_dir``.
 
-    ``version`` is recorded in plan.yaml; ``config_source`` names the config in error messages.
+    ``calibration`` (a calibration set, see :mod:`tandem.partitioner.calibration`) overrides the
+    config's ``calibration.path``. ``version`` is recorded in plan.yaml; ``config_source`` names the
+    config in error messages.
     """
     check_out_dir(out_dir)
+    config = config or PartitionConfig()
+    if calibration is not None:
+        config = config.model_copy(
+            update={"calibration": config.calibration.model_copy(update={"path": Path(calibration)})}
+        )
     with tempfile.TemporaryDirectory(prefix="tandem-partition-") as work:
-        source = load_source(model, Path(work), inputs=inputs, say=say)
-        graph = analyse_model(source, say)
+        source = load_source(model, Path(work), inputs=inputs, config=config, say=say)
+        graph = analyse_model(source, say, config)
         return partition_graph(
             source, graph, out_dir, config, cut=cut, version=version, config_source=config_source,
             progress=progress, say=say,

@@ -24,7 +24,7 @@ artifact's size and sha256 before anything is trusted.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field
@@ -40,7 +40,9 @@ __all__ = [
     "ArtifactError",
     "Choice",
     "CodecResult",
+    "DataInfo",
     "DeviceInfo",
+    "Fidelity",
     "LinkInfo",
     "ModelInfo",
     "Plan",
@@ -79,7 +81,9 @@ class TensorDesc(PlanModel):
     dtype: str
     """numpy dtype name: float32, int64, ..."""
     shape: list[int]
-    """Shape on the sample input (batch included)."""
+    """Shape on the sample input (batch included): the shape the plan was profiled at."""
+    declared: list[int | str | None] | None = None
+    """For a model input whose dims are open: its declared shape (a dim's name, or null where unnamed)."""
 
 
 class ModelInfo(PlanModel):
@@ -99,6 +103,25 @@ class ModelInfo(PlanModel):
     """Graph inputs."""
     outputs: list[TensorDesc]
     """Graph outputs."""
+    shape_notes: list[str] = Field(default_factory=list)
+    """How each open input dim got the size it was profiled at (flag, dim name, sample inputs)."""
+
+
+class DataInfo(PlanModel):
+    """The inputs bytes, verification and fidelity were measured on."""
+
+    source: Literal["synthetic", "calibration", "inputs", "reference"]
+    """synthetic: one random sample; calibration: --calibration; inputs: --inputs; reference: the model's own."""
+    samples: int
+    """Samples every kept split and codec was verified on (and its bytes measured on)."""
+    path: str | None = None
+    """The calibration set or inputs file, as given."""
+    kind: str | None = None
+    """images, npz or npy (calibration only)."""
+    preprocess: dict[str, Any] | None = None
+    """For images: input, height, width, fit, channels, layout, scale, mean, std, so clients can repeat it."""
+    note: str = ""
+    """What the figures can be trusted for, in words."""
 
 
 class DeviceInfo(PlanModel):
@@ -131,6 +154,8 @@ class LinkInfo(PlanModel):
     """Bandwidths a split was chosen for, Mbit/s."""
     rtt_ms: float
     """Round-trip time, ms."""
+    downlink_mbps: float | None = None
+    """Bandwidth results travel back on, Mbit/s (null: the same as each uplink bandwidth)."""
 
 
 class ConstraintsInfo(PlanModel):
@@ -159,13 +184,38 @@ class SearchInfo(PlanModel):
     """Tensors of a cut forced with --cut, if any."""
 
 
+class Fidelity(PlanModel):
+    """Agreement of cloud(edge(x)) with the unsplit model on the calibration samples, without labels."""
+
+    output: str
+    """The graph output scored (the first one)."""
+    kind: Literal["classes", "embedding", "other"]
+    """classes: top-1 agreement and top-5 overlap; embedding: cosine; other: relative error and arg-max."""
+    value: float
+    """The figure min_fidelity is checked against: top-1 agreement, mean cosine, or arg-max agreement (0..1)."""
+    samples: int
+    """Samples scored."""
+    top5_overlap: float | None = None
+    """Mean |top-5 ∩ unsplit top-5| / 5 (classes)."""
+    cosine_min: float | None = None
+    """Worst row's cosine (embedding)."""
+    rel_err_p50: float | None = None
+    """Median over elements and samples of |got - full| / max |full| (other)."""
+    rel_err_p99: float | None = None
+    """99th percentile of the same (other)."""
+
+
 class CodecResult(PlanModel):
     """One codec on one split: bytes, codec times and the verified error."""
 
     codec: str
     """Codec text, as tandem.transport.codec.CodecSpec.parse reads it."""
     wire_bytes: int
-    """Bytes sent edge -> cloud per inference (frames of the crossing tensors, measured on the sample)."""
+    """Bytes sent edge -> cloud per inference, the cost model's quantile (search.bytes_quantile) over the samples."""
+    wire_bytes_p50: int | None = None
+    """Median over the samples of the bytes sent per inference."""
+    wire_bytes_p95: int | None = None
+    """95th percentile over the samples."""
     encode_ms: float
     """Encode time of the crossing tensors on the edge, ms."""
     decode_ms: float
@@ -178,6 +228,16 @@ class CodecResult(PlanModel):
     """max_error is within tolerance: the agent may use this codec on this split."""
     accuracy: float | None = None
     """Task metric with this split and codec, when measured."""
+    samples: int | None = None
+    """Samples verified on."""
+    worst_sample: int | None = None
+    """Index of the sample giving max_error."""
+    fidelity: Fidelity | None = None
+    """Agreement with the unsplit model on the samples (label-free)."""
+    fallbacks: list[str] = Field(default_factory=list)
+    """Crossing tensors this codec sends otherwise (raw, per-tensor int8) and why."""
+    rejected: str | None = None
+    """Why the codec is not verified, when it is not."""
 
 
 class Prediction(PlanModel):
@@ -234,12 +294,15 @@ class SplitPlan(PlanModel):
                 return result
         raise KeyError(f"split {self.id!r} has no figures for codec {codec!r}")
 
-    def predict_ms(self, codec: str, bandwidth_mbps: float, rtt_ms: float) -> float:
-        """Predicted latency on any link, from the plan's cost terms."""
+    def predict_ms(
+        self, codec: str, bandwidth_mbps: float, rtt_ms: float, downlink_mbps: float | None = None
+    ) -> float:
+        """Predicted latency on any link, from the plan's cost terms (results on ``downlink_mbps`` if given)."""
         if self.kind == "edge-only":
             return self.edge_ms
         figures = self.codec(codec)
         ms_per_byte = 8.0 / (bandwidth_mbps * 1e6) * 1e3
+        down_ms_per_byte = 8.0 / ((downlink_mbps or bandwidth_mbps) * 1e6) * 1e3
         return (
             self.edge_ms
             + figures.encode_ms
@@ -247,7 +310,7 @@ class SplitPlan(PlanModel):
             + rtt_ms
             + figures.decode_ms
             + self.cloud_ms
-            + self.result_bytes * ms_per_byte
+            + self.result_bytes * down_ms_per_byte
         )
 
 
@@ -272,6 +335,9 @@ class Choice(PlanModel):
     """That codec."""
     meets_slo: bool | None
     """Whether latency_ms is within the SLO (null: no SLO)."""
+    tie_with: list[str] = Field(default_factory=list)
+    """Other split/codec pairs within the measured spread of this one's latency (the table marks them ≈);
+    among them the plan took the one sending fewest bytes."""
 
 
 class Artifact(PlanModel):
@@ -318,6 +384,8 @@ class Plan(PlanModel):
     """Chosen split per bandwidth."""
     artifacts: list[Artifact]
     """Every file of the plan besides plan.yaml."""
+    data: DataInfo | None = None
+    """The inputs bytes, errors and fidelity come from."""
 
     def split(self, split_id: str) -> SplitPlan:
         """The kept split with this id."""
