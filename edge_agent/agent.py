@@ -28,7 +28,7 @@ import numpy as np
 from tandem.edge_agent.config import EdgeConfig
 from tandem.edge_agent.link_estimator import LinkEstimate, LinkEstimator
 from tandem.edge_agent.plan_gate import PlanGate
-from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption, WireBytes
 from tandem.edge_agent.selector import SplitSelector
 from tandem.edge_agent.telemetry import system_telemetry
 from tandem.executors import Executor, open_executor
@@ -59,6 +59,8 @@ class InferenceResult:
     latency_ms: float
     timing: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    planned_split: str = ""
+    """For a fallback: the split chosen for the link, which could not be served (``split_id`` is what ran)."""
 
 
 def _owned(array: np.ndarray) -> np.ndarray:
@@ -110,7 +112,9 @@ class EdgeAgent:
         self.channel = channel
         self.codec = CodecSpec.parse(config.codec)
         self.estimator = LinkEstimator()
-        self.selector = SplitSelector(plan, config.objective, config.hysteresis)
+        self.wire = WireBytes(config.codec)
+        self.selector = SplitSelector(plan, config.objective, config.hysteresis, wire=self.wire)
+        self._started = time.monotonic()
         self.full = self._open(plan.full_model)
         self._heads: dict[str, Executor] = {}
         self._waiters: dict[str, _Waiter] = {}
@@ -135,6 +139,7 @@ class EdgeAgent:
 
     def start(self) -> None:
         """Start the receiver and maintenance threads."""
+        self._started = time.monotonic()
         for target, name in ((self._receive, "edge-recv"), (self._maintain, "edge-maintain")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -185,7 +190,7 @@ class EdgeAgent:
             for split in plan.splits
             if split.edge_path is not None and not split.edge_only
         }
-        selector = SplitSelector(plan, self.config.objective, self.config.hysteresis)
+        selector = SplitSelector(plan, self.config.objective, self.config.hysteresis, wire=self.wire)
         with self._gate.swapping():
             self.plan, self.selector, self.full, self._heads = plan, selector, full, heads
         logger.info("now serving plan %s v%d: %d splits", plan.plan_id, plan.version, len(plan.splits))
@@ -206,11 +211,24 @@ class EdgeAgent:
         return self._from_hub(request, reply, split, started, timing, {k: head[k] for k in split.edge_outputs})
 
     def _link(self) -> LinkEstimate:
-        """The measured link, with the configured assumptions standing in until measurements arrive."""
+        """The measured link, with the configured assumptions standing in until measurements arrive.
+
+        The first choice waits up to ``link_wait_s`` after start for a measured
+        rate; an estimate built on the assumptions says so (``assumed``).
+        """
         measured = self.estimator.snapshot()
+        if self.selector.current is None and self._hub_up:
+            give_up = self._started + self.config.link_wait_s
+            while measured.bandwidth_mbps is None and time.monotonic() < give_up and not self._stop.is_set():
+                time.sleep(0.02)
+                measured = self.estimator.snapshot()
+        if measured.rtt_ms is not None and measured.bandwidth_mbps is not None:
+            return measured
         return LinkEstimate(
             measured.rtt_ms if measured.rtt_ms is not None else self.config.initial_rtt_ms,
             measured.bandwidth_mbps if measured.bandwidth_mbps is not None else self.config.initial_bandwidth_mbps,
+            measured.downlink_mbps,
+            assumed=True,
         )
 
     def _activation(self, split: SplitOption, tensors: dict[str, np.ndarray], timing: dict[str, float]) -> Envelope:
@@ -242,6 +260,8 @@ class EdgeAgent:
             self._mark_down(f"send failed: {exc}")
             return None, f"hub unreachable: {exc}"
         self._last_upload = time.monotonic()
+        if request.split_id:
+            self.wire.observe(request.split_id, request.wire_bytes)
         arrived = waiter.wait(max(0.0, request.deadline - time.time()) if request.deadline else None)
         self._forget(request.request_id)
         if not arrived or waiter.reply is None:
@@ -278,7 +298,9 @@ class EdgeAgent:
         self.estimator.observe_transfer(request.wire_bytes, round_trip, hub_ms, reply_bytes=reply.wire_bytes)
         timing.update({f"hub_{k}": float(v) for k, v in hub.items()}, round_trip_ms=round_trip)
         self.counters["hub"] += 1
-        return self._result(outputs, request.request_id, split, "hub", False, started, timing)
+        result = self._result(outputs, request.request_id, split, "hub", False, started, timing)
+        self.selector.observe(split.split_id, result.latency_ms)
+        return result
 
     def _local(
         self,
@@ -294,7 +316,21 @@ class EdgeAgent:
         outputs = self._run_timed(self.full, feeds, timing, "local_ms", self.plan.full_edge_ms)
         self.counters[source] += 1
         request_id = f"local-{time.monotonic_ns()}"
-        return self._result(outputs, request_id, split, source, source == "fallback", started, timing, reason)
+        if source != "fallback":
+            return self._result(outputs, request_id, split, source, False, started, timing, reason)
+        # The whole model ran here: the answer names that, and the split it stood in for.
+        ran = self._edge_only()
+        result = self._result(outputs, request_id, ran, source, True, started, timing, reason)
+        result.planned_split = split.split_id
+        self.selector.observe(split.split_id, result.latency_ms)
+        return result
+
+    def _edge_only(self) -> SplitOption:
+        """The plan's edge-only split, or one standing for the full model run here."""
+        for option in self.plan.splits:
+            if option.edge_only:
+                return option
+        return SplitOption("edge-only", None, (), self.plan.full_edge_ms, 0.0, 0, edge_only=True)
 
     def _result(
         self,

@@ -41,9 +41,13 @@ class ObjectiveConfig(StrictModel):
 
 
 class HysteresisConfig(StrictModel):
-    """Switch split only for a clear gain, and not more often than ``min_dwell_s``."""
+    """Switch split only for a gain above the estimates' noise, and not more often than ``min_dwell_s``.
 
-    min_gain: float = Field(0.15, ge=0, description="relative predicted-latency improvement needed to switch")
+    The margin is twice the relative standard error of the bandwidth estimate,
+    never less than ``min_gain`` (docs/link-estimation.md).
+    """
+
+    min_gain: float = Field(0.05, ge=0, description="the least relative predicted-latency gain that can switch")
     min_dwell_s: float = Field(2.0, ge=0)
 
 
@@ -103,6 +107,9 @@ class EdgeConfig(StrictModel):
     deadline_ms: float = Field(1000.0, gt=0, description="a hub answer later than this is replaced by a local one")
     initial_bandwidth_mbps: float = Field(10.0, gt=0, description="assumed uplink until the agent has measured it")
     initial_rtt_ms: float = Field(20.0, ge=0, description="assumed RTT until the agent has measured it")
+    link_wait_s: float = Field(
+        1.0, ge=0, description="the first request waits this long at most for a measured link, then assumes the above"
+    )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     telemetry_interval_s: float = Field(5.0, gt=0)

@@ -79,6 +79,7 @@ class LocalEndpoint:
         reply.add_arrays(result.outputs)
         reply.meta = {
             "split": result.split_id,
+            "planned_split": result.planned_split,
             "source": result.source,
             "degraded": result.degraded,
             "latency_ms": result.latency_ms,

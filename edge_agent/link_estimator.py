@@ -49,13 +49,15 @@ class LinkEstimate:
     """A snapshot: RTT in ms and uplink (and downlink) rate in Mbit/s; None until measured.
 
     ``spread`` is the relative standard error of the uplink rate (0 when unknown);
-    the selector's switching margin grows with it.
+    the selector's switching margin grows with it. ``assumed``: the figures are
+    the config's assumptions, not measurements.
     """
 
     rtt_ms: float | None
     bandwidth_mbps: float | None
     downlink_mbps: float | None = None
     spread: float = 0.0
+    assumed: bool = False
 
     def __repr__(self) -> str:
         bw = "?" if self.bandwidth_mbps is None else f"{self.bandwidth_mbps:.2f}"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["AgentPlan", "SplitOption"]
+__all__ = ["AgentPlan", "SplitOption", "WireBytes"]
 
 
 @dataclass(frozen=True)
@@ -28,12 +31,51 @@ class SplitOption:
     result_bytes: int = 0
     edge_outputs: tuple[str, ...] = ()
 
-    def predicted_ms(self, bandwidth_mbps: float, rtt_ms: float) -> float:
-        """End-to-end latency on a link: edge + codec + bytes/bandwidth + RTT + cloud (+ the result back)."""
+    def predicted_ms(
+        self,
+        bandwidth_mbps: float,
+        rtt_ms: float,
+        *,
+        downlink_mbps: float | None = None,
+        wire_bytes: int | None = None,
+    ) -> float:
+        """End-to-end latency: edge + codec + bytes up / uplink + RTT + cloud + result down / downlink.
+
+        ``downlink_mbps`` defaults to the uplink's rate (a symmetric link);
+        ``wire_bytes`` to the plan's figure (the agent passes what it measured).
+        """
         if self.edge_only:
             return self.edge_ms
-        transfer_ms = (self.wire_bytes + self.result_bytes) * 8 / (bandwidth_mbps * 1000)
-        return self.edge_ms + self.codec_ms + transfer_ms + rtt_ms + self.cloud_ms
+        up = self.wire_bytes if wire_bytes is None else wire_bytes
+        up_ms = up * 8 / (bandwidth_mbps * 1000)
+        down_ms = self.result_bytes * 8 / ((downlink_mbps or bandwidth_mbps) * 1000)
+        return self.edge_ms + self.codec_ms + up_ms + rtt_ms + self.cloud_ms + down_ms
+
+
+class WireBytes:
+    """The bytes each split really put on the wire: a running median per split and codec.
+
+    Inputs compress differently (a photo's int8+zstd activation can be 15 %
+    off the plan's figure), so the agent's cost model uses the median of the
+    last ``window`` requests, starting from the plan's figure until one is seen.
+    """
+
+    def __init__(self, codec: str, window: int = 32) -> None:
+        self.codec = codec
+        self.window = window
+        self._seen: dict[tuple[str, str], deque[int]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, split_id: str, nbytes: int) -> None:
+        """A request on ``split_id`` put ``nbytes`` on the wire."""
+        with self._lock:
+            self._seen.setdefault((split_id, self.codec), deque(maxlen=self.window)).append(nbytes)
+
+    def of(self, split: SplitOption) -> int:
+        """The bytes to expect for ``split``: the recent median, else the plan's figure."""
+        with self._lock:
+            seen = self._seen.get((split.split_id, self.codec))
+            return int(statistics.median(seen)) if seen else split.wire_bytes
 
 
 @dataclass(frozen=True)

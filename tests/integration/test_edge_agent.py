@@ -152,6 +152,8 @@ def test_hub_down_means_local_degraded_answers_then_recovery(
     hub.stop()
     answers = [agent.infer(x) for _ in range(5)]
     assert all(a.source == "fallback" and a.degraded for a in answers[1:])
+    # The answer names what ran (the full model here, edge-only) and the split it stood in for.
+    assert all(a.split_id == "edge_only" and a.planned_split == "s1" for a in answers[1:])
     for answer in answers:
         np.testing.assert_allclose(answer.outputs["logits"], reference(x), rtol=1e-5)
     assert not agent.hub_up

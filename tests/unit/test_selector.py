@@ -8,7 +8,7 @@ import pytest
 
 from tandem.edge_agent.config import HysteresisConfig, ObjectiveConfig
 from tandem.edge_agent.link_estimator import LinkEstimate
-from tandem.edge_agent.plan_view import AgentPlan, SplitOption
+from tandem.edge_agent.plan_view import AgentPlan, SplitOption, WireBytes
 from tandem.edge_agent.selector import SplitSelector
 
 # A ResNet-like cost table: the deeper the cut, the more edge time and the fewer bytes.
@@ -95,3 +95,59 @@ def test_the_first_choice_is_logged_with_its_link_like_every_switch(caplog: pyte
     assert "split start -> cloud_only (first choice; link 1000.00 Mbit/s, RTT 20.0 ms" in caplog.text
     assert "split cloud_only -> s2 (better for the link; link 5.00 Mbit/s" in caplog.text
     assert chosen.switches == 1
+
+
+def test_the_result_travels_on_the_downlink_and_measured_bytes_replace_the_plans() -> None:
+    split = SplitOption("s", Path("s.onnx"), ("a",), edge_ms=10, cloud_ms=5, wire_bytes=100_000, result_bytes=40_000)
+    # 100 kB up at 8 Mbit/s (100 ms) and 40 kB down at 1.6 Mbit/s (200 ms), 20 ms RTT.
+    assert split.predicted_ms(8.0, 20.0, downlink_mbps=1.6) == pytest.approx(10 + 100 + 20 + 5 + 200)
+    assert split.predicted_ms(8.0, 20.0) == pytest.approx(10 + 100 + 20 + 5 + 40)  # symmetric when unmeasured
+    assert split.predicted_ms(8.0, 20.0, wire_bytes=120_000) == pytest.approx(10 + 120 + 20 + 5 + 40)
+
+
+def test_wire_bytes_start_from_the_plan_and_follow_the_median_of_real_requests() -> None:
+    wire = WireBytes("int8+zstd", window=5)
+    split = SPLITS[0]
+    assert wire.of(split) == 600_000
+    for nbytes in (700_000, 690_000, 5_000_000, 710_000):  # one odd photo does not move it
+        wire.observe("cloud_only", nbytes)
+    assert wire.of(split) == 705_000
+    assert wire.of(SPLITS[1]) == 200_000
+
+
+def test_the_margin_follows_the_estimates_noise_with_a_floor() -> None:
+    cloud = SplitOption("cloud_only", None, ("input",), edge_ms=0, cloud_ms=5, wire_bytes=100_000)
+    cut = SplitOption("cut", Path("cut.onnx"), ("a",), edge_ms=20, cloud_ms=5, wire_bytes=10_000)
+    plan = AgentPlan("two", 1, ("input",), ("logits",), Path("model.onnx"), (cloud, cut))
+    chosen = SplitSelector(plan, ObjectiveConfig(), HysteresisConfig(min_gain=0.05, min_dwell_s=0))
+    assert chosen.margin(LinkEstimate(20, 10, spread=0.0)) == 0.05
+    assert chosen.margin(LinkEstimate(20, 10, spread=0.1)) == pytest.approx(0.2)
+    # At 27 Mbit/s the cut is predicted 12 % faster (the 10 Mbit/s case): enough on a quiet estimate only.
+    gain = 1 - cut.predicted_ms(27, 20) / cloud.predicted_ms(27, 20)
+    assert 0.1 < gain < 0.15
+    chosen.current = cloud
+    assert chosen.choose(LinkEstimate(20, 27, spread=0.1)).split_id == "cloud_only"
+    assert chosen.choose(LinkEstimate(20, 27, spread=0.01)).split_id == "cut"
+
+
+def test_the_slo_objective_leaves_a_split_whose_measured_latency_breaks_it(caplog: pytest.LogCaptureFixture) -> None:
+    objective = ObjectiveConfig(mode="latency_slo", latency_slo_ms=200)
+    chosen, clock = selector(objective, min_dwell_s=0)
+    link = LinkEstimate(20, 1000)
+    first = chosen.choose(link)
+    assert chosen.predicted_ms(first, link) <= 200
+    for _ in range(5):  # the prediction said fine; the answers say 219 ms
+        chosen.observe(first.split_id, 219.0)
+    with caplog.at_level("INFO", logger="tandem.edge.selector"):
+        second = chosen.choose(link)
+    assert second.split_id != first.split_id
+    assert "(current split measured p50 219.0 ms over the 200 ms SLO;" in caplog.text
+    clock.now += 11  # the bad answers age out: the prediction speaks again
+    assert chosen.measured_p50(first.split_id) is None
+
+
+def test_an_assumed_link_says_so_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    chosen, _ = selector()
+    with caplog.at_level("INFO", logger="tandem.edge.selector"):
+        chosen.choose(LinkEstimate(20, 10, assumed=True))
+    assert "link 10.00 Mbit/s assumed, not yet measured" in caplog.text
