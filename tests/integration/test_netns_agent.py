@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import time
+
 import pytest
 
 from tests.fixtures.netns import NetnsLink
@@ -28,3 +30,24 @@ def test_the_bandwidth_estimate_is_within_15_percent_of_the_tbf_rate(bed: Bed, r
     results = bed.requests(3.0)
     estimate = bed.agent.estimator.snapshot()
     assert estimate.bandwidth_mbps == pytest.approx(rate_mbit, rel=0.15), (estimate, [r.split_id for _, r in results])
+
+
+def test_split_inference_is_back_within_a_second_of_the_link_returning(netns_link: NetnsLink, tmp_path: Path) -> None:
+    bed = Bed(netns_link, tmp_path, deadline_ms=300)
+    try:
+        netns_link.shape(10.0)
+        bed.wait_for_estimate()
+        assert all(r.source == "hub" for _, r in bed.requests(1.0, rate_hz=10))
+        netns_link.cut()
+        during = bed.requests(5.0, rate_hz=10)  # past ZeroMQ's 3 s heartbeat timeout: the connection is dropped
+        netns_link.restore()
+        restored = time.monotonic()
+        after = bed.requests(3.0, rate_hz=10)
+    finally:
+        bed.close()
+    assert all(r.source in ("fallback", "edge") for _, r in during)  # answered here, nothing from the hub
+    back = next((t for t, r in after if r.source == "hub"), None)
+    assert back is not None, [(round(t - restored, 2), r.source) for t, r in after]
+    assert back - restored <= 1.0, [(round(t - restored, 2), r.source) for t, r in after]
+    ids = [r.request_id for _, r in during + after]
+    assert len(ids) == len(set(ids))  # one answer per request, never a second
