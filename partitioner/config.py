@@ -149,7 +149,10 @@ class Constraints(StrictModel):
 class Profiling(StrictModel):
     """How node times and codecs are measured on this machine."""
 
-    repetitions: int = Field(10, ge=1)
+    repetitions: int = Field(10, ge=1, description="timed runs per round")
+    max_repetitions: int = Field(30, ge=1, description="more rounds until the median settles, up to this many runs")
+    stable_within: float = Field(0.02, gt=0, description="the median has settled when a round moves it less")
+    budget_s: float = Field(10.0, gt=0, description="seconds of timing after which it stops, settled or not")
     warmup: int = Field(2, ge=0)
     threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide")
     codec_repetitions: int = Field(3, ge=1)
@@ -182,6 +185,9 @@ class SearchSettings(StrictModel):
     sweep_min_mbps: float = Field(0.1, gt=0)
     sweep_max_mbps: float = Field(10000.0, gt=0)
     brute_force_limit: int = Field(20000, ge=0, description="enumerate every split when there are at most this many")
+    tie_within: float = Field(
+        0.05, ge=0, description="latencies closer than this fraction of compute time (or the measured spread) tie"
+    )
     bytes_quantile: float = Field(
         0.5, ge=0, le=1, description="quantile of per-sample wire bytes the cost model uses (0.95 for a latency SLO)"
     )

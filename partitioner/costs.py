@@ -213,7 +213,8 @@ class CostModel:
     ``edge_s`` and ``cloud_s`` map each compute node to its seconds on the
     edge and in the cloud. ``codec_time_scale`` multiplies the measured
     encode times (edge CPU) and ``decode_time_scale`` the decode times (cloud
-    CPU).
+    CPU). ``spread`` is the relative noise of the node times: compute times
+    closer than it are not told apart.
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class CostModel:
         codec_time_scale: float = 1.0,
         decode_time_scale: float = 1.0,
         downlink_mbps: float | None = None,
+        spread: float = 0.0,
     ) -> None:
         missing = [n for n in graph.node_names if n not in edge_s or n not in cloud_s]
         if missing:
@@ -243,6 +245,7 @@ class CostModel:
         self.codec_time_scale = codec_time_scale
         self.decode_time_scale = decode_time_scale
         self.downlink_mbps = downlink_mbps
+        self.spread = spread
         self._crossing: dict[frozenset[str], tuple[str, ...]] = {}
         self._result_bytes: dict[str, int] = {}
         for name in graph.outputs:

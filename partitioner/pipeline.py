@@ -63,7 +63,7 @@ from tandem.partitioner.profiling import (
     profile_model,
     spec_times,
 )
-from tandem.partitioner.search import Limits, candidate_splits, choose, front
+from tandem.partitioner.search import Limits, candidate_splits, choose, choose_with_ties, front
 from tandem.transport.codec import CodecSpec
 
 __all__ = [
@@ -206,10 +206,12 @@ def _measured(profile: DeviceProfile, role: str) -> DeviceTimes:
         name=THIS_MACHINE,
         source="measured",
         detail=f"ONNX Runtime per-node medians of {profile.repetitions} runs on this machine, "
-        f"{profile.threads} thread(s)",
+        f"{profile.threads} thread(s), spread {profile.spread:.1%}{'' if profile.stable else ' (not settled)'}",
         total_ms=profile.total_seconds * 1e3,
         provider=profile.provider,
         onnxruntime_version=profile.onnxruntime_version,
+        spread=profile.spread,
+        stable=profile.stable,
     )
     return DeviceTimes(info, dict(profile.node_seconds))
 
@@ -252,6 +254,8 @@ def _emulated(measured: DeviceProfile, role: str, name: str, factor: float, fact
         onnxruntime_version=measured.onnxruntime_version,
         emulation_factor=factor,
         factor_source=factor_source,
+        spread=measured.spread,
+        stable=measured.stable,
     )
     return DeviceTimes(info, {n: s * factor for n, s in measured.node_seconds.items()})
 
@@ -277,10 +281,14 @@ def profile_devices(
             warmup=prof.warmup,
             threads=prof.threads,
             progress=progress,
+            max_repetitions=prof.max_repetitions,
+            stable_within=prof.stable_within,
+            budget_s=prof.budget_s,
         )
         say(
             f"measured {graph.name} here: {measured.total_seconds * 1e3:.1f} ms per run "
-            f"(median of {prof.repetitions}, {prof.threads} thread(s))"
+            f"(median of {measured.repetitions}, spread {measured.spread:.1%}, "
+            f"{'settled' if measured.stable else 'not settled within the budget'}, {prof.threads} thread(s))"
         )
 
     cloud_factor = 1.0
@@ -384,6 +392,7 @@ def build_cost_model(
         codec_time_scale=config.edge.codec_time_scale,
         decode_time_scale=config.cloud.decode_time_scale,
         downlink_mbps=config.link.downlink_mbps,
+        spread=max(edge.info.spread or 0.0, cloud.info.spread or 0.0),
     )
 
 
@@ -462,11 +471,56 @@ def search_splits(costs: CostModel, config: PartitionConfig, *, cut: Sequence[st
         if chosen is None:
             raise PartitionError(_infeasible(graph.name, config))
         note(chosen.edge_nodes, "chosen (before verification) at", f"{link.bandwidth_mbps:g} Mbit/s")
+    protected = {everything, nothing} | ({forced} if forced is not None else set())
+    margin = max(costs.spread, config.search.tie_within)
+    dropped = _within_spread(costs, list(notes), protected, config.link.rtt_ms / 1e3, margin)
+    for split, by in dropped.items():
+        notes.pop(split)
+        note(by, "kept for", "a split within the measured spread of its compute time, sending no fewer bytes")
     kept = {split: _reasons(split, graph.all_nodes, found) for split, found in notes.items()}
     distinct = set().union(*pool.values()) | set(kept)
     return SearchOutcome(
         kept, pool, exact=exact, forced=forced, forced_cut=list(cut) if cut else None, candidates=len(distinct)
     )
+
+
+def _dominates(costs: CostModel, a: frozenset[str], b: frozenset[str], rtt_s: float, margin: float) -> bool:
+    """``a`` sends and returns no more bytes than ``b`` with every codec, and takes no longer within ``margin``."""
+    if costs.result_bytes(a) > costs.result_bytes(b):
+        return False
+    link = Link(1.0, rtt_s)
+    for codec in costs.codec_names:
+        ca, cb = costs.cost(a, codec, link), costs.cost(b, codec, link)
+        fixed_a = ca.total_s - ca.upload_s - ca.download_s  # compute, codec and RTT: what no link changes
+        fixed_b = cb.total_s - cb.upload_s - cb.download_s
+        if ca.wire_bytes > cb.wire_bytes or fixed_a > fixed_b + margin * (cb.edge_s + cb.cloud_s):
+            return False
+    return True
+
+
+def _within_spread(
+    costs: CostModel, splits: Sequence[frozenset[str]], protected: set[frozenset[str]], rtt_s: float, margin: float
+) -> dict[frozenset[str], frozenset[str]]:
+    """Splits another kept split matches within the measured spread: dropped -> the one kept for it.
+
+    Taken in order of bytes, then edge nodes, so which of two near-equal splits stays does not depend on
+    the noise in their times: repeated runs keep the same splits.
+    """
+    if margin <= 0:
+        return {}
+
+    def key(split: frozenset[str]) -> tuple[int, int, list[str]]:
+        return (sum(costs.wire_bytes(split, c) for c in costs.codec_names), len(split), sorted(split))
+
+    kept: list[frozenset[str]] = []
+    dropped: dict[frozenset[str], frozenset[str]] = {}
+    for split in sorted(splits, key=key):
+        by = None if split in protected else next((k for k in kept if _dominates(costs, k, split, rtt_s, margin)), None)
+        if by is None:
+            kept.append(split)
+        else:
+            dropped[split] = by
+    return dropped
 
 
 def _reasons(split: frozenset[str], everything: frozenset[str], found: Mapping[str, list[str]]) -> list[str]:
@@ -637,6 +691,7 @@ class LinkChoice:
     meets_slo: bool | None
     edge_only: SplitCost
     cloud_only: tuple[str, SplitCost] | None
+    ties: list[tuple[frozenset[str], str]] = field(default_factory=list)
 
 
 def choose_splits(
@@ -654,9 +709,11 @@ def choose_splits(
     choices = []
     everything, nothing = costs.graph.all_nodes, frozenset[str]()
     for link in _links(config):
-        chosen = choose(costs, pool, link, limits, allowed)
-        if chosen is None:
+        margin = max(costs.spread, config.search.tie_within)
+        found = choose_with_ties(costs, pool, link, limits, allowed, spread=margin)
+        if found is None:
             raise PartitionError(_infeasible(costs.graph.name, config) + " with a verified codec")
+        chosen, tied = found
         cloud_only = choose(costs, {c: [nothing] for c in costs.codec_names}, link, Limits(), allowed)
         choices.append(
             LinkChoice(
@@ -667,6 +724,7 @@ def choose_splits(
                 chosen.meets_slo,
                 costs.cost(everything, costs.codec_names[0], link),
                 None if cloud_only is None else (cloud_only.codec, cloud_only.cost),
+                [(t.edge_nodes, t.codec) for t in tied],
             )
         )
     return choices
@@ -810,6 +868,7 @@ def build_plan(
                 cloud_only_ms=None if ch.cloud_only is None else ch.cloud_only[1].total_s * 1e3,
                 cloud_only_codec=None if ch.cloud_only is None else ch.cloud_only[0],
                 meets_slo=ch.meets_slo,
+                tie_with=[f"{exported[split].split_id}/{codec}" for split, codec in ch.ties[:8]],
             )
             for ch in choices
         ],

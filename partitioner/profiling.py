@@ -74,6 +74,10 @@ class DeviceProfile(StrictModel):
     total_seconds: float = Field(ge=0, description="median whole-model latency at full optimisation")
     node_sum_seconds: float = Field(ge=0, description="sum of the per-node medians before scaling")
     node_seconds: dict[str, float] = Field(description="per-node median seconds, scaled to total_seconds")
+    spread: float = Field(0.0, ge=0, description="(p75 - p25) / median of the whole-model times: the noise")
+    stable: bool = Field(
+        True, description="whether the median settled before the run or time budget ran out (one round: not checked)"
+    )
 
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON; return the path."""
@@ -202,30 +206,34 @@ def profile_model(
     threads: int = 1,
     provider: str = "CPUExecutionProvider",
     progress: bool = True,
+    max_repetitions: int | None = None,
+    stable_within: float = 0.02,
+    budget_s: float = 60.0,
 ) -> DeviceProfile:
-    """Measure per-node median seconds of ``graph`` here (see the module docstring)."""
+    """Measure per-node median seconds of ``graph`` here (see the module docstring).
+
+    The whole model is timed in rounds of ``repetitions`` runs until the median of all runs moves by
+    less than ``stable_within`` (relative) from one round to the next, ``max_repetitions`` runs are
+    done, or ``budget_s`` seconds have passed; the per-node profile then takes as many runs. The spread
+    of the whole-model times, ``(p75 - p25) / median``, is recorded: choices closer than it are ties.
+    """
     import onnxruntime as ort
 
     if repetitions < 1 or warmup < 0:
         raise ProfileError(f"profiling needs repetitions >= 1 and warmup >= 0, got {repetitions} and {warmup}")
     check_provider(provider)
     model_bytes = graph.model.SerializeToString()
-    runs = 2 * (warmup + repetitions)
-    bar = tqdm(total=runs, desc=f"profiling {graph.name}", unit="run", disable=not progress)
-    with tempfile.TemporaryDirectory(prefix="tandem-profile-") as tmp:
-        per_node = _profile_nodes(model_bytes, graph, threads, provider, warmup, repetitions, Path(tmp), bar)
+    limit = max(repetitions, max_repetitions or repetitions)
+    bar = tqdm(total=2 * (warmup + repetitions), desc=f"profiling {graph.name}", unit="run", disable=not progress)
     whole = OrtModel(model_bytes, threads=threads, provider=provider, level="all")
     if whole.provider != provider:
         raise ProfileError(
             f"provider {provider!r}: ONNX Runtime could not use it for {graph.name!r} and fell back to "
             f"{whole.provider!r}; the profile would not measure {provider!r}"
         )
-    totals = []
-    for index in range(warmup + repetitions):
-        _, elapsed = whole.timed_run(_feeds(graph.samples, index))
-        if index >= warmup:
-            totals.append(elapsed)
-        bar.update(1)
+    totals, stable = _time_until_stable(whole, graph, warmup, repetitions, limit, stable_within, budget_s, bar)
+    with tempfile.TemporaryDirectory(prefix="tandem-profile-") as tmp:
+        per_node = _profile_nodes(model_bytes, graph, threads, provider, warmup, len(totals), Path(tmp), bar)
     bar.close()
     total = statistics.median(totals)
     node_sum = sum(per_node.values())
@@ -240,12 +248,53 @@ def profile_model(
         onnxruntime_version=ort.__version__,
         provider=whole.provider,
         threads=threads,
-        repetitions=repetitions,
+        repetitions=len(totals),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         total_seconds=total,
         node_sum_seconds=node_sum,
         node_seconds=node_seconds,
+        spread=_spread(totals),
+        stable=stable,
     )
+
+
+def _spread(values: Sequence[float]) -> float:
+    """``(p75 - p25) / median``: how far apart repeated measurements of the same thing land."""
+    median = statistics.median(values)
+    if median <= 0 or len(values) < 2:
+        return 0.0
+    p25, p75 = np.quantile(values, [0.25, 0.75])
+    return float((p75 - p25) / median)
+
+
+def _time_until_stable(
+    whole: OrtModel,
+    graph: ModelGraph,
+    warmup: int,
+    repetitions: int,
+    limit: int,
+    stable_within: float,
+    budget_s: float,
+    bar: tqdm,
+) -> tuple[list[float], bool]:
+    """Whole-model seconds per run, in rounds of ``repetitions`` until the median settles (see profile_model)."""
+    for index in range(warmup):
+        whole.timed_run(_feeds(graph.samples, index))
+        bar.update(1)
+    start = time.perf_counter()
+    totals: list[float] = []
+    previous: float | None = None
+    while True:
+        for _ in range(repetitions):
+            _, elapsed = whole.timed_run(_feeds(graph.samples, warmup + len(totals)))
+            totals.append(elapsed)
+        bar.update(repetitions)
+        median = statistics.median(totals)
+        if previous is not None and abs(median - previous) <= stable_within * previous:
+            return totals, True
+        if len(totals) + repetitions > limit or time.perf_counter() - start > budget_s:
+            return totals, previous is None and limit <= repetitions
+        previous = median
 
 
 def _profile_nodes(

@@ -54,6 +54,7 @@ __all__ = [
     "brute_force",
     "candidate_splits",
     "choose",
+    "choose_with_ties",
     "closed_sets",
     "cut_cost",
     "enumerate_or_none",
@@ -402,6 +403,50 @@ def candidate_splits(
         pool.update(everything)
         return pool, True
     return pool, False
+
+
+def choose_with_ties(
+    pricer: SplitPricer,
+    candidates: Mapping[str, Iterable[frozenset[str]]],
+    link: Any,
+    limits: Limits,
+    allowed: Callable[[frozenset[str], str], bool] | None = None,
+    *,
+    spread: float = 0.0,
+) -> tuple[Choice, list[Choice]] | None:
+    """Like :func:`choose`, but latencies within ``spread`` (relative, of the best one's compute time) tie.
+
+    Among tied (split, codec) pairs the one with fewest bytes on the wire wins, then fewer edge nodes,
+    then less latency: a measurement's noise cannot flip the choice. Returns the choice and the others
+    it tied with; None if nothing qualifies.
+    """
+    qualifying: list[Choice] = []
+    order = {codec: index for index, codec in enumerate(candidates)}
+    for codec, splits in candidates.items():
+        for split in splits:
+            if allowed is not None and not allowed(split, codec):
+                continue
+            cost = pricer.cost(split, codec, link)
+            if limits.max_bytes is not None and cost.wire_bytes > limits.max_bytes:
+                continue
+            if limits.max_edge_s is not None and cost.edge_s > limits.max_edge_s * (1 + 1e-12):
+                continue
+            meets = None if limits.latency_slo_s is None else cost.total_s <= limits.latency_slo_s
+            qualifying.append(Choice(split, codec, cost, meets))
+    if not qualifying:
+        return None
+    best = min(qualifying, key=lambda c: (c.cost.total_s, c.cost.wire_bytes, c.cost.edge_s))
+    margin = spread * (best.cost.edge_s + best.cost.cloud_s)
+    tied = [c for c in qualifying if c.cost.total_s <= best.cost.total_s + margin]
+    tied.sort(
+        key=lambda c: (c.cost.wire_bytes, len(c.edge_nodes), order[c.codec], c.cost.total_s, sorted(c.edge_nodes))
+    )
+    chosen = tied[0]
+    # the same split sending the same bytes another way (edge-only with any codec) is no alternative
+    others = [
+        c for c in tied[1:] if not (c.edge_nodes == chosen.edge_nodes and c.cost.wire_bytes == chosen.cost.wire_bytes)
+    ]
+    return chosen, others
 
 
 def choose(

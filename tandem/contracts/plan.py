@@ -145,6 +145,10 @@ class DeviceInfo(PlanModel):
     """Factor applied to this machine's times to emulate the device (emulated only)."""
     factor_source: str | None = None
     """Where the emulation factor came from."""
+    spread: float | None = None
+    """(p75 - p25) / median of repeated whole-model times (measured, emulated): below it, latencies tie."""
+    stable: bool | None = None
+    """Whether the median settled before the run or time budget ran out (measured, emulated)."""
 
 
 class LinkInfo(PlanModel):
