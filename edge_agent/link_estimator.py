@@ -21,6 +21,9 @@ docs/link-estimation.md says what is assumed and why. In short:
   (the activations speak until the next train, which :meth:`LinkEstimator.wants_probe`
   asks for); a request without an answer after ``waited_ms`` bounds the rate
   from above (``bytes / (waited - RTT)``) until a later transfer completes.
+- **Burst**: per activation, the bytes that left faster than the rate
+  (``bytes - transfer time x rate``, at least 0); the median over the window
+  is the burst a message of that traffic can expect (0 until measured).
 - **Downlink rate**: the part of an activation's round trip that the uplink
   estimate and the hub's own time do not explain, for replies of 16 kB or
   more; None until such samples exist.
@@ -58,6 +61,8 @@ class LinkEstimate:
     downlink_mbps: float | None = None
     spread: float = 0.0
     assumed: bool = False
+    burst_bytes: int = 0
+    """Bytes of a message that leave before the rate applies (a token bucket's burst), as activations showed."""
 
     def __repr__(self) -> str:
         bw = "?" if self.bandwidth_mbps is None else f"{self.bandwidth_mbps:.2f}"
@@ -126,6 +131,7 @@ class LinkEstimator:
         self._rtt: deque[tuple[float, float]] = deque(maxlen=256)
         self._up: deque[_Transfer] = deque(maxlen=max_samples)
         self._down: deque[_Transfer] = deque(maxlen=max_samples)
+        self._free: deque[tuple[float, float]] = deque(maxlen=max_samples)  # (time, bytes beyond the rate)
         self._trains: deque[_Transfer] = deque(maxlen=_TRAIN_SAMPLES)  # dispersion of back-to-back probes
         self._bound: _Transfer | None = None  # newest timeout: the rate is at most its mbps
         self._slower = 0  # activations in a row slower than the estimate by more than change_ratio
@@ -144,6 +150,7 @@ class LinkEstimator:
             beyond_rtt = round_trip_ms - hub_ms - (self._rtt_ms() or 0.0)
             self._observe_downlink(nbytes, beyond_rtt, reply_bytes)
             up_ms = beyond_rtt - self._downlink_ms(reply_bytes)
+            self._observe_burst(nbytes, up_ms)
             if up_ms < self.min_transfer_ms or nbytes <= 0:
                 return  # too fast to tell the link apart from noise
             self._add_up(_Transfer(self._clock(), nbytes, up_ms))
@@ -177,7 +184,10 @@ class LinkEstimator:
                 rate = self._bound.mbps
             down = self._recent(self._down)
             down_rate = statistics.median(t.mbps for t in down) if down else None
-            return LinkEstimate(self._rtt_ms(), rate, down_rate, spread)
+            horizon = self._clock() - self.bandwidth_window_s
+            free = [b for at, b in self._free if at >= horizon]
+            burst = int(statistics.median(free)) if free else 0
+            return LinkEstimate(self._rtt_ms(), rate, down_rate, spread, burst_bytes=burst)
 
     def wants_probe(self, max_age_s: float) -> bool:
         """Whether no probe train was measured in the last ``max_age_s`` seconds."""
@@ -240,6 +250,13 @@ class LinkEstimator:
         down = self._recent(self._down)
         rate = statistics.median(t.mbps for t in down) if down else self._uplink()[0]
         return reply_bytes * 8 / (rate * 1000) if rate else 0.0
+
+    def _observe_burst(self, nbytes: int, up_ms: float) -> None:
+        """The bytes of this activation that left faster than the train-measured rate."""
+        trains = self._recent(self._trains)
+        if trains and nbytes > 0:
+            rate_bytes_per_ms = _median_rate(trains)[0] * 1000 / 8
+            self._free.append((self._clock(), max(0.0, nbytes - max(up_ms, 0.0) * rate_bytes_per_ms)))
 
     def _observe_downlink(self, nbytes: int, beyond_rtt_ms: float, reply_bytes: int) -> None:
         """The part of the round trip the uplink fit does not explain, when it is the larger part."""

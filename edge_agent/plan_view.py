@@ -38,16 +38,18 @@ class SplitOption:
         *,
         downlink_mbps: float | None = None,
         wire_bytes: int | None = None,
+        burst_bytes: int = 0,
     ) -> float:
         """End-to-end latency: edge + codec + bytes up / uplink + RTT + cloud + result down / downlink.
 
         ``downlink_mbps`` defaults to the uplink's rate (a symmetric link);
-        ``wire_bytes`` to the plan's figure (the agent passes what it measured).
+        ``wire_bytes`` to the plan's figure (the agent passes what it measured);
+        the first ``burst_bytes`` of the upload leave before the rate applies.
         """
         if self.edge_only:
             return self.edge_ms
         up = self.wire_bytes if wire_bytes is None else wire_bytes
-        up_ms = up * 8 / (bandwidth_mbps * 1000)
+        up_ms = max(0, up - burst_bytes) * 8 / (bandwidth_mbps * 1000)
         down_ms = self.result_bytes * 8 / ((downlink_mbps or bandwidth_mbps) * 1000)
         return self.edge_ms + self.codec_ms + up_ms + rtt_ms + self.cloud_ms + down_ms
 

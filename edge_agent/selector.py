@@ -80,7 +80,10 @@ class SplitSelector:
     def predicted_ms(self, split: SplitOption, link: LinkEstimate) -> float:
         """``split``'s end-to-end latency on ``link`` with the bytes it really sends."""
         bandwidth, rtt = link.bandwidth_mbps or 1e-3, link.rtt_ms or 0.0
-        return split.predicted_ms(bandwidth, rtt, downlink_mbps=link.downlink_mbps, wire_bytes=self.wire.of(split))
+        wire = self.wire.of(split)
+        return split.predicted_ms(
+            bandwidth, rtt, downlink_mbps=link.downlink_mbps, wire_bytes=wire, burst_bytes=link.burst_bytes
+        )
 
     def ideal(self, link: LinkEstimate, request_rate_hz: float | None = None) -> SplitOption:
         """The objective's best split for this link, ignoring hysteresis."""

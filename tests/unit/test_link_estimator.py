@@ -177,3 +177,17 @@ def test_small_messages_inside_the_burst_do_not_vote_against_two_probe_sizes() -
     feed(estimator, clock, [64_000, 192_000], 2.0, burst=16_000)  # the two probes
     feed(estimator, clock, [11_000, 20_000] * 10, 2.0, burst=16_000)  # activations, mostly within the burst
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(2.0, rel=0.1)
+
+
+def test_the_burst_is_what_activations_sent_faster_than_the_trains_rate() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    assert estimator.snapshot().burst_bytes == 0
+    for _ in range(3):
+        clock.now += 0.5
+        estimator.observe_train(40_000, 32.0)  # 10 Mbit/s
+    feed(estimator, clock, [100_000] * 5, 10.0, burst=16_000)
+    assert estimator.snapshot().burst_bytes == pytest.approx(16_000, abs=3_000)  # jitter only makes it smaller
+    feed(estimator, clock, [10_000] * 11, 10.0, burst=16_000)  # all of each message fits in it
+    assert estimator.snapshot().burst_bytes == pytest.approx(10_000, abs=1_000)
