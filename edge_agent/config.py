@@ -12,7 +12,7 @@ from tandem.config import StrictModel
 from tandem.edge_agent.sync_config import EdgeSyncConfig
 from tandem.executors.base import check_executor_name
 from tandem.transport.codec import CodecSpec
-from tandem.transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig, check_topic_name
+from tandem.transport.config import ChannelConfig, LimitsConfig, LinkConfig, ZmqConfig, check_device_id
 
 __all__ = ["EdgeConfig", "EmulationConfig", "EndpointConfig", "HysteresisConfig", "ObjectiveConfig", "RetryConfig"]
 
@@ -134,4 +134,4 @@ class EdgeConfig(StrictModel):
     @classmethod
     def _device_id(cls, value: str) -> str:
         # Always checked: the id is an MQTT topic level for channel: mqtt and for sync.
-        return check_topic_name("device id", value)
+        return check_device_id(value)

@@ -54,6 +54,20 @@ def check_topic_name(what: str, value: str) -> str:
     return value
 
 
+RESERVED_DEVICE_IDS = ("sync", "group")
+
+
+def check_device_id(value: str) -> str:
+    """``value`` when it can be a device id: one topic level, and not a word the topic scheme and ACLs reserve."""
+    check_topic_name("device id", value)
+    if value in RESERVED_DEVICE_IDS:
+        raise ValueError(
+            f"device id {value!r} is reserved: tandem/v1/{value}/... are sync and group topics "
+            "(deploy/tandem.acl keys both on the login); choose another device_id"
+        )
+    return value
+
+
 def check_topic_prefix(prefix: str) -> str:
     """``prefix`` when it is topic levels such as ``tandem/v1``; else ValueError."""
     if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "+#\x00"):
