@@ -143,8 +143,19 @@ class Envelope:
         return replace(base, **fields)
 
     def error_reply(self, code: str, message: str, *, field_name: str = "") -> Envelope:
-        """An ERROR reply naming what was wrong and which field."""
-        return self.reply(Kind.ERROR, meta={"code": code, "field": field_name, "message": message})
+        """An ERROR reply naming what was wrong and which field (ids over 4096 characters are not echoed)."""
+        meta: dict[str, Any] = {"code": code, "field": field_name, "message": message}
+        request_id = _echoed(self.request_id)
+        if not request_id:
+            meta["request_id_unread"] = True
+        return self.reply(
+            Kind.ERROR,
+            meta=meta,
+            request_id=request_id or new_request_id(),
+            device_id=_echoed(self.device_id),
+            plan_id=_echoed(self.plan_id),
+            split_id=_echoed(self.split_id),
+        )
 
     @property
     def wire_bytes(self) -> int:
@@ -476,18 +487,27 @@ def rejection_reply(exc: ProtocolError, *, device_id: str | None = None) -> Enve
     id (the spec requires one) and ``meta.request_id_unread`` set.
     """
     meta: dict[str, Any] = {"code": exc.code, "field": exc.field, "message": str(exc)}
-    if not exc.request_id:
+    request_id = _echoed(exc.request_id)
+    if not request_id:
         meta["request_id_unread"] = True
-    device = device_id if device_id is not None else ("" if exc.field == "device" else exc.device_id or "")
+    device = device_id if device_id is not None else ("" if exc.field == "device" else _echoed(exc.device_id))
     return Envelope(
         kind=Kind.ERROR,
-        request_id=exc.request_id or new_request_id(),
+        request_id=request_id or new_request_id(),
         device_id=device,
-        plan_id=exc.plan_id or "",
+        plan_id=_echoed(exc.plan_id),
         plan_version=exc.plan_version or 0,
-        split_id=exc.split_id or "",
+        split_id=_echoed(exc.split_id),
         meta=meta,
     )
+
+
+ECHO_MAX_CHARS = 4096
+
+
+def _echoed(value: str | None) -> str:
+    """``value`` as an error reply echoes it: not at all past 4096 characters, so a reply always fits a header."""
+    return value if value and len(value) <= ECHO_MAX_CHARS else ""
 
 
 class _HeaderReader:
