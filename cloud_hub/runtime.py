@@ -121,7 +121,8 @@ def start_sync(config: HubConfig, hub: Hub) -> tuple[Any, Any] | None:
     from tandem.cloud_hub.sync import HubSync
 
     store = SqliteStore(config.sync.store.path, synchronous=config.sync.store.synchronous)
-    sync = HubSync(config.sync, store, registry=hub.metrics.registry, limits=config.limits.to_limits())
+    sync = HubSync(config.sync, store, registry=hub.metrics.registry, device_label=hub.metrics.device_label,
+                   limits=config.limits.to_limits())  # fmt: skip
     sync.start()
     mqtt = config.sync.mqtt
     logger.info("sync: MQTT %s:%s prefix %s, store %s", mqtt.host, mqtt.port, mqtt.topic_prefix, store.path)

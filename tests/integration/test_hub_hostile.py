@@ -203,3 +203,57 @@ def test_the_log_bound_holds_for_bytes_too() -> None:
     assert clip(os.urandom(1 << 20)).endswith("… (1048576 bytes)")
     assert len(clip("é" * 10_000)) < 120
     assert clip("short") == "'short'"
+
+
+FLOOD_DEVICES = 300  # 30 times max_devices
+
+
+@pytest.mark.broker
+def test_a_flood_of_sync_messages_from_invented_devices_cannot_grow_the_fleet_metrics(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """cloud_hub/sync.py labels stored/duplicates/rejected/last_seen and the fleet gauges through the hub's bound."""
+    import time
+
+    import msgpack as packer
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tandem.cloud_hub.metrics import DeviceLabels
+    from tandem.cloud_hub.store import SqliteStore
+    from tandem.cloud_hub.sync import HubSync, open_hub_sync_channel
+    from tests.integration.sync_support import hub_config
+
+    registry = CollectorRegistry()
+    store = SqliteStore(tmp_path / "store", synchronous="normal")
+    config = hub_config(mosquitto.port)
+    sync = HubSync(config, store, channel=open_hub_sync_channel(config), registry=registry,
+                   device_label=DeviceLabels(MAX_DEVICES))  # fmt: skip
+    sync.start()
+    try:
+        with raw_paho(mosquitto) as (raw, _):
+            for i in range(FLOOD_DEVICES):
+                device = f"dev-{i}-{'x' * 150}"
+                record = Envelope(Kind.RECORD, device_id=device, meta={"ids": [f"{device}:r:1"], "created": [1.0]})
+                record.add_arrays({"0": np.frombuffer(packer.packb({"n": i}), np.uint8)})
+                raw.publish(f"tandem/v1/sync/{device}/up/record", pack(record), 1)
+                foreign = Envelope(Kind.RECORD, device_id=device, meta={"ids": ["cam-1:r:1"], "created": [1.0]})
+                foreign.add_arrays({"0": np.frombuffer(packer.packb({"n": i}), np.uint8)})
+                raw.publish(f"tandem/v1/sync/{device}/up/record", pack(foreign), 1)
+                status = {"plan_id": "p" * 3000, "plan_version": 1, "rtt_ms": 5.0, "bandwidth_mbps": 9.0}
+                raw.publish(f"tandem/v1/sync/{device}/up/telemetry",
+                            pack(Envelope(Kind.TELEMETRY, device_id=device, meta={"status": status})), 1)  # fmt: skip
+            raw.publish("tandem/v1/sync/last/up/record", b"junk", 1).wait_for_publish(10)
+            deadline = time.monotonic() + 120  # messages are handled in order: the junk one comes last
+            while sync.counters["bad_messages"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        sync.stop()
+        store.close()
+    assert (sync.counters["stored"], sync.counters["rejected"]) == (FLOOD_DEVICES, FLOOD_DEVICES)
+    page = generate_latest(registry).decode()
+    lines = series(page)
+    devices = {line.split('device="')[1].split('"')[0] for line in lines if 'device="' in line}
+    assert len(devices) <= MAX_DEVICES + 2, sorted(devices)
+    # Per device label: stored, duplicates, rejected (2 codes), last seen, and six fleet gauges.
+    assert len(lines) <= (MAX_DEVICES + 2) * 12, f"{len(lines)} series"
+    assert all(len(line) < LINE_BOUND for line in lines), max(lines, key=len)[:200]
