@@ -172,7 +172,8 @@ def _split_samples(
     count = min(next(iter(counts.values()), 0), limit)
     if count == 0:
         raise CalibrationError(f"{where}: no samples")
-    return [{name: np.ascontiguousarray(items[i]) for name, items in per_input.items()} for i in range(count)]
+    # np.array, not np.ascontiguousarray, which would make a 0-d sample (a scalar input) 1-d
+    return [{name: np.array(items[i], order="C") for name, items in per_input.items()} for i in range(count)]
 
 
 def _load_npy_folder(folder: Path, files: list[Path], model: onnx.ModelProto, limit: int) -> list[dict[str, Any]]:

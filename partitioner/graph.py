@@ -521,7 +521,7 @@ def _check_samples(
                     f"{where}: sample input {index}, tensor {name!r}: dtype {array.dtype} but the model expects "
                     f"{expected}"
                 )
-            converted[name] = np.ascontiguousarray(array)
+            converted[name] = np.array(array, order="C", copy=None)  # ascontiguousarray would make a 0-d input 1-d
         checked.append(converted)
     return checked
 

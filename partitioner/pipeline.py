@@ -173,12 +173,23 @@ def load_source(
     return ModelSource(name, path, samples, own is not None, data)
 
 
+def _holds_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
 def analyse_model(source: ModelSource, say: Say = _quiet, config: PartitionConfig | None = None) -> ModelGraph:
     """Load, check and analyse the model (see :func:`tandem.partitioner.graph.analyse`)."""
     hints = (config or PartitionConfig()).inputs.hints()
     graph = analyse(source.path, source.samples, hints)
     for note in graph.shape_notes:
         say(f"shape: {note}")
+    control = [n for n in graph.model.graph.node if n.name in set(graph.node_names) and _holds_subgraph(n)]
+    if control:
+        ops = sorted({n.op_type for n in control})
+        say(
+            f"note: {len(control)} node(s) hold subgraphs ({', '.join(ops)}): each runs whole on one side, "
+            "no cut falls inside one"
+        )
     if graph.synthetic:
         say(f"NOTE: {SYNTHETIC_NOTE}")
     say(
@@ -372,7 +383,7 @@ def build_cost_model(
     """Measure every codec on the samples' activations (bytes on each, times on the first); add node times."""
     count = min(len(graph.samples), config.verification.max_samples)
     movable = _movable(graph)
-    more = ({n: sample_activations(graph, i)[n] for n in movable} for i in range(1, count))
+    more = (sample_activations(graph, i) for i in range(1, count))  # measure_codecs reads the movable ones
     try:
         codecs = measure_codecs(
             movable,
