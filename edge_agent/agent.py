@@ -124,8 +124,11 @@ class EdgeAgent:
         self._last_upload = 0.0
         self._beat_answered = threading.Event()  # the hub answered the latest plain heartbeat
         self._recovered = threading.Event()  # the hub answered after an outage: beat and probe at once
+        self.recovered_at: float | None = None  # when the hub's first message after the latest outage came
         self._probes: dict[str, tuple[str, int, int]] = {}  # probes in flight: id -> (train, 0 or 1, bytes)
         self._train_first: dict[str, float] = {}  # train id -> when its first probe was answered
+        self._train_open_until = 0.0  # a train may still hold the uplink until then (perf_counter)
+        self._behind_train: dict[str, None] = {}  # requests sent while a train held the uplink: no link samples
         self._overdue: dict[str, tuple[float, int]] = {}  # timed-out requests: id -> (sent, bytes up)
         self._recent: deque[tuple[float, float]] = deque(maxlen=256)  # (time, latency_ms)
         self._stop = threading.Event()
@@ -253,6 +256,11 @@ class EdgeAgent:
             self._waiters[request.request_id] = waiter
         request.timestamps["edge_sent"] = time.time()
         sent = time.perf_counter()
+        if sent < self._train_open_until:  # it queues behind the probes: its time says nothing of the link
+            with self._waiters_lock:
+                self._behind_train[request.request_id] = None
+                while len(self._behind_train) > 256:
+                    self._behind_train.pop(next(iter(self._behind_train)))
         try:
             self.channel.send(request)
         except ChannelError as exc:
@@ -295,7 +303,11 @@ class EdgeAgent:
         hub = reply.meta.get("timing", {})
         hub_ms = _hub_ms(reply)
         round_trip = reply.timestamps["edge_round_trip_ms"]
-        self.estimator.observe_transfer(request.wire_bytes, round_trip, hub_ms, reply_bytes=reply.wire_bytes)
+        with self._waiters_lock:
+            behind_train = request.request_id in self._behind_train
+            self._behind_train.pop(request.request_id, None)
+        if not behind_train:
+            self.estimator.observe_transfer(request.wire_bytes, round_trip, hub_ms, reply_bytes=reply.wire_bytes)
         timing.update({f"hub_{k}": float(v) for k, v in hub.items()}, round_trip_ms=round_trip)
         self.counters["hub"] += 1
         result = self._result(outputs, request.request_id, split, "hub", False, started, timing)
@@ -426,6 +438,7 @@ class EdgeAgent:
     def _mark_up(self) -> None:
         if not self._hub_up:
             logger.info("hub reachable again; back to split inference")
+            self.recovered_at = time.monotonic()
             self._recovered.set()
         self._hub_up = True
         self._failures = 0
@@ -486,7 +499,9 @@ class EdgeAgent:
             self._train_first[train] = now
             while len(self._train_first) > 8:
                 self._train_first.pop(next(iter(self._train_first)))
-        elif (first := self._train_first.pop(train, None)) is not None:
+        else:
+            self._train_open_until = 0.0
+        if seq == 1 and (first := self._train_first.pop(train, None)) is not None:
             self.estimator.observe_train(nbytes, 1000 * (now - first))
 
     def _maintain(self) -> None:
@@ -538,6 +553,9 @@ class EdgeAgent:
         rate = self.estimator.snapshot().bandwidth_mbps or 0.0
         nbytes = min(max(self.config.probe_bytes, int(rate * 1e6 / 8 * 0.05)), _MAX_PROBE_BYTES)
         train = f"train-{time.monotonic_ns()}"
+        # Until the second answer (or, if it never comes, four times the train's expected time and a second).
+        expected_s = 2 * nbytes * 8 / (rate * 1e6) if rate else 1.0
+        self._train_open_until = time.perf_counter() + 4 * expected_s + 1.0
         for seq in (0, 1):
             beat = self._heartbeat()
             beat.add_arrays({"probe": np.zeros(nbytes, np.uint8)})

@@ -10,7 +10,9 @@ docs/link-estimation.md says what is assumed and why. In short:
   The first empties a token bucket's burst; the second then leaves at the
   bucket's rate, so the gap between their answers is its serialisation time
   (the packet-pair dispersion: RTT, burst and hub time cancel out). The
-  estimate is the median of the last three train samples in the window.
+  estimate is the median of the last three train samples in the window; a
+  train that disagrees with it asks for another at once, and two that agree
+  with each other and with none before them replace the older ones.
 - **Uplink rate from activations**, until a train has been measured: transfer
   time is affine in bytes, ``t = t0 + bytes / rate`` (``t0`` absorbs a burst
   and TCP start-up), fitted with the Theil-Sen slope over the samples at least
@@ -162,6 +164,7 @@ class LinkEstimator:
             if dispersion_ms >= self.min_transfer_ms and nbytes > 0:
                 self._trains.append(_Transfer(self._clock(), nbytes, dispersion_ms))
                 self._bound = None
+                self._forget_older_trains()
 
     def observe_timeout(self, nbytes: int, waited_ms: float) -> None:
         """``nbytes`` went up and no answer came within ``waited_ms``: the uplink is at most that fast."""
@@ -190,9 +193,11 @@ class LinkEstimator:
             return LinkEstimate(self._rtt_ms(), rate, down_rate, spread, burst_bytes=burst)
 
     def wants_probe(self, max_age_s: float) -> bool:
-        """Whether no probe train was measured in the last ``max_age_s`` seconds."""
+        """Whether a train is due: none in the last ``max_age_s`` seconds, or the newest one awaits confirmation."""
         with self._lock:
-            return not self._trains or self._trains[-1].at < self._clock() - max_age_s
+            if not self._trains or self._trains[-1].at < self._clock() - max_age_s:
+                return True
+            return not self._agrees(self._trains[-1].mbps, _median_rate(self._recent(self._trains))[0])
 
     def predicted_up_ms(self, nbytes: int) -> float | None:
         """The uplink time the current fit predicts for ``nbytes`` (None without a rate)."""
@@ -250,6 +255,19 @@ class LinkEstimator:
         down = self._recent(self._down)
         rate = statistics.median(t.mbps for t in down) if down else self._uplink()[0]
         return reply_bytes * 8 / (rate * 1000) if rate else 0.0
+
+    def _agrees(self, a: float, b: float) -> bool:
+        return abs(a / b - 1) <= self.change_ratio
+
+    def _forget_older_trains(self) -> None:
+        """When the two newest trains agree with each other and with none before them, the link changed."""
+        trains = list(self._trains)
+        if len(trains) < 3 or not self._agrees(trains[-1].mbps, trains[-2].mbps):
+            return
+        level = (trains[-1].mbps + trains[-2].mbps) / 2
+        if not any(self._agrees(t.mbps, level) for t in trains[:-2]):
+            self._trains.clear()
+            self._trains.extend(trains[-2:])
 
     def _observe_burst(self, nbytes: int, up_ms: float) -> None:
         """The bytes of this activation that left faster than the train-measured rate."""

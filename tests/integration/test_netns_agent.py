@@ -31,23 +31,32 @@ def test_the_bandwidth_estimate_is_within_15_percent_of_the_tbf_rate(bed: Bed, r
     assert estimate.bandwidth_mbps == pytest.approx(rate_mbit, rel=0.15), (estimate, [r.split_id for _, r in results])
 
 
-def test_split_inference_is_back_within_a_second_of_the_link_returning(netns_link: NetnsLink, tmp_path: Path) -> None:
+def test_split_inference_is_back_half_a_second_after_the_hub_is_heard(netns_link: NetnsLink, tmp_path: Path) -> None:
+    """The agent's part of recovery: one RTT, a probe train, the next request.
+
+    The hub's first message itself comes when TCP retransmits (or reconnects)
+    after the cut, on the kernel's backoff: measured 0.1 to 1.1 s after the
+    link's return on this bed (benchmarks/bench_link.py), bounded here by 2 s.
+    """
     bed = Bed(netns_link, tmp_path, deadline_ms=300)
     try:
         netns_link.shape(10.0)
         bed.wait_for_estimate()
         assert all(r.source == "hub" for _, r in bed.requests(1.0, rate_hz=10))
         netns_link.cut()
-        during = bed.requests(5.0, rate_hz=10)  # past ZeroMQ's 3 s heartbeat timeout: the connection is dropped
+        during = bed.requests(5.0, rate_hz=10)  # past ZeroMQ's 3 s heartbeat timeout
         netns_link.restore()
         restored = time.monotonic()
         after = bed.requests(3.0, rate_hz=10)
     finally:
         bed.close()
+    timeline = [(round(t - restored, 2), r.source) for t, r in after]
     assert all(r.source in ("fallback", "edge") for _, r in during)  # answered here, nothing from the hub
     back = next((t for t, r in after if r.source == "hub"), None)
-    assert back is not None, [(round(t - restored, 2), r.source) for t, r in after]
-    assert back - restored <= 1.0, [(round(t - restored, 2), r.source) for t, r in after]
+    heard = bed.agent.recovered_at
+    assert back is not None and heard is not None and heard >= restored, timeline
+    assert back - heard <= 0.5, (round(heard - restored, 2), timeline)
+    assert back - restored <= 2.0, (round(heard - restored, 2), timeline)
     ids = [r.request_id for _, r in during + after]
     assert len(ids) == len(set(ids))  # one answer per request, never a second
 

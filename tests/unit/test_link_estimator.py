@@ -191,3 +191,20 @@ def test_the_burst_is_what_activations_sent_faster_than_the_trains_rate() -> Non
     assert estimator.snapshot().burst_bytes == pytest.approx(16_000, abs=3_000)  # jitter only makes it smaller
     feed(estimator, clock, [10_000] * 11, 10.0, burst=16_000)  # all of each message fits in it
     assert estimator.snapshot().burst_bytes == pytest.approx(10_000, abs=1_000)
+
+
+def test_a_train_that_disagrees_asks_for_another_and_two_that_agree_replace_the_old() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    for _ in range(3):
+        clock.now += 1
+        estimator.observe_train(32_768, 55.0)  # ~4.8 Mbit/s
+    assert not estimator.wants_probe(max_age_s=10)
+    clock.now += 1
+    estimator.observe_train(32_768, 138.0)  # ~1.9 Mbit/s: a step, or one slow train?
+    assert estimator.wants_probe(max_age_s=10)  # ask again at once
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(4.77, rel=0.02)  # one train cannot move it
+    clock.now += 0.3
+    estimator.observe_train(32_768, 137.0)
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(1.9, rel=0.02)
+    assert not estimator.wants_probe(max_age_s=10)
