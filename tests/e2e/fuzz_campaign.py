@@ -28,6 +28,7 @@ from tandem.contracts.plan import load_plan
 from tandem.transport.envelope import Envelope, Kind
 from tandem.transport.zmq_channel import ZmqClient
 from tests.e2e.conftest import free_port
+from tests.fixtures.fuzz import hub_split
 
 TANDEM = [sys.executable, "-m", "tandem.cli"]
 # Series of a hub whose senders are all known, plus per device label (max_devices, "other", "unidentified"):
@@ -166,7 +167,7 @@ class GoodClient:
 
     def __init__(self, address: str, plan_dir: Path, *, interval_s: float = 0.05) -> None:
         plan = load_plan(plan_dir, verify=False)
-        split = next(s for s in plan.splits if s.kind == "split")
+        split = hub_split(plan)
         rng = np.random.default_rng(5)
         self.crossing = {t.name: np.maximum(rng.normal(size=t.shape), 0).astype(t.dtype) for t in split.crossing}
         self.ids = {"device_id": "cam-good", "plan_id": plan.plan_id, "plan_version": plan.version,
