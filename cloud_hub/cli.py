@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("tandem.hub")
 
 
 def register(subparsers: Any) -> None:
@@ -28,18 +31,19 @@ def run(args: argparse.Namespace) -> int:
     runtime = HubRuntime.from_file(args.config)
     config = runtime.config
     for tail in runtime.tails:
-        print(f"loaded plan {tail.plan_id} v{tail.plan_version} split {tail.split_id}: {tail.executor.describe()}")
+        log.info("loaded plan %s v%d split %s: %s", tail.plan_id, tail.plan_version, tail.split_id,
+                 tail.executor.describe())  # fmt: skip
     runtime.start()
     if config.sync is not None and runtime.store is not None:
         mqtt = config.sync.mqtt
-        print(f"sync: MQTT {mqtt.host}:{mqtt.port} prefix {mqtt.topic_prefix}, store {runtime.store.path}", flush=True)
+        log.info("sync: MQTT %s:%s prefix %s, store %s", mqtt.host, mqtt.port, mqtt.topic_prefix, runtime.store.path)
     for address in runtime.addresses:
-        print(f"listening on {address}", flush=True)
+        log.info("listening on %s", address)
     if runtime.hub.metrics_port is not None:
-        print(f"metrics on http://{config.metrics.host}:{runtime.hub.metrics_port}/metrics", flush=True)
-    print(f"batching: {config.batching.model_dump()}", flush=True)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, runtime.hub.metrics_port)
+    log.info("batching: %s", config.batching.model_dump())
     _wait_for_signal()
-    print("stopping", flush=True)
+    log.info("stopping")
     runtime.stop()
     return 0
 

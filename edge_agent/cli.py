@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("tandem.edge")
 
 
 def register(subparsers: Any) -> None:
@@ -27,19 +30,20 @@ def run(args: argparse.Namespace) -> int:
 
     edge = Edge.from_file(args.config)
     config, plan = edge.config, edge.plan
-    print(f"device {config.device_id}: {edge.plan_source}")
-    print(f"device {config.device_id}: plan {plan.plan_id} v{plan.version}, splits {[s.split_id for s in plan.splits]}")
+    log.info("device %s: %s", config.device_id, edge.plan_source)
+    log.info("device %s: plan %s v%d, splits %s", config.device_id, plan.plan_id, plan.version,
+             [s.split_id for s in plan.splits])  # fmt: skip
     edge.start()
     if edge.sync is not None and config.sync is not None:
-        print(f"sync: MQTT {config.sync.mqtt.host}:{config.sync.mqtt.port}, outbox {edge.sync.outbox.path}", flush=True)
-    print(f"hub channel: {config.channel.type} {_where(config.channel)}", flush=True)
+        log.info("sync: MQTT %s:%s, outbox %s", config.sync.mqtt.host, config.sync.mqtt.port, edge.sync.outbox.path)
+    log.info("hub channel: %s %s", config.channel.type, _where(config.channel))
     if edge.endpoint is not None:
-        print(f"local endpoint listening on {edge.endpoint.address}", flush=True)
+        log.info("local endpoint listening on %s", edge.endpoint.address)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    print("stopping", flush=True)
+    log.info("stopping")
     edge.stop()
     return 0
 

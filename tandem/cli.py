@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 import traceback
@@ -21,6 +20,8 @@ from typing import Any
 from tandem import __version__
 from tandem.config import ConfigError
 from tandem.errors import TandemError
+from tandem.logs import LEVELS
+from tandem.logs import configure as configure_logs
 
 __all__ = ["COMMAND_MODULES", "CONFIG_SCHEMAS", "build_parser", "main"]
 
@@ -77,7 +78,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     """The top-level parser, and the commands left out of this install with why (see :data:`COMMAND_MODULES`)."""
     parser = argparse.ArgumentParser(prog="tandem", description="Edge-cloud split inference.")
     parser.add_argument("--version", action="version", version=f"tandem {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (--log-level debug)")
+    parser.add_argument("--log-level", choices=LEVELS, default="info", help="log this level and above (default info)")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines as text or one JSON object each"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     missing: dict[str, str] = {}
     for name, (commands, extra, packages) in COMMAND_MODULES.items():
@@ -101,10 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tandem {command}: not available in this install; it {missing[command]}", file=sys.stderr)
         return 2
     args = parser.parse_args(given)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    level = "debug" if getattr(args, "verbose", False) else getattr(args, "log_level", "info")
+    configure_logs(level, getattr(args, "log_format", "text"))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

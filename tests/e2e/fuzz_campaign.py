@@ -85,7 +85,7 @@ class Campaign:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as handle:
             self.processes[name] = subprocess.Popen(
-                [*TANDEM, name, "--config", str(path)], stdout=handle, stderr=handle,
+                [*TANDEM, "--log-format", "json", name, "--config", str(path)], stdout=handle, stderr=handle,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
         deadline = time.monotonic() + 180
@@ -136,6 +136,8 @@ class Campaign:
             "edge_alive": self.processes["edge"].poll() is None,
             "endpoint_answers_after": self._endpoint_answers(),
             "hub_log_bytes": (self.workdir / "hub.log").stat().st_size,
+            "hub_log_lines_not_json": _not_json(self.workdir / "hub.log"),
+            "edge_log_lines_not_json": _not_json(self.workdir / "edge.log"),
             "edge_log_bytes": (self.workdir / "edge.log").stat().st_size,
         }
 
@@ -160,6 +162,20 @@ class Campaign:
         finally:
             client.close()
         return bool(outputs) and all(np.isfinite(v).all() for v in outputs.values())
+
+
+def _not_json(log: Path) -> list[str]:
+    """Lines of a ``--log-format json`` log that are not one JSON object with a timestamp and a level."""
+    bad = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            ok = isinstance(entry, dict) and {"ts", "level", "message"} <= set(entry)
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(line[:200])
+    return bad[:10]
 
 
 class GoodClient:

@@ -63,6 +63,8 @@ def test_a_seeded_fuzz_run_leaves_the_hub_and_edge_serving_correctly(
     assert result["hub_rss_after"] - result["hub_rss_before"] <= RSS_GROWTH_BOUND, report
     assert result["series_after"] <= result["series_bound"], report
     assert result["hub_log_bytes"] <= 2 << 20, report
+    # Started with --log-format json: one stream, every line a JSON object with a timestamp and a level.
+    assert result["hub_log_lines_not_json"] == [] and result["edge_log_lines_not_json"] == [], report
 
 
 def test_the_fuzzer_is_seeded_and_covers_each_mutation(mobilenet_plan: Path) -> None:
