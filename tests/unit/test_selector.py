@@ -151,3 +151,17 @@ def test_an_assumed_link_says_so_in_the_log(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level("INFO", logger="tandem.edge.selector"):
         chosen.choose(LinkEstimate(20, 10, assumed=True))
     assert "link 10.00 Mbit/s assumed, not yet measured" in caplog.text
+
+
+def test_the_readme_objective_examples_are_valid_config() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Objectives", 1)[1].split("\n## ", 1)[0]
+    blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    modes = [ObjectiveConfig(**block["objective"]).mode for block in blocks]
+    assert modes == ["min_latency", "bandwidth_cap", "latency_slo"]
+    for block in blocks:
+        HysteresisConfig(**block.get("hysteresis", {}))
