@@ -70,7 +70,7 @@ def _split_row(plan: Plan, folder: Path, split_id: str, inputs: list[dict[str, n
             top5[codec] += len(_top5(scores) & _top5(want)) / 5
     count = len(inputs)
     raw_mean = float(np.mean(wire["raw"]))
-    codecs = {
+    codecs: dict[str, dict[str, Any]] = {
         codec: {
             "top1_agreement": top1[codec] / count,
             "top5_overlap": round(top5[codec] / count, 4),

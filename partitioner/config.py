@@ -152,7 +152,7 @@ class Profiling(StrictModel):
     repetitions: int = Field(10, ge=1, description="timed runs per round")
     max_repetitions: int = Field(30, ge=1, description="more rounds until the median settles, up to this many runs")
     stable_within: float = Field(0.02, gt=0, description="the median has settled when a round moves it less")
-    budget_s: float = Field(10.0, gt=0, description="seconds of timing after which it stops, settled or not")
+    budget_s: float = Field(3.0, gt=0, description="seconds of timing after which it stops, settled or not")
     warmup: int = Field(2, ge=0)
     threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide")
     codec_repetitions: int = Field(3, ge=1)
@@ -165,6 +165,9 @@ class Verification(StrictModel):
     fp16: float = Field(1e-2, gt=0)
     int8: float = Field(1e-1, gt=0)
     max_samples: int = Field(32, ge=1, description="samples every kept split and codec is verified on")
+    per_channel: bool = Field(
+        True, description="where per-tensor int8 misses its tolerance at a split, offer int8@1 there if it passes"
+    )
 
     def tolerance(self, codec: str) -> float:
         """The tolerance for a codec's quantiser."""

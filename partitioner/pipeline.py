@@ -615,17 +615,19 @@ def _verify(
     config: PartitionConfig,
     samples: Sequence[Mapping[str, np.ndarray]],
     expected: Sequence[Mapping[str, np.ndarray]],
+    codecs: Sequence[str] | None = None,
 ) -> tuple[dict[str, CodecCheck], dict[str, bool], dict[str, str]]:
     """Every codec on every sample: the worst error against its tolerance, fidelity against min_fidelity."""
+    codecs = list(config.codecs if codecs is None else codecs)
     output = graph.outputs[0]
     kind = output_kind(output, graph.tensors[output].shape, config.fidelity.kinds)
     checks = check_split(
-        item, out_dir, samples, expected, config.codecs, config.verification.raw,
+        item, out_dir, samples, expected, codecs, config.verification.raw,
         threads=config.profiling.threads, output=output, kind=kind,
     )  # fmt: skip
     verified, rejected = {}, {}
     minimum = config.fidelity.min_fidelity
-    for codec in config.codecs:
+    for codec in codecs:
         check, tolerance = checks[codec], config.verification.tolerance(codec)
         verified[codec] = check.max_error <= tolerance
         if not verified[codec]:
@@ -634,6 +636,52 @@ def _verify(
             verified[codec] = False
             rejected[codec] = f"fidelity {check.fidelity.value:.4g} < min_fidelity {minimum:g}"
     return checks, verified, rejected
+
+
+def _per_channel(codec: str) -> str | None:
+    """``int8@1`` with the same compression for a per-tensor int8 codec; None for any other codec."""
+    spec = CodecSpec.parse(codec)
+    if spec.quantiser != "int8" or spec.axis is not None:
+        return None
+    return str(CodecSpec("int8", spec.compression, axis=1))
+
+
+def _ensure_codec(graph: ModelGraph, config: PartitionConfig, costs: CostModel, codec: str) -> None:
+    """Measure ``codec`` on the samples' activations if the cost model has not (a per-channel variant)."""
+    if codec in costs.codecs:
+        return
+    count = min(len(graph.samples), config.verification.max_samples)
+    more = (sample_activations(graph, i) for i in range(1, count))
+    measured = measure_codecs(
+        _movable(graph), [codec], repetitions=config.profiling.codec_repetitions, progress=False,
+        more_samples=more, quantile=config.search.bytes_quantile,
+    )  # fmt: skip
+    costs.codecs[codec] = measured[codec]
+
+
+def _try_per_channel(
+    parts: SplitParts,
+    graph: ModelGraph,
+    costs: CostModel,
+    out_dir: Path,
+    config: PartitionConfig,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    expected: Sequence[Mapping[str, np.ndarray]],
+    verdict: tuple[dict[str, CodecCheck], dict[str, bool], dict[str, str]],
+) -> None:
+    """Where per-tensor int8 misses its tolerance here, check int8@1 and offer it if it passes (in place)."""
+    checks, verified, rejected = verdict
+    for codec in list(verified):
+        variant = _per_channel(codec)
+        if variant is None or verified[codec] or variant in verified or not rejected[codec].startswith("error"):
+            continue
+        _ensure_codec(graph, config, costs, variant)
+        more = _verify(parts, graph, out_dir, config, samples, expected, [variant])
+        checks[variant], verified[variant] = more[0][variant], more[1][variant]
+        if variant in more[2]:
+            rejected[variant] = more[2][variant]
+        else:
+            rejected[codec] += f"; {variant} (one scale per channel) passes and is offered instead"
 
 
 def export_splits(
@@ -665,6 +713,8 @@ def export_splits(
         split_id = ids[split]
         parts = write_split(graph, split_id, split, out_dir, extractor)
         checks, verified, rejected = _verify(parts, graph, out_dir, config, samples, expected)
+        if config.verification.per_channel:
+            _try_per_channel(parts, graph, costs, out_dir, config, samples, expected, (checks, verified, rejected))
         errors = {codec: check.max_error for codec, check in checks.items()}
         accuracy: dict[str, float] = {}
         if labelled is not None:
@@ -679,7 +729,7 @@ def export_splits(
         exported[split] = ExportedSplit(
             split_id, parts, errors, verified, accuracy, outcome.kept[split], checks, rejected
         )
-        passed = [c for c in config.codecs if verified[c]]
+        passed = [c for c, ok in verified.items() if ok]
         say(
             f"split {split_id}: {len(split)} edge nodes, crossing {list(parts.crossing)[:4]}"
             f"{'...' if len(parts.crossing) > 4 else ''}; raw error {errors['raw']:.2g} over {len(samples)} "
@@ -754,6 +804,8 @@ def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) 
     link0 = Link(1.0, config.link.rtt_ms / 1e3)
     results = []
     for codec in costs.codec_names:
+        if codec not in item.verified:
+            continue  # a per-channel variant tried at other splits only
         cost = costs.cost(split, codec, link0)
         p50, p95 = costs.bytes_quantiles(split, codec)
         check = item.checks.get(codec)
@@ -782,7 +834,7 @@ def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) 
         )
         for link in _links(config)
         for codec in costs.codec_names
-        if item.verified[codec]
+        if item.verified.get(codec, False)
     ]
     return SplitPlan(
         id=item.split_id,

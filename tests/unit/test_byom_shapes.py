@@ -163,3 +163,36 @@ def test_a_0d_float_tensor_round_trips_as_an_array(codec: str) -> None:
     decoded = decode_tensor(header, bytes(frame))
     assert isinstance(decoded, np.ndarray) and decoded.shape == () and decoded.dtype == np.float32
     assert abs(float(decoded) - 0.75) < 0.01
+
+
+# Channel 0 is ~1000, channel 1 ~0.01 and the only one the output keeps: one int8 scale for the whole
+# tensor rounds channel 1 to nothing; one scale per channel keeps it.
+CHANNELS = """
+<ir_version: 8, opset_import: ["" : 17]>
+ch (float[1, 2, 16] x) => (float[1, 2, 16] y) <float[1, 2, 1] w = {0.0, 100000.0}> {
+    y = Mul(x, w)
+}
+"""
+
+
+def test_per_channel_int8_is_offered_where_per_tensor_int8_misses(tmp_path: Path) -> None:
+    path = _save(tmp_path, CHANNELS, "ch")
+    rng = np.random.default_rng(0)
+    x = np.stack(
+        [rng.random((1, 2, 16), dtype=np.float32) * np.array([[[1000.0], [0.01]]], np.float32) for _ in range(6)]
+    )
+    np.savez(tmp_path / "cal.npz", x=x.astype(np.float32))
+    config = tmp_path / "p.yaml"
+    config.write_text(SPEC_ONLY + "codecs: [raw, int8+zstd]\n")
+    out = tmp_path / "plan"
+    args = ["partition", str(path), "--out", str(out), "--config", str(config), "--no-progress"]
+    assert main([*args, "--calibration", str(tmp_path / "cal.npz")]) == 0
+    cloud_only = load_plan(out).split("cloud-only")
+    per_tensor, per_channel = cloud_only.codec("int8+zstd"), cloud_only.codec("int8@1+zstd")
+    assert not per_tensor.verified and per_tensor.max_error is not None and per_tensor.max_error > 0.5
+    assert per_tensor.rejected is not None and "int8@1+zstd (one scale per channel) passes" in per_tensor.rejected
+    assert per_channel.verified and per_channel.max_error is not None and per_channel.max_error < 0.01
+    assert per_channel.samples == 6
+    config.write_text(SPEC_ONLY + "codecs: [raw, int8+zstd]\nverification: {per_channel: false}\n")
+    assert main([*args, "--calibration", str(tmp_path / "cal.npz")]) == 0
+    assert [r.codec for r in load_plan(out).split("cloud-only").codecs] == ["raw", "int8+zstd"]
