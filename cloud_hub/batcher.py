@@ -106,6 +106,7 @@ class Batcher:
         self._finish = finish
         self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()  # in C: a cheaper hand-off than Queue
         self._waiting: dict[str, int] = {}  # per device, under _admission
+        self._running = 0  # requests taken from the queue and not finished yet, under _admission
         self._admission = threading.Lock()
         self._last_batch_size = 0
         self._stop = threading.Event()
@@ -151,6 +152,12 @@ class Batcher:
         """Requests waiting."""
         return self._queue.qsize()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and no batch in progress."""
+        with self._admission:
+            return not self._waiting and not self._running
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -172,9 +179,12 @@ class Batcher:
                 self._run(live)
             for pending in live:
                 self._finish(pending)
+            with self._admission:
+                self._running -= len(batch)
 
     def _release(self, batch: list[Pending]) -> None:
         with self._admission:
+            self._running += len(batch)
             for pending in batch:
                 left = self._waiting.get(pending.device, 1) - 1
                 if left > 0:

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, listen, serve until SIGINT/SIGTERM."""
     from tandem.cloud_hub.runtime import HubRuntime
 
-    runtime = HubRuntime.from_file(args.config)
+    runtime = HubRuntime.from_file(args.config, probes_first=True)
     config = runtime.config
     for tail in runtime.tails:
         log.info("loaded plan %s v%d split %s: %s", tail.plan_id, tail.plan_version, tail.split_id,
@@ -42,14 +42,32 @@ def run(args: argparse.Namespace) -> int:
     if runtime.hub.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", config.metrics.host, runtime.hub.metrics_port)
     log.info("batching: %s", config.batching.model_dump())
-    _wait_for_signal()
-    log.info("stopping")
-    runtime.stop()
+    _serve_until_stopped(runtime)
     return 0
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+def _serve_until_stopped(runtime: Any) -> None:
+    """SIGHUP reloads the plan list (runtime.reload); SIGTERM or SIGINT drains and stops."""
+    wake = threading.Event()
+    signals: list[int] = []
+
+    def note(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        wake.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, note)
+    while True:
+        wake.wait()
+        wake.clear()
+        while signals:
+            signum = signals.pop(0)
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading %s", runtime.source)
+                runtime.reload()
+                continue
+            log.info("stopping (%s): draining for up to %.1f s", signal.Signals(signum).name,
+                     runtime.config.shutdown_grace_s)  # fmt: skip
+            runtime.drain_and_stop()
+            log.info("stopped")
+            return

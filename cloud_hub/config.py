@@ -68,6 +68,9 @@ class HubConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     reply_codec: str = Field("raw", description="codec for results sent back to the edge")
     sync: HubSyncConfig | None = Field(None, description="data sync with the fleet over MQTT (records, samples, plans)")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="on SIGTERM: how long queued and running requests get to be answered before exit"
+    )
 
     @field_validator("reply_codec")
     @classmethod

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from tandem.errors import TandemError
+from tandem.status_http import StatusServer, StatusServerError
 
 __all__ = ["OTHER_DEVICES", "UNIDENTIFIED", "UNKNOWN", "DeviceLabels", "HubMetrics", "MetricsError", "bounded_label"]
 
@@ -30,7 +30,7 @@ _MAX_TELEMETRY_NAMES = 64  # the agent sends about 25; an edge cannot invent mor
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-class MetricsError(TandemError):
+class MetricsError(StatusServerError):
     """The metrics endpoint could not be started; the message names ``metrics.port`` and why."""
 
 
@@ -171,30 +171,31 @@ class HubMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP exporter; returns the port it listens on.
+    def serve(self, host: str, port: int, status: StatusServer | None = None) -> int:
+        """Serve /metrics (and /healthz, /readyz) on ``host:port``; returns the port it listens on.
 
-        Raises :class:`MetricsError` when ``host:port`` cannot be bound (in use, no such address).
+        ``status``: a status server already started (the CLI starts it before
+        the plans load, so probes see "loading plans"); it is given this
+        registry. Raises :class:`MetricsError` when ``host:port`` cannot be
+        bound (in use, no such address).
         """
-        try:
-            server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise MetricsError(
-                f"metrics.port {port}: cannot listen on {host}:{port}: {reason}; "
-                "choose another metrics.port (0 picks a free one) or set it to null to turn metrics off"
-            ) from exc
-        bound = server.server_address[1]
-        self._server = server
-        logger.info("metrics on http://%s:%d/metrics", host, bound)
-        return int(bound)
+        if status is None:
+            status = StatusServer(config_key="metrics.port", serves="metrics")
+            try:
+                status.start(host, port)
+            except StatusServerError as exc:
+                raise MetricsError(str(exc)) from exc
+        status.registry = self.registry
+        self.status = status
+        assert status.port is not None
+        logger.info("metrics on http://%s:%d/metrics", host, status.port)
+        return status.port
 
     def close(self) -> None:
-        """Stop the HTTP exporter, if started."""
-        server = getattr(self, "_server", None)
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        """Stop the HTTP endpoint, if started."""
+        status = getattr(self, "status", None)
+        if status is not None:
+            status.close()
 
 
 def _printable(name: str) -> str:

@@ -31,21 +31,32 @@ class HubRuntime:
     anything listens); :meth:`start` opens the channels, metrics and sync.
     """
 
-    def __init__(self, config: HubConfig, *, source: str | Path = "hub config") -> None:
+    def __init__(self, config: HubConfig, *, source: str | Path = "hub config", probes_first: bool = False) -> None:
         from tandem.cloud_hub.plans import load_tails
 
         self.config = config
-        self.tails = load_plans(Path(source), config, load_tails)
-        check_published(Path(source), config, self.tails)
-        self.hub = Hub(config, self.tails)
+        self.source = Path(source)
+        # probes_first: open the metrics port (/healthz, /readyz: 503 "loading plans") before the plans load,
+        # as an orchestrator's probes need; otherwise it opens with the channels in start().
+        status = _early_status(config) if probes_first else None
+        try:
+            self._by_folder = load_plan_folders(Path(source), config, load_tails)
+            self.tails = [tail for tails in self._by_folder.values() for tail in tails]
+            check_published(Path(source), config, self.tails)
+        except BaseException:
+            if status is not None:
+                status.close()
+            raise
+        self.hub = Hub(config, self.tails, status=status)
         self.sync: Any = None
         self.store: Any = None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> HubRuntime:
+    def from_file(cls, path: str | Path, *, probes_first: bool = False) -> HubRuntime:
         """The hub that ``hub.yaml`` at ``path`` describes (relative paths taken from its folder)."""
         path = Path(path)
-        return cls(resolve_relative_paths(load_config(path, HubConfig), path.resolve().parent), source=path)
+        config = resolve_relative_paths(load_config(path, HubConfig), path.resolve().parent)
+        return cls(config, source=path, probes_first=probes_first)
 
     @property
     def addresses(self) -> list[str]:
@@ -67,6 +78,50 @@ class HubRuntime:
             self.store.close()
         self.hub.stop()
 
+    def drain_and_stop(self) -> bool:
+        """SIGTERM: refuse new work with ``shutting_down``, answer what is queued or running (up to
+        ``shutdown_grace_s``), then stop. True if every accepted request was answered in time."""
+        answered = self.hub.drain(self.config.shutdown_grace_s)
+        if not answered:
+            logger.warning("shutdown_grace_s %.1f s passed with requests still running; stopping anyway",
+                           self.config.shutdown_grace_s)  # fmt: skip
+        self.stop()
+        return answered
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config file and serve its ``plans`` list, without touching the channels.
+
+        Plan folders new to the list are loaded and checked before any of them
+        is served; if one fails, nothing changes and the old plans go on
+        serving. Folders gone from the list stop being served once their
+        queued requests are answered. Other changed keys need a restart (logged).
+        Returns whether the new list is being served.
+        """
+        from tandem.cloud_hub.plans import load_tails
+
+        try:
+            fresh = resolve_relative_paths(load_config(self.source, HubConfig), self.source.resolve().parent)
+            new_folders = [folder for folder in fresh.plans if folder not in self._by_folder]
+            loaded = {folder: load_tails(folder, fresh.executor) for folder in new_folders}
+            kept = {folder: tails for folder, tails in self._by_folder.items() if folder in fresh.plans}
+            by_folder = {**kept, **loaded}
+            _no_version_twice(self.source, by_folder)
+        except Exception as exc:  # a bad reload must never take the serving hub down
+            logger.error("reload of %s failed, still serving the plans loaded before: %s", self.source, exc)
+            return False
+        removed = [tail.key for folder, tails in self._by_folder.items() if folder not in fresh.plans for tail in tails]
+        added = [tail for tails in loaded.values() for tail in tails]
+        self.hub.update_plans(added, removed)
+        self._by_folder = by_folder
+        self.tails = [tail for tails in by_folder.values() for tail in tails]
+        restart = [key for key in ("channels", "executor", "batching", "metrics", "limits", "reply_codec", "sync")
+                   if getattr(fresh, key) != getattr(self.config, key)]  # fmt: skip
+        self.config = self.config.model_copy(update={"plans": fresh.plans})
+        logger.info("reloaded %s: serving %d plan folder(s), %d split(s) added, %d removed%s", self.source,
+                    len(by_folder), len(added), len(removed),
+                    f"; changed {', '.join(restart)} take effect on restart" if restart else "")  # fmt: skip
+        return True
+
     def __enter__(self) -> HubRuntime:
         return self.start()
 
@@ -74,14 +129,41 @@ class HubRuntime:
         self.stop()
 
 
+def _early_status(config: HubConfig) -> Any:
+    """The metrics port, open now and answering /readyz with 503 "loading plans"; None when metrics are off."""
+    if config.metrics.port is None:
+        return None
+    from tandem.cloud_hub.metrics import MetricsError
+    from tandem.status_http import StatusServer, StatusServerError
+
+    status = StatusServer(config_key="metrics.port", serves="metrics")
+    status.readiness = lambda: (False, "loading plans", {"plans": [str(p) for p in config.plans]})
+    try:
+        port = status.start(config.metrics.host, config.metrics.port)
+    except StatusServerError as exc:
+        raise MetricsError(str(exc)) from exc
+    logger.info("probes on http://%s:%d/healthz and /readyz (not ready until the plans load)", config.metrics.host,
+                port)  # fmt: skip
+    return status
+
+
 def load_plans(source: Path, config: Any, load_tails: Any) -> list[Any]:
     """The tails of every plan in ``plans``; a plan version found in two entries is a config error."""
+    return [tail for tails in load_plan_folders(source, config, load_tails).values() for tail in tails]
+
+
+def load_plan_folders(source: Path, config: Any, load_tails: Any) -> dict[Path, list[Any]]:
+    """The tails of each plan folder in ``plans``, by folder; a plan version in two folders is a config error."""
+    by_folder = {plan_dir: load_tails(plan_dir, config.executor) for plan_dir in config.plans}
+    _no_version_twice(source, by_folder)
+    return by_folder
+
+
+def _no_version_twice(source: Path, by_folder: dict[Path, list[Any]]) -> None:
     from tandem.config import ConfigError
 
-    tails: list[Any] = []
     found: dict[tuple[str, int], int] = {}
-    for i, plan_dir in enumerate(config.plans):
-        loaded = load_tails(plan_dir, config.executor)
+    for i, (plan_dir, loaded) in enumerate(by_folder.items()):
         for key in {(tail.plan_id, tail.plan_version) for tail in loaded}:
             if key in found:
                 raise ConfigError(
@@ -89,8 +171,6 @@ def load_plans(source: Path, config: Any, load_tails: Any) -> list[Any]:
                     [f"plans.{i}: {plan_dir} holds plan {key[0]} v{key[1]}, already loaded from plans.{found[key]}"],
                 )
             found[key] = i
-        tails.extend(loaded)
-    return tails
 
 
 def check_published(source: Path, config: Any, tails: list[Any]) -> None:

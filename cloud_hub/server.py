@@ -18,6 +18,7 @@ from typing import Any
 from tandem.cloud_hub.batcher import Batcher, Pending, Tail
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.metrics import HubMetrics
+from tandem.status_http import StatusServer
 from tandem.throttled_log import ThrottledLog, clip
 from tandem.transport.channel import Channel
 from tandem.transport.codec import CodecSpec
@@ -30,33 +31,73 @@ __all__ = ["Hub"]
 
 logger = logging.getLogger("tandem.hub")
 
+_DRAIN_LINGER_S = 0.5
+
 
 class Hub:
     """Serve the cloud parts in ``tails`` on the channels in ``config``."""
 
-    def __init__(self, config: HubConfig, tails: Iterable[Tail]) -> None:
+    def __init__(self, config: HubConfig, tails: Iterable[Tail], *, status: StatusServer | None = None) -> None:
         self.config = config
+        self._status = status  # started already (by the CLI, before the plans loaded), or None
         self.metrics = HubMetrics(max_devices=config.metrics.max_devices)
-        self.tails = {tail.key: tail for tail in tails}
-        self.metrics.set_served((plan_id, split_id) for plan_id, _, split_id in self.tails)
         self._rejections = ThrottledLog(logger, level=logging.INFO)  # one line per code an interval, whatever the flood
         self._reply_codec = CodecSpec.parse(config.reply_codec)
-        batching = config.batching
-        self._batchers = {
-            key: Batcher(
-                tail,
-                max_batch_size=batching.max_batch_size if batching.enabled else 1,
-                max_delay_s=batching.max_queue_delay_ms / 1000 if batching.enabled else 0.0,
-                finish=self._finish,
-                max_queue=batching.max_queue,
-                max_queue_per_device=batching.max_queue_per_device,
-            )
-            for key, tail in self.tails.items()
-        }
+        self._state = "starting"  # then "serving", "draining", "stopped"
+        # Both dicts are replaced whole, never changed in place: the receive threads read them without a lock.
+        self.tails: dict[tuple[str, int, str], Tail] = {}
+        self._batchers: dict[tuple[str, int, str], Batcher] = {}
+        self._swap(list(tails), removed=[])
         self.channels: list[Channel] = []
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self.metrics_port: int | None = None
+
+    def _batcher_for(self, tail: Tail) -> Batcher:
+        batching = self.config.batching
+        return Batcher(
+            tail,
+            max_batch_size=batching.max_batch_size if batching.enabled else 1,
+            max_delay_s=batching.max_queue_delay_ms / 1000 if batching.enabled else 0.0,
+            finish=self._finish,
+            max_queue=batching.max_queue,
+            max_queue_per_device=batching.max_queue_per_device,
+        )
+
+    def _swap(self, added: list[Tail], removed: list[tuple[str, int, str]]) -> None:
+        """Serve ``added`` and stop routing to ``removed`` (one assignment each: readers see old or new)."""
+        new = {tail.key: self._batcher_for(tail) for tail in added}
+        if self._state == "serving":
+            for batcher in new.values():
+                batcher.start()
+        self._batchers = {**{k: b for k, b in self._batchers.items() if k not in removed}, **new}
+        self.tails = {key: batcher.tail for key, batcher in self._batchers.items()}
+        self.metrics.set_served((plan_id, split_id) for plan_id, _, split_id in self.tails)
+
+    def update_plans(self, added: list[Tail], removed: list[tuple[str, int, str]]) -> None:
+        """Start serving ``added`` tails and stop serving ``removed`` keys, without touching the channels.
+
+        A removed tail's queued requests are still answered: its batcher stops
+        once it is idle (on a thread of its own).
+        """
+        retired = [self._batchers[key] for key in removed if key in self._batchers]
+        self._swap(added, removed)
+        for batcher in retired:
+            threading.Thread(target=_stop_when_idle, args=(batcher, 30.0), name="hub-retire", daemon=True).start()
+
+    def drain(self, grace_s: float) -> bool:
+        """Stop taking work (new activations get ``shutting_down``, /readyz says draining) and wait up to
+        ``grace_s`` for every queued and running request to be answered; True if all were."""
+        self._state = "draining"
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if all(batcher.idle for batcher in self._batchers.values()):
+                # Linger a moment, still answering: a caller that just got its result and asks again at once
+                # then learns "shutting_down" instead of waiting out its timeout.
+                time.sleep(min(_DRAIN_LINGER_S, max(0.0, deadline - time.monotonic())))
+                return True
+            time.sleep(0.01)
+        return False
 
     def start(self) -> None:
         """Open the channels and the metrics endpoint, start the threads."""
@@ -69,11 +110,23 @@ class Hub:
             thread = threading.Thread(target=self._receive, args=(channel,), name="hub-recv", daemon=True)
             thread.start()
             self._threads.append(thread)
-        if self.config.metrics.port is not None:
-            self.metrics_port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+        if self.config.metrics.port is not None or self._status is not None:
+            port = self.config.metrics.port or 0
+            self.metrics_port = self.metrics.serve(self.config.metrics.host, port, self._status)
+            self.metrics.status.readiness = self.readiness
+        self._state = "serving"
+
+    def readiness(self) -> tuple[bool, str, dict[str, Any]]:
+        """For /readyz: ready while serving; the reason otherwise; the plans and channels as details."""
+        details: dict[str, Any] = {"state": self._state, "plans": self._serving(), "channels": self.addresses}
+        if self._state == "serving":
+            return True, "", details
+        return False, {"starting": "opening channels", "draining": "draining: stopping, refusing new work",
+                       "stopped": "stopped"}[self._state], details  # fmt: skip
 
     def stop(self) -> None:
         """Stop receiving, finish the batches in progress, close everything."""
+        self._state = "draining"
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -81,6 +134,7 @@ class Hub:
             batcher.stop()
         for channel in self.channels:
             channel.close()
+        self._state = "stopped"
         self.metrics.close()
 
     def __enter__(self) -> Hub:
@@ -124,6 +178,10 @@ class Hub:
             )
 
     def _route(self, channel: Channel, envelope: Envelope) -> None:
+        if self._state != "serving":
+            self._error(channel, envelope, "shutting_down", "the hub is shutting down; answer locally or retry "
+                        "another hub")  # fmt: skip
+            return
         tail = self._find_tail(channel, envelope)
         if tail is None:
             return
@@ -241,6 +299,13 @@ class Hub:
                 label = self.metrics.telemetry_name(name)
                 if label is not None:
                     self.metrics.telemetry.labels(device, label).set(value)
+
+
+def _stop_when_idle(batcher: Batcher, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not batcher.idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    batcher.stop()
 
 
 def _check_feeds(tail: Tail, feeds: dict[str, Any]) -> tuple[str, str]:

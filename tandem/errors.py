@@ -14,7 +14,8 @@ is a bug and keeps its traceback::
     │   └── ArtifactError       a file the plan lists is missing or differs from the plan
     ├── ArtifactRejected        tandem.contracts.manifest: a downloaded plan artifact was refused
     ├── StoreError              tandem.cloud_hub.store: the hub's store could not store or read
-    ├── MetricsError            tandem.cloud_hub.metrics: the metrics endpoint could not start
+    ├── StatusServerError       tandem.status_http: a status port (/metrics, /healthz, /readyz) could not open
+    │   └── MetricsError        tandem.cloud_hub.metrics: the hub's metrics.port
     └── DemoError               tandem.commands.demo: a step of the demo failed
         └── (NoWorldError, tandem.commands.demo_world, is raised inside the demo and becomes a DemoError)
 

@@ -5,7 +5,7 @@
     partitioner    tandem.partitioner.*, tandem.models.*
     transport      tandem.transport.*, tandem.executors.*
     contracts      tandem.contracts.*                      plan schema, artifact manifest, sync topics
-    ground         tandem, tandem.config, .errors, .hashing, .throttled_log, .config_paths, .logs
+    ground         tandem, tandem.config, .errors, .hashing, .throttled_log, .config_paths, .logs, .status_http
 
 A layer imports the ground, the layers under it (edge, hub and partitioner sit
 side by side on transport) and itself. Imports are read with ``ast`` from the
@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.layout import NAMESPACE, ROOT, package_dirs
 
 GROUND = {
-    f"{NAMESPACE}.{name}" for name in ("config", "errors", "hashing", "throttled_log", "config_paths", "logs")
+    f"{NAMESPACE}.{name}" for name in ("config", "errors", "hashing", "throttled_log", "config_paths", "logs", "status_http")
 }
 LAYERS = {  # layer -> module prefixes in it
     "contracts": ("tandem.contracts",),
