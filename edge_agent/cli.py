@@ -40,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if edge.endpoint is not None:
         log.info("local endpoint listening on %s", edge.endpoint.address)
     stop = threading.Event()
+    received: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: (received.append(signum), stop.set()))
     stop.wait()
-    log.info("stopping")
-    edge.stop()
+    log.info("stopping (%s): draining for up to %.1f s", signal.Signals(received[0]).name, config.shutdown_grace_s)
+    edge.drain_and_stop()
+    log.info("stopped")
     return 0
 
 

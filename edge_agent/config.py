@@ -66,6 +66,13 @@ class EndpointConfig(StrictModel):
     workers: int = Field(4, ge=1)
 
 
+class StatusConfig(StrictModel):
+    """The edge's HTTP status port: /metrics, /healthz, /readyz (``port: null`` turns it off)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, lt=65536, description="e.g. 9465; 0 picks a free one; null: no status port")
+
+
 class EmulationConfig(StrictModel):
     """Make this machine behave like the real edge: a slower device and a shaped link."""
 
@@ -112,6 +119,10 @@ class EdgeConfig(StrictModel):
     )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="on SIGTERM: how long callers in flight and the outbox get before exit"
+    )
     telemetry_interval_s: float = Field(5.0, gt=0)
     probe_interval_s: float = Field(2.0, gt=0, description="bandwidth probe period while no activation goes up")
     probe_bytes: int = Field(32_768, ge=0)

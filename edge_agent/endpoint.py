@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,6 +25,7 @@ from tandem.transport.zmq_channel import ZmqClient, ZmqServer
 
 __all__ = ["LocalClient", "LocalEndpoint"]
 
+_DRAIN_LINGER_S = 0.3
 logger = logging.getLogger("tandem.edge.endpoint")
 
 
@@ -36,6 +38,9 @@ class LocalEndpoint:
         self.address = self.server.address
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-endpoint")
         self._stop = threading.Event()
+        self._draining = False
+        self._in_flight = 0  # requests accepted and not answered yet, under _lock
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="edge-endpoint", daemon=True)
 
     def start(self) -> None:
@@ -59,8 +64,36 @@ class LocalEndpoint:
             logger=logger,
         )
 
+    def drain(self, grace_s: float) -> bool:
+        """Answer every request already accepted, refuse new ones with ``shutting_down``, for up to ``grace_s``;
+        True if every accepted request was answered in time. Call :meth:`stop` after."""
+        self._draining = True
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._in_flight == 0:
+                    break
+            time.sleep(0.01)
+        else:
+            return False
+        time.sleep(min(_DRAIN_LINGER_S, max(0.0, deadline - time.monotonic())))  # callers asking again learn why
+        return True
+
     def _submit(self, request: Envelope) -> None:
-        self._pool.submit(self._answer, request)
+        if self._draining:
+            self._reply(request, request.sender, code="shutting_down", field="",
+                        message="the edge agent is shutting down; retry once it is back")  # fmt: skip
+            return
+        with self._lock:
+            self._in_flight += 1
+        self._pool.submit(self._answer_counted, request)
+
+    def _answer_counted(self, request: Envelope) -> None:
+        try:
+            self._answer(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _reject(self, exc: ProtocolError) -> None:
         if exc.sender:

@@ -47,6 +47,9 @@ class Edge:
         self.link: Any = None
         self.sync: Any = None
         self.endpoint: Any = None
+        self.status: Any = None
+        self.serving = False  # the parts are loaded and the endpoint listens
+        self.draining = False
         self._stop = threading.Event()
 
     @classmethod
@@ -62,6 +65,7 @@ class Edge:
         from tandem.transport.link import EmulatedLink
 
         config = self.config
+        self._open_status()
         channel = open_client(config.channel, device_id=config.device_id, limits=config.limits.to_limits(), wait=False)
         if config.emulation.link is not None:
             channel = self.link = EmulatedLink.from_config(channel, config.emulation.link)
@@ -72,7 +76,37 @@ class Edge:
             self.endpoint = LocalEndpoint(self.agent, address=config.endpoint.address, workers=config.endpoint.workers)
             self.endpoint.start()
         follow_schedule(config, self.link, self._stop)
+        self.serving = True
         return self
+
+    def _open_status(self) -> None:
+        """The status port (/metrics, /healthz, /readyz), first, so probes see the parts load."""
+        if self.config.status.port is None:
+            return
+        from tandem.edge_agent.status import edge_readiness, edge_registry
+        from tandem.status_http import StatusServer
+
+        self.status = StatusServer(config_key="status.port")
+        self.status.registry = edge_registry(self)
+        self.status.readiness = lambda: edge_readiness(self)
+        port = self.status.start(self.config.status.host, self.config.status.port)
+        logger.info("status on http://%s:%d/metrics, /healthz, /readyz", self.config.status.host, port)
+
+    def drain_and_stop(self) -> bool:
+        """SIGTERM: refuse new local requests (``shutting_down``), answer those in flight, give the outbox the
+        rest of ``shutdown_grace_s`` to empty while the hub takes it, then stop. True if all that fit in time."""
+        self.draining = True
+        deadline = time.monotonic() + self.config.shutdown_grace_s
+        answered = self.endpoint.drain(self.config.shutdown_grace_s) if self.endpoint is not None else True
+        flushed = True
+        if self.sync is not None:
+            while self.sync.outbox.backlog and time.monotonic() < deadline:
+                time.sleep(0.05)
+            flushed = not self.sync.outbox.backlog
+            if not flushed:
+                logger.info("%d outbox entries wait for the next start (they are on disk)", self.sync.outbox.backlog)
+        self.stop()
+        return answered and flushed
 
     def infer(self, inputs: np.ndarray | dict[str, np.ndarray]) -> InferenceResult:
         """One answer from the agent (see :meth:`EdgeAgent.infer`)."""
@@ -83,6 +117,7 @@ class Edge:
     def stop(self) -> None:
         """Close the endpoint, sync (and its outbox) and the agent, in that order."""
         self._stop.set()
+        self.serving = False
         if self.endpoint is not None:
             self.endpoint.stop()
         if self.sync is not None:
@@ -90,6 +125,8 @@ class Edge:
             self.sync.outbox.close()
         if self.agent is not None:
             self.agent.stop()
+        if self.status is not None:
+            self.status.close()
 
     def __enter__(self) -> Edge:
         return self.start()
