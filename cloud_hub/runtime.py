@@ -201,6 +201,11 @@ def start_sync(config: HubConfig, hub: Hub) -> tuple[Any, Any] | None:
     from tandem.cloud_hub.sync import HubSync
 
     store = SqliteStore(config.sync.store.path, synchronous=config.sync.store.synchronous)
+    from tandem.transport.config import exposure_warning
+
+    warning = exposure_warning(config.sync.mqtt, listens=False)
+    if warning:
+        logger.warning("sync: %s", warning)
     sync = HubSync(config.sync, store, registry=hub.metrics.registry, device_label=hub.metrics.device_label,
                    limits=config.limits.to_limits())  # fmt: skip
     sync.start()

@@ -22,6 +22,7 @@ from tandem.status_http import StatusServer
 from tandem.throttled_log import ThrottledLog, clip
 from tandem.transport.channel import Channel
 from tandem.transport.codec import CodecSpec
+from tandem.transport.config import exposure_warning
 from tandem.transport.envelope import Envelope, Kind, rejection_reply
 from tandem.transport.errors import ChannelError, ProtocolError
 from tandem.transport.factory import open_server
@@ -102,6 +103,10 @@ class Hub:
     def start(self) -> None:
         """Open the channels and the metrics endpoint, start the threads."""
         limits = self.config.limits.to_limits()
+        for channel_config in self.config.channels:
+            warning = exposure_warning(channel_config, listens=True)
+            if warning:
+                logger.warning("%s", warning)
         for batcher in self._batchers.values():
             batcher.start()
         for channel_config in self.config.channels:

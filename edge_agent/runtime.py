@@ -66,6 +66,12 @@ class Edge:
 
         config = self.config
         self._open_status()
+        from tandem.transport.config import exposure_warning
+
+        for what, channel_config in (("hub channel", config.channel), ("sync", config.sync and config.sync.mqtt)):
+            warning = channel_config and exposure_warning(channel_config, listens=False)
+            if warning:
+                logger.warning("%s: %s", what, warning)
         channel = open_client(config.channel, device_id=config.device_id, limits=config.limits.to_limits(), wait=False)
         if config.emulation.link is not None:
             channel = self.link = EmulatedLink.from_config(channel, config.emulation.link)

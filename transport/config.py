@@ -195,3 +195,36 @@ def sync_topics(mqtt: MqttConfig) -> MqttConfig:
     if "topic_prefix" in mqtt.model_fields_set:
         return mqtt
     return mqtt.model_copy(update={"topic_prefix": SYNC_TOPIC_PREFIX})
+
+
+_LOOPBACK_HOSTS = ("localhost", "127.", "::1", "[::1]")
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith(_LOOPBACK_HOSTS) or host == "localhost"
+
+
+def exposure_warning(channel: ChannelConfig, *, listens: bool) -> str | None:
+    """Why ``channel`` is open to the network without encryption or authentication, or None.
+
+    ``listens``: the hub binds the address; an edge connects to it. A ZeroMQ
+    address beyond loopback without ``curve``, or an MQTT broker beyond
+    loopback without ``tls``, gets a sentence saying what is exposed and the
+    key that closes it.
+    """
+    if isinstance(channel, ZmqConfig):
+        if not channel.address.startswith("tcp://") or channel.curve is not None:
+            return None
+        host = channel.address[len("tcp://") :].rsplit(":", 1)[0]
+        if _is_loopback(host):
+            return None
+        if listens:
+            return (f"ZeroMQ channel {channel.address} listens beyond loopback without CURVE: anyone who reaches it "
+                    "can send activations and read results; set curve (tandem keys makes the key pairs) or bind "
+                    "127.0.0.1")  # fmt: skip
+        return (f"ZeroMQ channel to {channel.address} without CURVE: activations and results cross the network "
+                "unencrypted and unauthenticated; set curve (tandem keys makes the key pairs)")  # fmt: skip
+    if isinstance(channel, MqttConfig) and channel.tls is None and not _is_loopback(channel.host):
+        return (f"MQTT to {channel.host}:{channel.port} without TLS: logins and messages cross the network in "
+                "clear; set tls (and a username with password_file)")  # fmt: skip
+    return None

@@ -55,3 +55,15 @@ def test_broker_passwords_come_from_a_mounted_secret() -> None:
         secret = PurePosixPath(login["password_file"])
         under = [path for path in mounts if secret.is_relative_to(path)]
         assert under and mounts[max(under, key=len)] in secrets, f"{MANIFEST}: {secret} is not on a Secret volume"
+
+
+def test_probes_ask_the_hub_itself_and_the_grace_period_covers_its_drain() -> None:
+    objects = manifest()
+    pod = objects["StatefulSet"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    config = parse_config(yaml.safe_load(objects["ConfigMap"]["data"]["hub.yaml"]), HubConfig, source=str(MANIFEST))
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert config.metrics.port == ports["metrics"] and config.metrics.host == "0.0.0.0"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert pod["terminationGracePeriodSeconds"] > config.shutdown_grace_s
