@@ -9,25 +9,40 @@ figures as Prometheus gauges, in the hub's registry when given one.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tandem.cloud_hub.metrics import DeviceLabels, bounded_label
 from tandem.cloud_hub.store import DeviceRow
 
-__all__ = ["FleetMetrics", "format_fleet"]
+__all__ = ["FleetMetrics", "format_fleet", "target_for"]
 
-_COLUMNS = ("device", "last seen", "plan", "state", "rtt ms", "Mbit/s", "backlog", "dropped", "records", "samples",
-            "groups")  # fmt: skip
+_COLUMNS = ("device", "last seen", "running", "target", "state", "rtt ms", "Mbit/s", "backlog", "dropped", "records",
+            "samples", "groups")  # fmt: skip
 
 
-def format_fleet(rows: Sequence[DeviceRow], *, now: float | None = None) -> str:
-    """The fleet as a text table, one device per line."""
+def target_for(device: str, groups: Sequence[str], targets: Mapping[str, tuple[str, int]]) -> tuple[str, int] | None:
+    """The (plan id, version) a device should run: its own target, else its groups' newest (as the hubs decide)."""
+    own = targets.get(f"device:{device}")
+    if own is not None:
+        return own
+    candidates = [targets[f"group:{g}"] for g in groups if f"group:{g}" in targets]
+    return max(candidates, key=lambda target: target[1], default=None)
+
+
+def format_fleet(
+    rows: Sequence[DeviceRow], *, now: float | None = None, targets: Mapping[str, tuple[str, int]] | None = None
+) -> str:
+    """The fleet as a text table, one device per line: what it runs, what it should run, and its state."""
     now = time.time() if now is None else now
     table = [_COLUMNS]
     for row in rows:
         plan = f"{row.get('plan_id')} v{row.get('plan_version')}" if row.get("plan_id") else "-"
+        wanted = target_for(row.device, row.get("groups") or [], targets or {})
+        target = f"{wanted[0]} v{wanted[1]}" if wanted else "-"
+        if wanted and plan != target:
+            target += " *"  # not there yet
         state = str(row.get("plan_state", "?"))
         if row.get("plan_error"):
             state += f" ({row.get('plan_error')})"
@@ -35,6 +50,7 @@ def format_fleet(rows: Sequence[DeviceRow], *, now: float | None = None) -> str:
             row.device,
             _ago(now - row.last_seen),
             plan,
+            target,
             state,
             _number(row.get("rtt_ms")),
             _number(row.get("bandwidth_mbps")),

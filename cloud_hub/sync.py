@@ -121,7 +121,7 @@ class HubSync:
         for item in self.config.publish:
             plan_dir = item.plan if self.base is None or item.plan.is_absolute() else self.base / item.plan
             self.publish_plan(plan_dir, version=item.version, plan_id=item.plan_id, model=item.model,
-                              device=item.device, group=item.group)  # fmt: skip
+                              device=item.device, group=item.group, seed_only=True)  # fmt: skip
 
     def stop(self) -> None:
         """Stop receiving and close the channel."""
@@ -153,12 +153,22 @@ class HubSync:
         model: str | None = None,
         device: str | None = None,
         group: str | None = None,
+        allow_older: bool = False,
+        seed_only: bool = False,
     ) -> PlanManifest:
-        """Serve the plan in ``plan_dir`` and announce it to ``device`` or ``group``.
+        """Serve the plan in ``plan_dir`` and make it the target of ``device`` or ``group``, announcing it.
 
         ``plan_id``, ``version`` and ``model`` default to plan.yaml's ``plan_id``,
         ``version`` and ``model.name``. Hubs route activations by (plan id,
         version), so the version announced should be the one they load.
+
+        The target is the truth (``tandem publish`` sets it): moving it to an
+        older version of the same plan is a rollback and needs
+        ``allow_older`` (edges then install the older version too).
+        ``seed_only`` (hub.yaml's ``sync.publish`` at start): set the target
+        only where none exists; a different one is kept, with a warning naming
+        both. Publishing to a device or group no device has reported is
+        allowed (it may join later) but warned about.
         """
         if (device is None) == (group is None):
             raise ValueError("publish_plan needs exactly one of device= and group=")
@@ -170,18 +180,55 @@ class HubSync:
                 f"{plan_dir}: pass plan_id=, version= and model= (plan.yaml gives plan_id {found_id!r}, "
                 f"version {found_version!r}, model.name {found_model!r})"
             )
+        target = f"device:{device}" if device is not None else f"group:{group}"
+        existing = self.store.targets().get(target)  # the store's: tandem publish may have moved it
+        if existing is not None and existing[1] > version and not (allow_older or seed_only):
+            raise ValueError(
+                f"{target.replace(':', ' ')}'s target is {existing[0]}@{existing[1]}; publishing version {version} "
+                "would roll it back: pass --rollback (or --allow-older) to do that"
+            )
         manifest = scan_plan_dir(plan_dir, plan_id=plan_id, version=version, model=model)
         release = Release(manifest, plan_dir, time.time())
         self.store.save_release(release)
         self._releases[(plan_id, version)] = release
-        target = f"device:{device}" if device is not None else f"group:{group}"
+        if seed_only and existing is not None and existing != (plan_id, version):
+            logger.warning("hub sync: %s keeps its target %s@%d (set by tandem publish); hub.yaml's sync.publish "
+                           "names %s: remove or update that entry, or change the target with tandem publish",
+                           target.replace(":", " "), existing[0], existing[1], manifest.key)  # fmt: skip
+            self._targets[target] = existing
+            return manifest
         self.store.set_target(target, plan_id, version)
         self._targets[target] = (plan_id, version)
-        announcement = Envelope(kind=Kind.PLAN, plan_id=plan_id, plan_version=version, meta=manifest.to_meta())
+        nobody = self.audience_warning(device=device, group=group)
+        if nobody:
+            logger.warning("hub sync: %s", nobody)
+        meta = {**manifest.to_meta(), **({"allow_older": True} if allow_older else {})}
+        announcement = Envelope(kind=Kind.PLAN, plan_id=plan_id, plan_version=version, meta=meta)
         self._announce(announcement, device=device, group=group)
         logger.info("published plan %s (%d files, %d bytes, model %s) to %s",
                     manifest.key, len(manifest.artifacts), manifest.total_bytes, model, target)  # fmt: skip
         return manifest
+
+    def audience_warning(self, *, device: str | None, group: str | None) -> str | None:
+        """Why publishing to ``device`` or ``group`` reaches no device known to the store yet, or None."""
+        rows = self.store.devices()
+        if device is not None and not any(row.device == device for row in rows):
+            known = ", ".join(sorted(row.device for row in rows)[:10]) or "none yet"
+            return (f"device {device!r} has never reported to these hubs (known: {known}); it gets the plan when "
+                    "it first does")  # fmt: skip
+        if group is not None and not any(group in (row.get("groups") or []) for row in rows):
+            groups = sorted({g for row in rows for g in (row.get("groups") or [])})
+            return (f"no device has reported group {group!r} (groups seen: {', '.join(groups[:10]) or 'none'}); "
+                    "its members get the plan when they first report")  # fmt: skip
+        return None
+
+    def target_of(self, device: str, groups: list[str]) -> tuple[str, int] | None:
+        """The (plan id, version) ``device`` should run: its own target, else its groups' newest."""
+        wanted = self._targets.get(f"device:{device}")
+        if wanted is None:
+            candidates = [self._targets[f"group:{g}"] for g in groups if f"group:{g}" in self._targets]
+            wanted = max(candidates, key=lambda target: target[1], default=None)
+        return wanted
 
     def _announce(self, announcement: Envelope, *, device: str | None, group: str | None) -> None:
         channel = self.channel
@@ -331,18 +378,15 @@ class HubSync:
         if time.monotonic() - self._targets_read > self.config.reoffer_s:
             self._targets = self.store.targets()  # another replica sharing the store may have published
             self._targets_read = time.monotonic()
-        wanted = self._targets.get(f"device:{device}")
-        if wanted is None:
-            groups = [g for g in status.get("groups") or [] if isinstance(g, str)]
-            candidates = [self._targets[f"group:{g}"] for g in groups if f"group:{g}" in self._targets]
-            wanted = max(candidates, key=lambda target: target[1], default=None)
+        wanted = self.target_of(device, [g for g in status.get("groups") or [] if isinstance(g, str)])
         if wanted is None:
             return
         plan_id, version = wanted
         key = f"{plan_id}@{version}"
         current = status.get("plan_version")
-        if not isinstance(current, int) or current >= version:
+        if not isinstance(current, int) or (status.get("plan_id") == plan_id and current == version):
             return
+        older = current > version  # a rollback: the target is the truth
         if key in (status.get("failed_plans") or []) or status.get("plan_target") == key:
             return
         now = time.monotonic()
@@ -354,8 +398,8 @@ class HubSync:
         self._offered[device] = now
         logger.info("hub sync: %s runs %s@%s, its target is %s: announcing it again",
                     clip(device), clip(status.get("plan_id")), current, key)  # fmt: skip
-        announcement = Envelope(kind=Kind.PLAN, plan_id=plan_id, plan_version=version,
-                                meta=release.manifest.to_meta())  # fmt: skip
+        meta = {**release.manifest.to_meta(), **({"allow_older": True} if older else {})}
+        announcement = Envelope(kind=Kind.PLAN, plan_id=plan_id, plan_version=version, meta=meta)
         self._send(channel, device, announcement)
 
     def _release(self, key: tuple[str, int]) -> Release | None:

@@ -468,7 +468,10 @@ class EdgeSync:
             self._refuse(manifest, ArtifactRejected("plan_for_another_model", reason))
             return
         plan_id, version = self.plan_in_use()
-        if manifest.version <= version:
+        # An older version is installed only when the hub says the target moved back (tandem publish --rollback);
+        # otherwise a stale announcement could undo an update.
+        rollback = envelope.meta.get("allow_older") is True  # the model was checked above
+        if (manifest.plan_id, manifest.version) == (plan_id, version) or (manifest.version <= version and not rollback):
             logger.debug("sync: plan %s announced; %s@%d is in use already", manifest.key, plan_id, version)
             return
         if manifest.key in self.releases.failed():
@@ -477,6 +480,9 @@ class EdgeSync:
         busy = self.downloader.busy_with
         if busy is not None and (busy.version >= manifest.version or self.downloader.installing is not None):
             return
+        if rollback:
+            logger.info("sync: the hub moved this device's target back to %s (rollback from v%d)", manifest.key,
+                        version)  # fmt: skip
         self.plan_state, self.plan_error = "downloading", ""
         self.downloader.offer(manifest)
 
@@ -489,6 +495,8 @@ class EdgeSync:
         self._next_status = 0.0
 
     def _plan_outcome(self, manifest: PlanManifest, state: str, reason: str) -> None:
+        if state == "installed" and self.plan_in_use() == (manifest.plan_id, manifest.version):
+            state = "serving"  # what the fleet shows: installed and swapped in
         self.plan_state, self.plan_error = state, reason
         self._next_status = 0.0  # tell the hub now
 

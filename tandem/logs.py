@@ -53,7 +53,9 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
         formatter = logging.Formatter(_TEXT_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S")
         handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier call only: an embedding program's handlers stay
+        if getattr(old, "_tandem", False):
+            root.removeHandler(old)
+    handler._tandem = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())

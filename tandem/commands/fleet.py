@@ -35,19 +35,24 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the fleet table (or JSON); a store that cannot be read raises StoreError (one line on stderr)."""
-    from tandem.cloud_hub.fleet import format_fleet
+    from tandem.cloud_hub.fleet import format_fleet, target_for
     from tandem.cloud_hub.store import SqliteStore
 
     path = args.store if args.store is not None else _store_from_config(args.config)
     store = SqliteStore(path, readonly=True)
     try:
         rows = store.devices()
+        targets = store.targets()
     finally:
         store.close()
     if args.json:
-        print(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
+        listed = []
+        for row in rows:
+            wanted = target_for(row.device, row.get("groups") or [], targets)
+            listed.append({**row.__dict__, "target": f"{wanted[0]}@{wanted[1]}" if wanted else None})
+        print(json.dumps(listed, indent=2, default=str))
     else:
-        print(format_fleet(rows))
+        print(format_fleet(rows, targets=targets))
     return 0
 
 

@@ -44,6 +44,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--version", type=int, help="the version to announce (default: plan.yaml's)")
     parser.add_argument("--plan-id", help="the plan id to announce (default: plan.yaml's)")
     parser.add_argument("--model", help="the model the plan is for (default: plan.yaml's model.name)")
+    parser.add_argument(
+        "--rollback", "--allow-older", dest="allow_older", action="store_true",
+        help="move the target to an older version (of the same model); the edges install it too",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -81,18 +85,28 @@ def run(args: argparse.Namespace) -> int:
         return 2
     store = SqliteStore(config.sync.store.path, synchronous=config.sync.store.synchronous)
     try:
-        manifest = HubSync(config.sync, store).publish_plan(
+        sync = HubSync(config.sync, store)
+        before = store.targets()
+        manifest = sync.publish_plan(
             plan_dir, version=args.version, plan_id=args.plan_id, model=args.model, device=args.device,
-            group=args.group,
+            group=args.group, allow_older=args.allow_older,
         )  # fmt: skip
+        nobody = sync.audience_warning(device=args.device, group=args.group)
     except ValueError as exc:
         print(f"tandem publish: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
+    if nobody:
+        print(f"tandem publish: warning: {nobody}", file=sys.stderr)
     target = f"device {args.device}" if args.device is not None else f"group {args.group}"
-    print(f"published plan {manifest.key} for model {manifest.model} ({len(manifest.artifacts)} files, "
-          f"{manifest.total_bytes} bytes) to {target} in {store.path}")  # fmt: skip
+    key = f"device:{args.device}" if args.device is not None else f"group:{args.group}"
+    previous = before.get(key)
+    now = (manifest.plan_id, manifest.version)
+    moved = f" (was {previous[0]}@{previous[1]})" if previous and previous != now else ""
+    verb = "rolled back" if previous and previous[1] > now[1] else "published"
+    print(f"{verb} plan {manifest.key} for model {manifest.model} ({len(manifest.artifacts)} files, "
+          f"{manifest.total_bytes} bytes) to {target}{moved} in {store.path}")  # fmt: skip
     print(f"running hubs read the targets every sync.reoffer_s ({config.sync.reoffer_s:g} s) and announce it at "
           f"each device's next status report; follow it with: tandem fleet --config {args.config}")  # fmt: skip
     return 0

@@ -53,13 +53,13 @@ def test_fleet_prints_one_line_per_device_from_the_store(
     args = fleet_command("--store", str(filled_store))
     assert args.func(args) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["device", "last", "seen", "plan", "state", "rtt", "ms", "Mbit/s", "backlog",
-                                "dropped", "records", "samples", "groups"]  # fmt: skip
+    assert lines[0].split() == ["device", "last", "seen", "running", "target", "state", "rtt", "ms", "Mbit/s",
+                                "backlog", "dropped", "records", "samples", "groups"]  # fmt: skip
     cells = lines[1].split()
     assert cells[0] == "cam-7"
     assert cells[-5:] == ["0", "0", "30", "0", "line-3"]
     assert "23.4" in cells and "8.5" in cells
-    assert int(cells[1]) < 30 and cells[2:5] == ["s", "ago", "-"]  # seen just now; no plan installed by sync yet
+    assert int(cells[1]) < 30 and cells[2:6] == ["s", "ago", "-", "-"]  # seen just now; no plan, no target yet
 
     hub_yaml = tmp_path / "hub.yaml"
     hub_yaml.write_text(f"plans: [somewhere]\nsync:\n  store: {{path: {filled_store.relative_to(tmp_path)}}}\n")

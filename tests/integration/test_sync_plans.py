@@ -154,7 +154,7 @@ def test_plan_updates_converge_on_every_device(
                 assert current is not None and current[0].key == "toy-b@2"
                 assert current[1].name == "toy-b-v2"
             assert loner.swaps == ["toy-c@3"] and serves(loner, plans["v3"])
-            assert all(row.get("plan_state") == "installed" for row in hub.fleet())
+            assert all(row.get("plan_state") == "serving" for row in hub.fleet())
 
 
 def test_tandem_publish_rolls_a_plan_out_while_the_hub_runs(
@@ -358,3 +358,53 @@ def test_plans_listed_in_the_hub_config_are_announced_at_start(
             with pytest.raises(ValueError, match=r"pass plan_id=, version= and model= \(plan.yaml gives plan_id "
                                r"'toy-b', version None, model.name 'toy'\)"):  # fmt: skip
                 hub.publish_plan(plans["v2"].folder, group="line-3")
+
+
+def test_the_published_target_survives_a_hub_restart_and_rollback_converges_the_group(
+    mosquitto: Mosquitto, tmp_path: Path, plans: dict[str, ToyPlan], caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """#16: a restart re-applying hub.yaml's sync.publish must not undo `tandem publish`; a rollback must converge."""
+    store_path = tmp_path / "store"
+    hub_yaml = tmp_path / "hub.yaml"
+    hub_yaml.write_text(f"plans: [{plans['v1'].folder}]\nsync:\n  mqtt: {{port: {mosquitto.port}}}\n"
+                        "  store: {path: store}\n  reoffer_s: 1\n")  # fmt: skip
+    seeded = {"plan": plans["v1"].folder, "version": 1, "group": "line-3"}
+    first = SqliteStore(store_path)
+    hub = start_hub_sync(hub_config(mosquitto.port, publish=[seeded]), first)
+    devices = [start_device(mosquitto, tmp_path, f"cam-{i}", plans["v1"], groups=["line-3"]) for i in range(2)]
+    with closing_all(*devices):
+        with closing_all(first, hub):
+            wait_until(lambda: len(hub.fleet()) == 2, 15, "both devices report")
+            assert main(["publish", str(plans["v2"].folder), "--config", str(hub_yaml), "--group", "line-3",
+                         "--version", "2"]) == 0  # fmt: skip
+            wait_until(lambda: fleet_versions(hub) == {"cam-0": 2, "cam-1": 2}, 30, "the group on v2")
+        # The restart: the same hub.yaml entry seeds v1 again.
+        second = SqliteStore(store_path)
+        with caplog.at_level(logging.WARNING, "tandem.hub.sync"):
+            restarted = start_hub_sync(hub_config(mosquitto.port, publish=[seeded]), second)
+        with closing_all(second, restarted):
+            assert second.targets()["group:line-3"] == ("toy-b", 2)
+            assert "group line-3 keeps its target toy-b@2 (set by tandem publish); hub.yaml's sync.publish names " \
+                   "toy-a@1" in caplog.text
+            # v1 over v2 without --rollback: refused, naming both.
+            assert main(["publish", str(plans["v1"].folder), "--config", str(hub_yaml), "--group", "line-3",
+                         "--version", "1"]) == 2  # fmt: skip
+            assert "group line-3's target is toy-b@2; publishing version 1 would roll it back: pass --rollback" \
+                in capsys.readouterr().err
+            # A group nobody is in: published, with a warning.
+            assert main(["publish", str(plans["v1"].folder), "--config", str(hub_yaml), "--group", "nobody",
+                         "--version", "1"]) == 0  # fmt: skip
+            assert "warning: no device has reported group 'nobody' (groups seen: line-3)" in capsys.readouterr().err
+            # The rollback: every device of the group goes back to v1.
+            assert main(["publish", str(plans["v1"].folder), "--config", str(hub_yaml), "--group", "line-3",
+                         "--version", "1", "--rollback"]) == 0  # fmt: skip
+            assert "rolled back plan toy-a@1" in capsys.readouterr().out
+            wait_until(lambda: fleet_versions(restarted) == {"cam-0": 1, "cam-1": 1}, 40, "the group back on v1")
+            for device in devices:
+                assert device.swaps == ["toy-b@2", "toy-a@1"] and serves(device, plans["v1"])
+            assert main(["fleet", "--store", str(store_path)]) == 0
+            table = capsys.readouterr().out.splitlines()
+            assert table[0].split()[3:6] == ["running", "target", "state"]
+            rows = [line.split() for line in table[1:]]
+            assert all(cells[4:9] == ["toy-a", "v1", "toy-a", "v1", "serving"] for cells in rows), table
