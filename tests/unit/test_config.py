@@ -224,8 +224,9 @@ def test_check_config_does_not_print_an_mqtt_password(tmp_path: Path, capsys: py
 
 @pytest.mark.parametrize("device", ["sync", "group"])
 def test_device_ids_the_topic_scheme_reserves_are_refused(tmp_path: Path, device: str) -> None:
-    """deploy/tandem.acl gives login "sync/D" the topics tandem/v1/sync/D/...: a device named "sync" would alias them."""
+    """deploy/tandem.acl gives login "sync/D" the topics tandem/v1/sync/D/...: a device "sync" would alias them."""
     from tandem.edge_agent.config import EdgeConfig
 
-    with pytest.raises(ValueError, match=f"device id '{device}' is reserved: tandem/v1/{device}/... are sync and group"):
+    expected = f"device id '{device}' is reserved: tandem/v1/{device}/... are sync and group"
+    with pytest.raises(ValueError, match=expected):
         EdgeConfig(device_id=device, plan=tmp_path)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from tests.layout import NAMESPACE, ROOT, package_dirs
 
-GROUND = {
-    f"{NAMESPACE}.{name}" for name in ("config", "errors", "hashing", "throttled_log", "config_paths", "logs", "status_http")
-}
+_GROUND_MODULES = ("config", "errors", "hashing", "throttled_log", "config_paths", "logs", "status_http")
+GROUND = {f"{NAMESPACE}.{name}" for name in _GROUND_MODULES}
 LAYERS = {  # layer -> module prefixes in it
     "contracts": ("tandem.contracts",),
     "transport": ("tandem.transport", "tandem.executors"),
