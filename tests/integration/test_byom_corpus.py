@@ -135,6 +135,10 @@ def test_a_dynamic_vision_model_partitions_and_composes_back_on_real_photos(
     assert plan.model.inputs[0].shape == [1, 3, side, side]
     assert plan.model.inputs[0].declared == [1, 3, "height", "width"]
     assert plan.data is not None and plan.data.preprocess is not None and plan.data.preprocess["height"] == side
+    for split in plan.splits:  # the exported parts keep the model's open axes
+        if split.kind == "split" and split.edge_model:
+            edge_input = _session(tmp_path / "plan" / split.edge_model).get_inputs()[0]
+            assert edge_input.shape[2:] == ["height", "width"], edge_input.shape
     assert _compose_back(load_plan(tmp_path / "plan"), tmp_path / "plan", _images(input_name, side, side, pre)) > 4
 
 
