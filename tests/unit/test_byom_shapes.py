@@ -196,3 +196,12 @@ def test_per_channel_int8_is_offered_where_per_tensor_int8_misses(tmp_path: Path
     config.write_text(SPEC_ONLY + "codecs: [raw, int8+zstd]\nverification: {per_channel: false}\n")
     assert main([*args, "--calibration", str(tmp_path / "cal.npz")]) == 0
     assert [r.codec for r in load_plan(out).split("cloud-only").codecs] == ["raw", "int8+zstd"]
+
+
+def test_profile_takes_the_same_size_flags(dynamic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "profile.json"
+    args = ["profile", str(dynamic), "--device-name", "here", "--out", str(out), "--repetitions", "2", "--no-progress"]
+    assert main(args) == 1
+    assert "give --input-shape images=1x3x<height>x<width>" in capsys.readouterr().err
+    assert main([*args, "--dim", "height=8", "--dim", "width=8"]) == 0, capsys.readouterr().err
+    assert out.is_file()
