@@ -41,7 +41,7 @@ from tandem.cloud_hub.fleet import FleetMetrics
 from tandem.cloud_hub.metrics import DeviceLabels
 from tandem.cloud_hub.store import DeviceRow, Release, Store, StoredItem, StoreError
 from tandem.cloud_hub.sync_config import HubSyncConfig
-from tandem.contracts.manifest import PlanManifest, scan_plan_dir
+from tandem.contracts.manifest import PlanManifest, edge_manifest, scan_plan_dir
 from tandem.throttled_log import ThrottledLog, ThrottledWarning, clip
 from tandem.transport.artifact_reply import chunk_reply
 from tandem.transport.channel import Channel
@@ -202,7 +202,7 @@ class HubSync:
         nobody = self.audience_warning(device=device, group=group)
         if nobody:
             logger.warning("hub sync: %s", nobody)
-        meta = {**manifest.to_meta(), **({"allow_older": True} if allow_older else {})}
+        meta = {**edge_manifest(manifest, plan_dir).to_meta(), **({"allow_older": True} if allow_older else {})}
         announcement = Envelope(kind=Kind.PLAN, plan_id=plan_id, plan_version=version, meta=meta)
         self._announce(announcement, device=device, group=group)
         logger.info("published plan %s (%d files, %d bytes, model %s) to %s",
@@ -398,7 +398,8 @@ class HubSync:
         self._offered[device] = now
         logger.info("hub sync: %s runs %s@%s, its target is %s: announcing it again",
                     clip(device), clip(status.get("plan_id")), current, key)  # fmt: skip
-        meta = {**release.manifest.to_meta(), **({"allow_older": True} if older else {})}
+        meta = {**edge_manifest(release.manifest, release.directory).to_meta(),
+                **({"allow_older": True} if older else {})}  # fmt: skip
         announcement = Envelope(kind=Kind.PLAN, plan_id=plan_id, plan_version=version, meta=meta)
         self._send(channel, device, announcement)
 

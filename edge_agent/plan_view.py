@@ -123,7 +123,7 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
 
     from tandem.contracts.plan import PlanError, load_plan
 
-    plan = load_plan(plan_dir)
+    plan = load_plan(plan_dir, for_edge=True)  # an edge's copy holds no cloud-only part
     options = []
     for split in plan.splits:
         if split.kind != "edge-only":

@@ -14,6 +14,7 @@ The hub builds it with :func:`scan_plan_dir`; the edge validates it with
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ __all__ = [
     "ArtifactEntry",
     "ArtifactRejected",
     "PlanManifest",
+    "edge_manifest",
     "safe_name",
     "scan_plan_dir",
 ]
@@ -157,6 +159,21 @@ def scan_plan_dir(directory: Path, *, plan_id: str, version: int, model: str) ->
     return PlanManifest.from_meta(
         PlanManifest(plan_id, version, model, tuple(entries)).to_meta()  # same checks as on the edge
     )
+
+
+def edge_manifest(manifest: PlanManifest, directory: Path) -> PlanManifest:
+    """``manifest`` without the plan's cloud-only parts: what an edge downloads (it never runs them).
+
+    A folder without a readable plan.yaml (not a partition plan) is announced whole.
+    """
+    from tandem.contracts.plan import PlanError, load_plan
+
+    try:
+        cloud_only = load_plan(directory, verify=False).cloud_only_files()
+    except PlanError:
+        return manifest
+    kept = tuple(entry for entry in manifest.artifacts if entry.path not in cloud_only)
+    return dataclasses.replace(manifest, artifacts=kept)
 
 
 def _listed_in_plan_yaml(directory: Path) -> list[str] | None:

@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 PLAN_FILE = "plan.yaml"
+FULL_MODEL_FILE = "model.onnx"  # the full model: the edge's fallback (partitioner/export.py writes it)
 PLAN_FORMAT = "tandem-plan/1"
 
 
@@ -391,6 +392,15 @@ class Plan(PlanModel):
     data: DataInfo | None = None
     """The inputs bytes, errors and fidelity come from."""
 
+    def cloud_only_files(self) -> set[str]:
+        """Artifacts only the cloud runs: each split's cloud part that is not also the full model or an edge part.
+
+        An edge never needs them; the hub leaves them out of what it announces to edges.
+        """
+        cloud = {split.cloud_model for split in self.splits if split.cloud_model}
+        edge = {split.edge_model for split in self.splits if split.edge_model} | {FULL_MODEL_FILE}
+        return {path for path in cloud - edge if path is not None}
+
     def split(self, split_id: str) -> SplitPlan:
         """The kept split with this id."""
         for split in self.splits:
@@ -432,8 +442,12 @@ def save_plan(plan: Plan, folder: str | Path) -> Path:
     return path
 
 
-def load_plan(folder: str | Path, *, verify: bool = True) -> Plan:
-    """Read ``plan.yaml`` from ``folder`` and (with ``verify``) check every artifact's size and sha256."""
+def load_plan(folder: str | Path, *, verify: bool = True, for_edge: bool = False) -> Plan:
+    """Read ``plan.yaml`` from ``folder`` and (with ``verify``) check every artifact's size and sha256.
+
+    ``for_edge``: the folder is an edge's copy, which holds no cloud-only part
+    (:meth:`Plan.cloud_only_files`); those are not checked.
+    """
     folder = Path(folder)
     path = folder / PLAN_FILE
     if not folder.is_dir():
@@ -447,8 +461,10 @@ def load_plan(folder: str | Path, *, verify: bool = True) -> Plan:
     if plan.format != PLAN_FORMAT:
         raise PlanError(f"{path}: format {plan.format!r} is not {PLAN_FORMAT!r}")
     if verify:
+        skipped = plan.cloud_only_files() if for_edge else set()
         for artifact in plan.artifacts:
-            check_artifact(folder, artifact)
+            if artifact.path not in skipped:
+                check_artifact(folder, artifact)
     return plan
 
 
