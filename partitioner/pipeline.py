@@ -872,11 +872,11 @@ def build_plan(
     """Assemble the :class:`Plan` (``version``: what plan.yaml records, validated like the file)."""
     graph = costs.graph
     splits = sorted(exported.values(), key=lambda item: (costs.edge_time(item.parts.edge_nodes), item.split_id))
-    content = hashlib.sha256()
-    content.update(graph.sha256.encode())
-    content.update(repr((edge.info, cloud.info, config.model_dump(mode="json"))).encode())
-    for item in splits:
-        content.update(repr(sorted(item.parts.edge_nodes)).encode())
+    # The plan's identity: the model and the partition config, nothing measured. Partitioning the same model
+    # with the same config again (a new release, --plan-version 2) keeps the id; versions tell releases apart.
+    identity = hashlib.sha256()
+    identity.update(graph.sha256.encode())
+    identity.update(repr(config.model_dump(mode="json")).encode())
     c = config.constraints
     method = "s-t min cut (DADS), exact parametric bandwidth sweep per codec; Pareto front of edge time and bytes"
     if outcome.forced is not None:
@@ -887,7 +887,7 @@ def build_plan(
         )
     sweep = config.search
     return Plan(
-        plan_id=f"{source.name}-{content.hexdigest()[:12]}",
+        plan_id=f"{source.name}-{identity.hexdigest()[:12]}",
         version=version,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         tandem_version=tandem.__version__,

@@ -146,3 +146,23 @@ def test_the_example_config_is_valid() -> None:
     from tandem.partitioner.config import PartitionConfig
 
     assert load_config(REPO / "configs" / "partition.yaml", PartitionConfig) == PartitionConfig()
+
+
+def test_a_new_release_of_the_same_model_and_config_keeps_the_plan_id(tiny_model: Path, tmp_path: Path) -> None:
+    """#16: versions tell releases of one plan apart; the id names the model and partition config, not a run."""
+    ids = []
+    for version in (1, 2):
+        out = tmp_path / f"plan-v{version}"
+        result = tandem("partition", tiny_model, "--out", out, "--config", tmp_path / "fast.yaml",
+                        "--inputs", tmp_path / "inputs.npz", "--plan-version", str(version))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        plan = load_plan(out)
+        assert plan.version == version
+        ids.append(plan.plan_id)
+    assert ids[0] == ids[1]
+    (tmp_path / "other.yaml").write_text(FAST.replace("rtt_ms: 10", "rtt_ms: 30"))  # another partition config
+    out = tmp_path / "plan-other"
+    result = tandem("partition", tiny_model, "--out", out, "--config", tmp_path / "other.yaml",
+                    "--inputs", tmp_path / "inputs.npz")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert load_plan(out).plan_id != ids[0]
