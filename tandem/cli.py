@@ -50,7 +50,7 @@ COMMAND_MODULES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         ("onnx", "onnxruntime", "networkx", "matplotlib"),
     ),
     "tandem.partitioner.engine": (("build-engine",), "", ()),  # says itself when TensorRT is missing
-    "tandem.cloud_hub.cli": (("hub",), "cloud", ("onnxruntime", "prometheus_client")),
+    "tandem.cloud_hub.cli": (("hub",), "cloud", ("onnx", "onnxruntime", "prometheus_client")),
     "tandem.edge_agent.cli": (("edge",), "edge", ("onnxruntime", "psutil")),
     "tandem.commands.fleet": (("fleet",), "cloud", ("prometheus_client",)),
     "tandem.commands.publish": (("publish",), "cloud", ("prometheus_client",)),

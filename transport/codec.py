@@ -30,6 +30,7 @@ import numpy as np
 import zstandard
 
 from tandem.transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
+from tandem.transport.fp16 import from_float16, to_float16
 
 __all__ = [
     "COMPRESSIONS",
@@ -48,7 +49,7 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 _FP16_MAX = float(np.finfo(np.float16).max)
-_ZSTD_LEVEL = 3
+_ZSTD_LEVEL = 1  # on int8 activations as small as level 3 (within 1 %) and 1.5x faster to encode
 _local = threading.local()
 
 
@@ -246,7 +247,7 @@ def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[Tensor
     if quantiser == "raw":
         wire = array.astype(array.dtype.newbyteorder("<"), copy=False)
     elif quantiser == "fp16":
-        wire = np.clip(array, -_FP16_MAX, _FP16_MAX).astype("<f2")
+        wire = to_float16(_within_fp16(array))
     else:
         wire, scale, zero_point = _quantise_int8(name, array, axis)
     raw = _as_bytes(wire)
@@ -276,7 +277,7 @@ def decode_tensor(spec: TensorSpec, frame: memoryview | bytes | bytearray, *, ma
     if spec.codec == "raw":
         return wire if wire.dtype.isnative else wire.astype(wire.dtype.newbyteorder("="))
     if spec.codec == "fp16":
-        return wire.astype(spec.dtype)
+        return from_float16(wire, spec.dtype)
     return _dequantise_int8(spec, wire)
 
 
@@ -288,6 +289,18 @@ def _truncated(spec: TensorSpec, got: int) -> TruncatedMessage:
 def _as_bytes(array: np.ndarray) -> memoryview:
     contiguous = np.ascontiguousarray(array)
     return memoryview(contiguous.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+
+
+def _within_fp16(array: np.ndarray) -> np.ndarray:
+    """``array`` clipped to float16's finite range; untouched (no copy) when it is inside it already.
+
+    Two reductions at memory speed decide; a NaN makes them NaN, and NaN stays NaN through the clip.
+    """
+    if array.size and array.dtype == np.float32:
+        low, high = float(array.min()), float(array.max())
+        if low >= -_FP16_MAX and high <= _FP16_MAX:
+            return array
+    return np.clip(array, -_FP16_MAX, _FP16_MAX)
 
 
 def _quantise_int8(
@@ -308,7 +321,12 @@ def _quantise_int8(
     scale = np.asarray((hi.astype(np.float64) - lo) / 255.0, np.float32)
     scale = np.where(scale == 0, np.float32(1.0), scale)
     zero = np.clip(np.round(-128.0 - lo / scale), -128, 127)
-    q = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+    # round(x / scale) + zero, clipped: in place in one temporary (each step is a pass at memory speed).
+    t = np.divide(x, scale)
+    np.rint(t, out=t)
+    np.add(t, zero, out=t)
+    np.clip(t, -128, 127, out=t)
+    q = t.astype(np.int8)
     return q, tuple(float(s) for s in scale.reshape(-1)), tuple(int(z) for z in zero.reshape(-1))
 
 

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.slow
 # tandem/cli.py's COMMAND_MODULES is the one list of commands; what each install should offer is the expectation.
 COMMANDS = {command for commands, _, _ in COMMAND_MODULES.values() for command in commands}
 OFFERED = {
-    "edge": {"build-engine", "edge", "check-config", "keys"},
+    # prometheus-client is in the edge extra (the edge's /metrics), so the store tools run there too.
+    "edge": {"build-engine", "edge", "check-config", "keys", "fleet", "publish"},
     "cloud": {"build-engine", "edge", "check-config", "keys", "hub", "fleet", "publish"},
 }
 
@@ -105,6 +107,7 @@ def served(venvs: dict[str, Path], digits_plan: Path, tmp_path: Path) -> Iterato
     edge_yaml.write_text(yaml.safe_dump({
         "device_id": "cam-1", "plan": str(digits_plan), "codec": "raw", "channel": {"type": "zmq", "address": address},
         "endpoint": {"address": f"tcp://127.0.0.1:{endpoint_port}"}, "deadline_ms": 10_000,
+        "status": {"port": 0},  # /metrics needs prometheus-client: part of the edge extra
     }))  # fmt: skip
     hub = _start([str(venvs["cloud"] / "tandem"), "hub", "--config", str(hub_yaml)], tmp_path / "hub.log", "listening")
     edge = _start(
@@ -136,3 +139,6 @@ def test_an_edge_only_and_a_cloud_only_install_serve_a_real_plan(served: tuple[s
     assert meta["split"] == "cloud-only"
     assert outputs["logits"].shape == (1, 10) and np.isfinite(outputs["logits"]).all()
     assert "loaded plan" in (logs / "hub.log").read_text()
+    port = re.findall(r"status on http://[^:]+:(\d+)/metrics", (logs / "edge.log").read_text())[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert 'tandem_edge_answers_total{device="cam-1",source="hub"}' in response.read().decode()

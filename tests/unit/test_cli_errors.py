@@ -176,8 +176,9 @@ def test_a_command_whose_extra_is_not_installed_is_left_out_and_says_what_to_ins
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else find_spec(name, *a))
     parser, missing = tandem.cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert {"edge", "hub", "keys", "check-config", "fleet", "build-engine"} <= set(sub.choices)
-    assert set(missing) == {"demo", "partition", "profile", "loopback"}
+    assert {"edge", "keys", "check-config", "fleet", "build-engine"} <= set(sub.choices)
+    assert set(missing) == {"demo", "partition", "profile", "loopback", "hub"}  # the hub rewrites models with onnx
+    assert missing["hub"] == "needs onnx: pip install 'tandem-inference[cloud]'"
     assert missing["partition"] == "needs onnx, networkx, matplotlib: pip install 'tandem-inference[partition]'"
     assert main(["partition", "model.onnx", "--out", "plan"]) == 2
     assert capsys.readouterr().err == (
