@@ -139,9 +139,9 @@ def _edge_loop(port: int, name: str, until: float, latencies: list[float], error
             latencies.append(time.perf_counter() - started)
 
 
-def throughput(tail: Path, edges: int, batching: bool, seconds: float) -> dict[str, Any]:
+def throughput(tail: Path, edges: int, batching: bool, seconds: float, *, delay_ms: float = 5.0) -> dict[str, Any]:
     """Closed-loop inferences/s and latency percentiles for ``edges`` concurrent edges."""
-    with _HubProcess(tail, max_batch=MAX_BATCH if batching else 1, delay_ms=5.0) as hub:
+    with _HubProcess(tail, max_batch=MAX_BATCH if batching else 1, delay_ms=delay_ms) as hub:
         latencies: list[float] = []
         errors: list[str] = []
         warm = time.perf_counter() + 1.0

@@ -41,8 +41,13 @@ def run(args: argparse.Namespace) -> int:
         log.info("local endpoint listening on %s", edge.endpoint.address)
     stop = threading.Event()
     received: list[int] = []
+
+    def note(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: (received.append(signum), stop.set()))
+        signal.signal(sig, note)
     stop.wait()
     log.info("stopping (%s): draining for up to %.1f s", signal.Signals(received[0]).name, config.shutdown_grace_s)
     edge.drain_and_stop()
