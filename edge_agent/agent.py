@@ -125,6 +125,7 @@ class EdgeAgent:
         self._beat_answered = threading.Event()  # the hub answered the latest plain heartbeat
         self._recovered = threading.Event()  # the hub answered after an outage: beat and probe at once
         self.recovered_at: float | None = None  # when the hub's first message after the latest outage came
+        self._silent_since: float | None = None  # a request timed out and the hub has said nothing since
         self._probes: dict[str, tuple[str, int, int]] = {}  # probes in flight: id -> (train, 0 or 1, bytes)
         self._train_first: dict[str, float] = {}  # train id -> when its first probe was answered
         self._train_open_until = 0.0  # a train may still hold the uplink until then (perf_counter)
@@ -200,6 +201,9 @@ class EdgeAgent:
 
     def _infer(self, feeds: dict[str, np.ndarray], started: float) -> InferenceResult:
         split = self.selector.choose(self._link(), self._request_rate())
+        if split.edge_only and self._silent_since is not None:
+            # Chosen because a request went unanswered; until the hub says anything, it may be the hub that died.
+            return self._local(feeds, split, started, source="fallback", reason="no hub message since a timeout")
         if split.edge_only:
             return self._local(feeds, split, started, source="edge", reason="")
         if not self._hub_up:
@@ -274,6 +278,7 @@ class EdgeAgent:
         self._forget(request.request_id)
         if not arrived or waiter.reply is None:
             self._count_failure()
+            self._silent_since = self._silent_since or time.monotonic()
             self.estimator.observe_timeout(request.wire_bytes, 1000 * (time.perf_counter() - sent))
             self._remember_overdue(request.request_id, sent, request.wire_bytes)
             return None, f"no hub answer within {self.config.deadline_ms:.0f} ms"
@@ -434,6 +439,7 @@ class EdgeAgent:
         if self._hub_up:
             logger.warning("hub marked down (%s); answering locally, retrying in the background", why)
         self._hub_up = False
+        self.estimator.forget_timeouts()  # an outage, not a slow link: answers are degraded, not re-planned
 
     def _mark_up(self) -> None:
         if not self._hub_up:
@@ -470,6 +476,7 @@ class EdgeAgent:
 
     def _dispatch(self, envelope: Envelope) -> None:
         self._mark_up()  # any message from the hub means it is reachable
+        self._silent_since = None
         if envelope.kind is Kind.HEARTBEAT:
             self._on_heartbeat(envelope)
             return

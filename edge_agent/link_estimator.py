@@ -41,12 +41,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LinkEstimate", "LinkEstimator", "theil_sen"]
+__all__ = ["SINGLE_SAMPLE_SPREAD", "LinkEstimate", "LinkEstimator", "theil_sen"]
 
 _RECENT_RTT = 3  # RTT samples always considered, however old
 _CHANGE_RUN = 3  # activations in a row, much slower than predicted, that mean the link dropped
 _MIN_REPLY_SAMPLE = 16_000  # replies smaller than this say nothing about the downlink
 _TRAIN_SAMPLES = 3  # probe trains the uplink rate is the median of
+SINGLE_SAMPLE_SPREAD = 0.1
+"""The relative error assumed of an estimate resting on one sample (one train, one pair of sizes)."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,8 @@ def theil_sen(points: list[tuple[float, float]], *, min_ratio: float = 1.3) -> t
     """(slope, intercept, relative MAD of the slopes) of ``points`` (x, y), or None.
 
     Only pairs whose x differ by ``min_ratio`` or more vote; no such pair, or a
-    slope that is not positive, gives None. With fewer than three pairs the
-    spread is unknown and reported as 0.5.
+    slope that is not positive, gives None. A single pair's spread is taken as
+    :data:`SINGLE_SAMPLE_SPREAD`.
     """
     slopes = [
         (y2 - y1) / (x2 - x1)
@@ -103,7 +105,7 @@ def theil_sen(points: list[tuple[float, float]], *, min_ratio: float = 1.3) -> t
     if slope <= 0:
         return None
     intercept = statistics.median(y - slope * x for x, y in points)
-    mad = statistics.median(abs(s - slope) for s in slopes) / slope if len(slopes) >= 3 else 0.5
+    mad = statistics.median(abs(s - slope) for s in slopes) / slope if len(slopes) >= 2 else SINGLE_SAMPLE_SPREAD
     return slope, intercept, mad
 
 
@@ -174,6 +176,11 @@ class LinkEstimator:
                 bound = _Transfer(self._clock(), nbytes, up_ms)
                 if self._bound is None or bound.mbps < self._bound.mbps:
                     self._bound = bound
+
+    def forget_timeouts(self) -> None:
+        """Drop the timeout bound: the hub itself is down, so the silence says nothing about the link."""
+        with self._lock:
+            self._bound = None
 
     # -- estimates ------------------------------------------------------------------------------------------------
 
@@ -304,5 +311,7 @@ def _median_rate(samples: list[_Transfer]) -> tuple[float, float]:
     """(median rate in Mbit/s, its relative standard error from the MAD) of ``samples``."""
     rates = [t.mbps for t in samples]
     rate = statistics.median(rates)
-    mad = statistics.median(abs(r - rate) for r in rates) / rate if len(rates) >= 3 else 0.5
+    if len(rates) == 1:
+        return rate, SINGLE_SAMPLE_SPREAD
+    mad = statistics.median(abs(r - rate) for r in rates) / rate
     return rate, 1.4826 * mad / math.sqrt(len(rates))

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tandem.edge_agent.link_estimator import LinkEstimator, theil_sen
+from tandem.edge_agent.link_estimator import SINGLE_SAMPLE_SPREAD, LinkEstimator, theil_sen
 
 
 class Clock:
@@ -208,3 +208,23 @@ def test_a_train_that_disagrees_asks_for_another_and_two_that_agree_replace_the_
     estimator.observe_train(32_768, 137.0)
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(1.9, rel=0.02)
     assert not estimator.wants_probe(max_age_s=10)
+
+
+def test_one_train_after_a_change_does_not_freeze_the_choice() -> None:
+    """A lone sample's spread is a modest assumption, not 'unknown, never switch' (the demo's drop phase)."""
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_train(32_768, 26.2)  # 10 Mbit/s
+    assert estimator.snapshot().spread == SINGLE_SAMPLE_SPREAD
+    clock.now += 1
+    estimator.observe_train(32_768, 26.9)
+    assert estimator.snapshot().spread < 0.05  # two that agree
+
+
+def test_an_outage_forgets_the_timeout_bound() -> None:
+    estimator = LinkEstimator()
+    estimator.observe_train(32_768, 26.2)
+    estimator.observe_timeout(100_000, waited_ms=500)
+    assert (estimator.snapshot().bandwidth_mbps or 0) < 2
+    estimator.forget_timeouts()
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0, rel=0.01)
