@@ -49,6 +49,7 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 _FP16_MAX = float(np.finfo(np.float16).max)
+_FP32_TINY = float(np.finfo(np.float32).tiny)
 _ZSTD_LEVEL = 1  # on int8 activations as small as level 3 (within 1 %) and 1.5x faster to encode
 _local = threading.local()
 
@@ -320,6 +321,8 @@ def _quantise_int8(
         lo = hi = np.zeros(keep, np.float32)
     scale = np.asarray((hi.astype(np.float64) - lo) / 255.0, np.float32)
     scale = np.where(scale == 0, np.float32(1.0), scale)
+    # a subnormal scale (subnormal values, ~1e-41) has too few bits to quantise with; the smallest normal one does
+    scale = np.maximum(scale, np.float32(_FP32_TINY))
     zero = np.clip(np.round(-128.0 - lo / scale), -128, 127)
     # round(x / scale) + zero, clipped: in place in one temporary (each step is a pass at memory speed).
     t = np.divide(x, scale)
