@@ -325,7 +325,7 @@ def _quantise_int8(
     scale = np.maximum(scale, np.float32(_FP32_TINY))
     zero = np.clip(np.round(-128.0 - lo / scale), -128, 127)
     # round(x / scale) + zero, clipped: in place in one temporary (each step is a pass at memory speed).
-    t = np.divide(x, scale)
+    t = np.asarray(np.divide(x, scale))  # np.asarray: a 0-d tensor divides to a NumPy scalar, which out= refuses
     np.rint(t, out=t)
     np.add(t, zero, out=t)
     np.clip(t, -128, 127, out=t)
