@@ -11,20 +11,49 @@ edge-only runs 120 ms emulated) over real TCP through ``tbf``.
    same link. Reports the uplink estimate against the tbf rate (also right after
    each split ran alone), the chosen split against the best measured, its
    predicted latency against its observed p50, and the time to settle.
-2. Recovery: a silent cut of 10 s (longer than ZeroMQ's heartbeat timeout),
+2. The same steps with MobileNetV2 partitioned by ``tandem partition`` (its
+   kept splits, int8+zstd, a real photo, the plan's emulated edge times), the
+   issue's setting; skipped without the partition extra.
+3. Recovery: a silent cut of 10 s (longer than ZeroMQ's heartbeat timeout),
    then the time from the link's return to the hub's first message (TCP's
    retransmission or reconnection, on the kernel's backoff) and to the first
    answer served by the hub again.
+4. A fade: 10 s at 50 kbit/s (the queue stalls heartbeats for seconds), then
+   10 Mbit/s: the RTT estimate after it, and when split answers come back.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 RATES = (50.0, 10.0, 5.0, 2.0, 20.0)
+
+
+def _mobilenet(folder: Path, seconds: float, measure: int) -> dict[str, Any]:
+    """The rate steps with a partitioned MobileNetV2 (int8+zstd) on a fresh namespace pair."""
+    from tests.fixtures.netns import NetnsLink
+    from tests.fixtures.netns_agent import Bed
+
+    plan_dir = folder / "mobilenet_v2"
+    done = subprocess.run(
+        [sys.executable, "-m", "tandem.cli", "partition", "mobilenet_v2", "--out", str(plan_dir), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return {"skipped": f"tandem partition mobilenet_v2 failed: {done.stderr.strip()[-500:]}"}
+    with NetnsLink() as link:
+        bed = Bed.for_plan(link, plan_dir, "int8+zstd", deadline_ms=2000)
+        try:
+            splits = {s.split_id: {"wire_bytes": s.wire_bytes, "edge_ms": s.edge_ms, "cloud_ms": s.cloud_ms}
+                      for s in bed.plan.splits}  # fmt: skip
+            return {"plan_splits": splits, "steps": _steps(bed, seconds, measure)}
+        finally:
+            bed.close()
 
 
 def _steps(bed: Any, seconds: float, measure: int) -> list[dict[str, Any]]:
@@ -65,6 +94,31 @@ def _recovery(bed: Any, cut_s: float) -> dict[str, float | None]:
     }
 
 
+def _fade(bed: Any, fade_s: float) -> dict[str, Any]:
+    """10 Mbit/s, a fade to 50 kbit/s (its 64 kB queue stalls beats for seconds), then 10 Mbit/s again."""
+    bed.link.shape(10.0)
+    bed.requests(1.0, rate_hz=10)
+    rtt_before = bed.agent.estimator.snapshot().rtt_ms
+    bed.link.shape(0.05)
+    during = bed.requests(fade_s, rate_hz=5)
+    bed.link.shape(10.0)
+    back = time.monotonic()
+    after = bed.requests(3.0, rate_hz=10)
+    link = bed.agent.estimator.snapshot()
+    first = next((t - back for t, r in after if r.source == "hub"), None)
+    settled = next((t - back for i, (t, _) in enumerate(after) if all(r.source == "hub" for _, r in after[i:])), None)
+    return {
+        "fade_s": fade_s,
+        "rtt_before_ms": rtt_before,
+        "rtt_after_ms": link.rtt_ms,
+        "estimate_after_mbit": link.bandwidth_mbps,
+        "first_hub_answer_s": first,
+        "hub_answers_from_s": settled,
+        "answers_during": len(during),
+        "sources_during": {src: sum(r.source == src for _, r in during) for src in ("hub", "edge", "fallback")},
+    }
+
+
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Run the rate steps and the recovery on a fresh namespace pair; skipped where the bed cannot run."""
     from tests.fixtures.netns import NetnsLink, missing_reason
@@ -74,19 +128,32 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     if reason:
         print(f"   skipped: {reason}")
         return {"skipped": reason}
+    seconds, measure = (3.0, 5) if quick else (5.0, 10)
     with tempfile.TemporaryDirectory() as folder, NetnsLink() as link:
         bed = Bed(link, Path(folder), deadline_ms=1000)
         try:
-            steps = _steps(bed, 3.0 if quick else 5.0, 5 if quick else 10)
+            steps = _steps(bed, seconds, measure)
             recoveries = [_recovery(bed, 10.0) for _ in range(2 if quick else 5)]
+            fade = _fade(bed, 10.0)
         finally:
             bed.close()
+    try:
+        import torchvision  # noqa: F401  (the partition extra)
+    except ImportError:
+        mobilenet: dict[str, Any] = {"skipped": "needs the partition extra (torch, torchvision)"}
+    else:
+        print("   MobileNetV2, int8+zstd:", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            mobilenet = _mobilenet(Path(folder), seconds, measure)
     backs = [r["split_back_s"] for r in recoveries]
     print(f"   recovery after a 10 s cut: {recoveries}", flush=True)
+    print(f"   fade: {fade}", flush=True)
     return {
         "rates_mbit": list(RATES),
         "steps": steps,
         "recovery_after_10s_cut_s": recoveries,
+        "fade_to_50_kbit": fade,
+        "mobilenet_v2_int8_zstd": mobilenet,
         "summary": {
             "max_abs_estimate_error": max(abs(r["estimate_error"] or 1.0) for r in steps),
             "max_chosen_over_best": max(r["chosen_over_best"] for r in steps),
