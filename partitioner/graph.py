@@ -42,7 +42,7 @@ from onnx import TensorProto, helper, shape_inference
 from tandem.hashing import file_sha256
 from tandem.partitioner.errors import PartitionError
 from tandem.partitioner.flops import ensure_node_names
-from tandem.partitioner.shapes import MissingInputShape, ShapeHints, declared_shapes, resolve_shapes
+from tandem.partitioner.shapes import MissingInputShape, ShapeHints, declared_shapes, describe_dims, resolve_shapes
 
 __all__ = [
     "InvalidCut",
@@ -622,7 +622,7 @@ def _complete_value_info(
 def _sample_shape_notes(declared: Mapping[str, list[int | str | None]], sample: Mapping[str, np.ndarray]) -> list[str]:
     """Where the sample inputs fill a model's open dims: one note per such input."""
     return [
-        f"input {name!r} {dims} at {list(np.shape(sample[name]))} from the sample inputs"
+        f"input {name!r} {describe_dims(dims)} at {list(np.shape(sample[name]))} from the sample inputs"
         for name, dims in declared.items()
         if name in sample and any(not isinstance(d, int) for d in dims)
     ]

@@ -23,6 +23,7 @@ __all__ = [
     "MissingInputShape",
     "ShapeHints",
     "declared_shapes",
+    "describe_dims",
     "parse_dim",
     "parse_input_shape",
     "resolve_shapes",
@@ -88,7 +89,8 @@ def declared_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     return shapes
 
 
-def _describe(dims: list[Dim]) -> str:
+def describe_dims(dims: list[Dim]) -> str:
+    """A declared shape as text: ``[1, 3, 'height', ?]``."""
     return "[" + ", ".join("?" if d is None else repr(d) if isinstance(d, str) else str(d) for d in dims) + "]"
 
 
@@ -103,7 +105,7 @@ def _check_hints(declared: Mapping[str, list[Dim]], hints: ShapeHints, where: st
         if len(shape) != len(dims):
             raise MissingInputShape(
                 f"{where}: --input-shape {name}={'x'.join(map(str, shape))} has {len(shape)} dims, but input "
-                f"{name!r} has {len(dims)}: {_describe(dims)}"
+                f"{name!r} has {len(dims)}: {describe_dims(dims)}"
             )
         for index, (want, have) in enumerate(zip(dims, shape, strict=True)):
             if isinstance(want, int) and want != have:
@@ -137,7 +139,7 @@ def resolve_shapes(
         if name in hints.shapes:
             shapes[name] = tuple(hints.shapes[name])
             if any(not isinstance(d, int) for d in dims):
-                notes.append(f"input {name!r} {_describe(dims)} at {list(shapes[name])} from --input-shape")
+                notes.append(f"input {name!r} {describe_dims(dims)} at {list(shapes[name])} from --input-shape")
             continue
         concrete: list[int] = []
         open_dims: list[str] = []
@@ -157,7 +159,7 @@ def resolve_shapes(
             example = "x".join(
                 str(d) if isinstance(d, int) else "1" if i == 0 else f"<{d or 'size'}>" for i, d in enumerate(dims)
             )
-            missing.append(f"  input {name!r} {_describe(dims)}: {', '.join(open_dims)} unknown; "
+            missing.append(f"  input {name!r} {describe_dims(dims)}: {', '.join(open_dims)} unknown; "
                            f"give --input-shape {name}={example}")  # fmt: skip
         shapes[name] = tuple(concrete)
     if missing:
