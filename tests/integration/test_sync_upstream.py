@@ -237,7 +237,7 @@ def test_fleet_metrics_and_table_show_each_device(mosquitto: Mosquitto, tmp_path
         wait_until(lambda: len(store.devices()) == 2 and all(r.get("outbox_backlog") == 0 for r in store.devices()),
                    20, "both devices report an empty outbox")  # fmt: skip
         table = format_fleet(store.devices()).splitlines()
-        assert table[0].split()[:4] == ["device", "last", "seen", "plan"]
+        assert table[0].split()[:4] == ["device", "last", "seen", "running"]
         assert [line.split()[0] for line in table[1:]] == ["cam-1", "cam-2"]
         assert all("12.5" in line and "42.0" in line and "line-3" in line for line in table[1:])
         metrics = FleetMetrics()
