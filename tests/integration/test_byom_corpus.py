@@ -108,7 +108,7 @@ def _check_plan(plan: Plan) -> None:
 VISION: list[tuple[str, Callable[[Path], Path], str, int, dict, ImagePreprocess]] = [
     ("efficientnet_lite2", corpus.efficientnet_lite2, "image", 160, {"dims": {"height": 160, "width": 160}}, LITE),
     ("yolo_style", corpus.yolo_style, "images", 160, {"shapes": {"images": [1, 3, 160, 160]}}, ImagePreprocess()),
-    ("deeplabv3", corpus.deeplabv3, "image", 128, {"dims": {"height": 128, "width": 128}}, ImagePreprocess()),
+    ("deeplabv3", corpus.deeplabv3, "image", 96, {"dims": {"height": 96, "width": 96}}, ImagePreprocess()),
 ]
 
 
@@ -140,24 +140,10 @@ def test_a_dynamic_vision_model_partitions_and_composes_back_on_real_photos(
             edge_input = _session(tmp_path / "plan" / split.edge_model).get_inputs()[0]
             assert edge_input.shape[2:] == ["height", "width"], edge_input.shape
     assert _compose_back(load_plan(tmp_path / "plan"), tmp_path / "plan", _images(input_name, side, side, pre)) > 4
-
-
-def test_efficientnet_lite2_keeps_its_classes_under_int8(crops: Path, tmp_path: Path) -> None:
-    """Real weights: class agreement is a real figure; int8 on the wire keeps top-1 on nearly every crop."""
-    model = corpus.efficientnet_lite2(tmp_path / "lite2.onnx")
-    config = PartitionConfig.model_validate(
-        BASE
-        | {
-            "inputs": {"dims": {"height": 160, "width": 160}},
-            "calibration": BASE["calibration"] | {"preprocess": LITE.model_dump()},
-            "fidelity": {"min_fidelity": 0.9},
-        }
-    )
-    plan = partition(str(model), tmp_path / "plan", config, calibration=crops, progress=False)
-    for split in plan.splits:
-        for result in split.codecs if split.kind != "edge-only" else []:
-            assert result.fidelity is not None and result.fidelity.kind == "classes"
-            assert result.fidelity.value >= 0.9 or not result.verified
+    if name == "efficientnet_lite2":  # real weights: class agreement is a real figure, and fp16 keeps every class
+        for split in (s for s in plan.splits if s.kind != "edge-only"):
+            fidelity = split.codec("fp16").fidelity
+            assert fidelity is not None and fidelity.kind == "classes" and fidelity.value == 1.0
 
 
 def _tones(count: int, seed: int) -> dict[str, np.ndarray]:
