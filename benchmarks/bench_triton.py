@@ -94,7 +94,9 @@ class PyTritonServer:
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Both stacks at each client count, alternated; see the module docstring."""
     seconds = 4.0 if quick else 10.0
-    tail = export_tail(out_dir / "bench_triton_tail" / "tail.onnx")
+    work = ROOT / "build" / "bench_triton"
+    work.mkdir(parents=True, exist_ok=True)
+    tail = export_tail(work / "tail.onnx")
     result: dict[str, Any] = {"max_batch": MAX_BATCH, "queue_delay_ms": DELAY_MS, "seconds": seconds,
                               "onnxruntime_alone": onnxruntime_alone(tail, seconds)}  # fmt: skip
     python, why = pytriton_python()
