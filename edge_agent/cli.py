@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, note)
+    # SIGHUP would end the process by default: say instead that nothing reloads in place here.
+    signal.signal(signal.SIGHUP, lambda *_: log.warning(
+        "SIGHUP: the edge reloads nothing in place (new plans come through sync); restart it to apply edge.yaml"))
     stop.wait()
     log.info("stopping (%s): draining for up to %.1f s", signal.Signals(received[0]).name, config.shutdown_grace_s)
     edge.drain_and_stop()

@@ -111,6 +111,11 @@ def test_edge_status_port_and_sigterm_with_callers_in_flight(mobilenet_plan: Pat
         assert answered >= 6, metrics[:2000]
         assert 'tandem_edge_hub_up{device="cam-sig"} 0.0' in metrics  # reported, and ready all the same
         assert json.loads(get(status_port, "/readyz")[1])["hub_reachable"] is False
+        process.send_signal(signal.SIGHUP)  # survived, and said why nothing changed
+        deadline = time.monotonic() + 30
+        while "SIGHUP: the edge reloads nothing in place" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
         for caller in callers:
