@@ -44,7 +44,7 @@ logger = logging.getLogger("tandem.edge")
 
 _RETRY_UNSENT_S = 0.1  # the next beat after one that could not leave at all
 _MAX_PROBE_BYTES = 4 << 20
-_TRAIN_EVERY = 4  # while activations go up, a probe train every this many probe intervals
+_TRAIN_EVERY = 2  # while activations go up, a probe train every this many probe intervals
 
 
 @dataclass

@@ -139,6 +139,8 @@ class LinkEstimator:
         self._trains: deque[_Transfer] = deque(maxlen=_TRAIN_SAMPLES)  # dispersion of back-to-back probes
         self._bound: _Transfer | None = None  # newest timeout: the rate is at most its mbps
         self._slower = 0  # activations in a row slower than the estimate by more than change_ratio
+        self._faster = 0  # ... and faster than it (beyond the burst): the link may have grown
+        self._train_due = False  # activations asked for a train before the periodic one
         self._lock = threading.Lock()
 
     # -- observations ---------------------------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class LinkEstimator:
             if dispersion_ms >= self.min_transfer_ms and nbytes > 0:
                 self._trains.append(_Transfer(self._clock(), nbytes, dispersion_ms))
                 self._bound = None
+                self._train_due = False
                 self._forget_older_trains()
 
     def observe_timeout(self, nbytes: int, waited_ms: float) -> None:
@@ -202,7 +205,7 @@ class LinkEstimator:
     def wants_probe(self, max_age_s: float) -> bool:
         """Whether a train is due: none in the last ``max_age_s`` seconds, or the newest one awaits confirmation."""
         with self._lock:
-            if not self._trains or self._trains[-1].at < self._clock() - max_age_s:
+            if self._train_due or not self._trains or self._trains[-1].at < self._clock() - max_age_s:
                 return True
             return not self._agrees(self._trains[-1].mbps, _median_rate(self._recent(self._trains))[0])
 
@@ -293,11 +296,21 @@ class LinkEstimator:
             self._down.append(_Transfer(self._clock(), reply_bytes, down_ms))
 
     def _add_up(self, sample: _Transfer) -> None:
-        """Add an activation's sample; three in a row much slower than predicted mean the link dropped."""
+        """Add an activation's sample; three in a row much slower than predicted mean the link dropped.
+
+        Three in a row much faster than predicted beyond the burst ask for a
+        train now rather than at its period: the link may have grown.
+        """
         predicted = self._up_ms(sample.nbytes)
         self._up.append(sample)
         if predicted is None or predicted < 2.0:
             return  # too short a transfer to tell a drop from noise
+        horizon = self._clock() - self.bandwidth_window_s
+        free = [b for at, b in self._free if at >= horizon]
+        beyond_burst = predicted * max(0.0, sample.nbytes - (statistics.median(free) if free else 0)) / sample.nbytes
+        self._faster = self._faster + 1 if sample.ms < (1 - self.change_ratio) * beyond_burst else 0
+        if self._faster >= _CHANGE_RUN:
+            self._train_due, self._faster = True, 0
         self._slower = self._slower + 1 if sample.ms > (1 + self.change_ratio) * predicted else 0
         if self._slower >= _CHANGE_RUN:
             kept = list(self._up)[-_CHANGE_RUN:]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.fixtures.netns import EDGE_IP, HUB_IP, NetnsLink, Shape, missing_reason
+from tests.fixtures.netns import EDGE_IP, HUB_IP, DelayRelay, NetnsLink, Shape, missing_reason
 
 # TCP payload per frame on a 1500-byte MTU with timestamps: 1448 of the 1514 bytes tbf counts.
 PAYLOAD_SHARE = 1448 / 1514
@@ -107,3 +107,31 @@ def test_the_edge_namespace_has_its_own_address(netns_link: NetnsLink) -> None:
     assert client.getsockname()[0] == EDGE_IP
     client.close()
     server.close()
+
+
+def test_the_delay_relay_adds_the_rtt_it_claims_and_keeps_the_stream(netns_link: NetnsLink) -> None:
+    server = netns_link.call("hub", lambda: socket.create_server((HUB_IP, 0)))
+    relay = netns_link.call("hub", lambda: DelayRelay((HUB_IP, 0), server.getsockname()[:2], one_way_ms=20))
+    client = netns_link.call("edge", lambda: socket.create_connection(relay.address, timeout=10))
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    far, _ = server.accept()
+    far.settimeout(10)
+    rtts = []
+    payload = bytes(range(256)) * 64  # 16 kB, several chunks: order must survive
+    try:
+        for _ in range(5):
+            t0 = time.monotonic()
+            client.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += far.recv(1 << 16)
+            far.sendall(b"k")
+            assert client.recv(1) == b"k"
+            rtts.append(1000 * (time.monotonic() - t0))
+            assert got == payload
+    finally:
+        relay.close()
+        for sock in (client, far, server):
+            sock.close()
+    # 20 ms each way: never less (the relay holds every chunk); a busy host only adds.
+    assert 40 <= min(rtts) < 40 + 25, rtts

@@ -228,3 +228,21 @@ def test_an_outage_forgets_the_timeout_bound() -> None:
     assert (estimator.snapshot().bandwidth_mbps or 0) < 2
     estimator.forget_timeouts()
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(10.0, rel=0.01)
+
+
+def test_activations_much_faster_than_predicted_ask_for_a_train_now() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    for _ in range(3):
+        clock.now += 0.5
+        estimator.observe_train(40_000, 32.0)  # 10 Mbit/s
+    feed(estimator, clock, [100_000] * 3, 10.0, burst=16_000)
+    assert not estimator.wants_probe(max_age_s=100)
+    feed(estimator, clock, [100_000] * 3, 50.0, burst=16_000)  # the link grew: a train is due at once
+    assert estimator.wants_probe(max_age_s=100)
+    estimator.observe_train(40_000, 6.4)  # 50 Mbit/s: it disagrees, so one more is asked for
+    assert estimator.wants_probe(max_age_s=100)
+    estimator.observe_train(40_000, 6.5)
+    assert not estimator.wants_probe(max_age_s=100)
+    assert estimator.snapshot().bandwidth_mbps == pytest.approx(50.0, rel=0.05)
