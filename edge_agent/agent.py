@@ -43,7 +43,7 @@ __all__ = ["EdgeAgent", "InferenceResult"]
 logger = logging.getLogger("tandem.edge")
 
 _RETRY_UNSENT_S = 0.1  # the next beat after one that could not leave at all
-_MAX_PROBE_BYTES = 4 << 20
+_MAX_PROBE_BYTES = 512 << 10  # 50 ms at 80 Mbit/s; past that the gap stands well above noise anyway
 _TRAIN_EVERY = 2  # while activations go up, a probe train every this many probe intervals
 
 
@@ -557,7 +557,7 @@ class EdgeAgent:
         that the first empties a token bucket's burst and the gap is long enough
         to stand above the host's scheduling noise (docs/link-estimation.md).
         """
-        rate = self.estimator.snapshot().bandwidth_mbps or 0.0
+        rate = self.estimator.probe_rate() or 0.0
         nbytes = min(max(self.config.probe_bytes, int(rate * 1e6 / 8 * 0.05)), _MAX_PROBE_BYTES)
         train = f"train-{time.monotonic_ns()}"
         # Until the second answer (or, if it never comes, four times the train's expected time and a second).

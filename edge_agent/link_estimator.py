@@ -209,6 +209,19 @@ class LinkEstimator:
                 return True
             return not self._agrees(self._trains[-1].mbps, _median_rate(self._recent(self._trains))[0])
 
+    def probe_rate(self) -> float | None:
+        """The rate to size a probe train by: the lowest of the estimate and the last three activations' rates.
+
+        Right after a drop the trains still say the old rate; a train sized for
+        it would flood the new, slower link's queue for seconds.
+        """
+        with self._lock:
+            rate, _ = self._uplink()
+            recent = [t.mbps for t in list(self._up)[-_CHANGE_RUN:] if t.at >= self._clock() - self.bandwidth_window_s]
+            bound = [self._bound.mbps] if self._bound is not None else []
+            candidates = ([rate] if rate is not None else []) + recent + bound
+            return min(candidates) if candidates else None
+
     def predicted_up_ms(self, nbytes: int) -> float | None:
         """The uplink time the current fit predicts for ``nbytes`` (None without a rate)."""
         with self._lock:

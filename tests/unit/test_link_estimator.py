@@ -246,3 +246,16 @@ def test_activations_much_faster_than_predicted_ask_for_a_train_now() -> None:
     estimator.observe_train(40_000, 6.5)
     assert not estimator.wants_probe(max_age_s=100)
     assert estimator.snapshot().bandwidth_mbps == pytest.approx(50.0, rel=0.05)
+
+
+def test_trains_are_sized_by_the_slowest_recent_evidence() -> None:
+    clock = Clock()
+    estimator = LinkEstimator(clock=clock)
+    estimator.observe_rtt(1.0)
+    for _ in range(3):
+        clock.now += 0.5
+        estimator.observe_train(300_000, 48.0)  # 50 Mbit/s
+    assert estimator.probe_rate() == pytest.approx(50.0)
+    feed(estimator, clock, [100_000], 5.0, burst=16_000)  # the link just dropped: one activation says so
+    rate = estimator.probe_rate()
+    assert rate is not None and rate < 7  # a 50 Mbit/s train would flood a 5 Mbit/s queue for a second
