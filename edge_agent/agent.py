@@ -553,9 +553,11 @@ class EdgeAgent:
     def _send_train(self) -> None:
         """Two probes back to back: the gap between their answers is the second's time on the uplink.
 
-        Each carries ``probe_bytes``, or 50 ms at the estimated rate if more, so
-        that the first empties a token bucket's burst and the gap is long enough
-        to stand above the host's scheduling noise (docs/link-estimation.md).
+        Each carries ``probe_bytes``, or 50 ms at the slowest recent rate
+        evidence if more (``LinkEstimator.probe_rate``), so that the first
+        empties a token bucket's burst and the gap stands above the host's
+        scheduling noise without flooding a link that just dropped
+        (docs/link-estimation.md).
         """
         rate = self.estimator.probe_rate() or 0.0
         nbytes = min(max(self.config.probe_bytes, int(rate * 1e6 / 8 * 0.05)), _MAX_PROBE_BYTES)
