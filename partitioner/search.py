@@ -420,19 +420,8 @@ def choose_with_ties(
     then less latency: a measurement's noise cannot flip the choice. Returns the choice and the others
     it tied with; None if nothing qualifies.
     """
-    qualifying: list[Choice] = []
+    qualifying = _qualifying(pricer, candidates, link, limits, allowed)
     order = {codec: index for index, codec in enumerate(candidates)}
-    for codec, splits in candidates.items():
-        for split in splits:
-            if allowed is not None and not allowed(split, codec):
-                continue
-            cost = pricer.cost(split, codec, link)
-            if limits.max_bytes is not None and cost.wire_bytes > limits.max_bytes:
-                continue
-            if limits.max_edge_s is not None and cost.edge_s > limits.max_edge_s * (1 + 1e-12):
-                continue
-            meets = None if limits.latency_slo_s is None else cost.total_s <= limits.latency_slo_s
-            qualifying.append(Choice(split, codec, cost, meets))
     if not qualifying:
         return None
     best = min(qualifying, key=lambda c: (c.cost.total_s, c.cost.wire_bytes, c.cost.edge_s))
@@ -460,7 +449,19 @@ def choose(
 
     Ties go to fewer bytes on the wire, then to less edge time.
     """
-    best: tuple[tuple[float, int, float], Choice] | None = None
+    qualifying = _qualifying(pricer, candidates, link, limits, allowed)
+    return min(qualifying, key=lambda c: (c.cost.total_s, c.cost.wire_bytes, c.cost.edge_s), default=None)
+
+
+def _qualifying(
+    pricer: SplitPricer,
+    candidates: Mapping[str, Iterable[frozenset[str]]],
+    link: Any,
+    limits: Limits,
+    allowed: Callable[[frozenset[str], str], bool] | None,
+) -> list[Choice]:
+    """Every (split, codec) in ``candidates`` that ``allowed`` admits and the byte and edge-time limits pass."""
+    qualifying: list[Choice] = []
     for codec, splits in candidates.items():
         for split in splits:
             if allowed is not None and not allowed(split, codec):
@@ -470,8 +471,6 @@ def choose(
                 continue
             if limits.max_edge_s is not None and cost.edge_s > limits.max_edge_s * (1 + 1e-12):
                 continue
-            key = (cost.total_s, cost.wire_bytes, cost.edge_s)
-            if best is None or key < best[0]:
-                meets = None if limits.latency_slo_s is None else cost.total_s <= limits.latency_slo_s
-                best = (key, Choice(split, codec, cost, meets))
-    return None if best is None else best[1]
+            meets = None if limits.latency_slo_s is None else cost.total_s <= limits.latency_slo_s
+            qualifying.append(Choice(split, codec, cost, meets))
+    return qualifying

@@ -75,6 +75,10 @@ def test_partitioning_twice_keeps_the_same_splits_and_marks_ties(chain: Path, tm
             "profiling": {"repetitions": 5, "max_repetitions": 20},
             "verification": {"max_samples": 4},
             "link": {"bandwidths_mbps": [1, 10, 100, 1000], "rtt_ms": 0},
+            # This toy model's last cut (two tiny nodes in the cloud) sits within a few percent of edge-only, and
+            # each node's share of the 20x emulated edge time moves by about that much between runs on a busy
+            # 2-core host; a tie band above that noise is what makes the choice repeatable (fewer bytes wins).
+            "search": {"tie_within": 0.25},
         }
     )
     plans = []
