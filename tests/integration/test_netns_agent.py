@@ -82,25 +82,3 @@ def test_a_queue_smaller_than_one_message_still_answers_every_request_once(bed: 
     ids = [r.request_id for _, r in results]
     assert len(ids) == len(set(ids)) and all(r.outputs["logits"].shape == (1, 10) for _, r in results)
     assert p50 >= (100_000 - shape.burst_bytes) * 8 / 5_000  # never faster than the shaper allows
-
-
-def test_with_40_ms_of_rtt_the_estimates_and_the_prediction_hold(netns_link: NetnsLink, tmp_path: Path) -> None:
-    """10 then 100 Mbit/s behind a 40 ms relay: at 100 cloud-only wins by about 20 %, found by a train, not by s1.
-
-    (At 50 Mbit/s it wins by 12 % measured but about 6 % predicted: the burst a
-    10 kB split shows is only a lower bound of the bucket's, a borderline case
-    the benchmark reports rather than a test.)
-    """
-    bed = Bed(netns_link, tmp_path, rtt_ms=40)
-    try:
-        steps = [bed.step(rate, 3.0, measure=5) for rate in (10.0, 100.0)]
-        rtt = bed.agent.estimator.snapshot().rtt_ms
-    finally:
-        bed.close()
-    assert rtt is not None and 40 <= rtt < 55, rtt  # the relay's 40 ms, never less
-    for figures in steps:
-        report = figures.as_dict()
-        assert figures.estimate_mbit == pytest.approx(figures.rate_mbit, rel=0.15), report  # the RTT cancels out
-        assert figures.predicted_ms == pytest.approx(figures.chosen_p50_ms, rel=0.15), report
-        assert figures.measured_p50_ms[figures.chosen] <= 1.1 * figures.measured_p50_ms[figures.best] + 2, report
-        assert figures.switch_s is not None and figures.switch_s <= 2.0, report
