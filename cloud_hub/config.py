@@ -75,5 +75,6 @@ class HubConfig(StrictModel):
     @field_validator("reply_codec")
     @classmethod
     def _codec(cls, value: str) -> str:
-        CodecSpec.parse(value)
+        if CodecSpec.parse(value).static:
+            raise ValueError(f"{value!r}: replies have no calibrated scales; use int8 (per-message scales) instead")
         return value

@@ -244,6 +244,7 @@ class EdgeAgent:
             Kind.ACTIVATION,
             tensors,
             self.codec,
+            split.scales,
             device_id=self.config.device_id,
             plan_id=self.plan.plan_id,
             plan_version=self.plan.version,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tandem.transport.codec import StaticScales
 
 __all__ = ["AgentPlan", "SplitOption", "WireBytes"]
 
@@ -30,6 +33,8 @@ class SplitOption:
     edge_only: bool = False
     result_bytes: int = 0
     edge_outputs: tuple[str, ...] = ()
+    scales: Mapping[str, StaticScales] = field(default_factory=dict, hash=False)
+    """Calibrated scales of the crossing tensors, for an int8-static codec."""
 
     def predicted_ms(
         self,
@@ -172,4 +177,8 @@ def _option(plan_dir: Path, split: object, codec: str) -> SplitOption:
         codec_ms=figures.encode_ms + figures.decode_ms,
         result_bytes=split.result_bytes,
         edge_outputs=tuple(split.edge_outputs),
+        scales={
+            name: StaticScales(tuple(s.scale), tuple(s.zero_point), s.axis)
+            for name, s in (figures.scales or {}).items()
+        },
     )

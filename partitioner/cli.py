@@ -293,7 +293,7 @@ def format_plan(plan: Any) -> str:
         lines.append(f"  data: {data.source}, {data.samples} sample(s){': ' + data.note if data.note else ''}")
     lines += ["", "choice per bandwidth:"]
     lines.append(
-        f"  {'Mbit/s':>8}  {'split':<11} {'codec':<10} {'bytes':>9} {'latency ms':>11}   "
+        f"  {'Mbit/s':>8}  {'split':<11} {'codec':<18} {'bytes':>9} {'latency ms':>11}   "
         f"{'edge-only ms':>12} {'cloud-only ms':>13} {'(codec)':<10}"
     )
     for choice in plan.choices:
@@ -301,7 +301,7 @@ def format_plan(plan: Any) -> str:
         slo = "" if choice.meets_slo is None else ("  meets SLO" if choice.meets_slo else "  MISSES SLO")
         tie = "≈" if choice.tie_with else " "
         lines.append(
-            f"  {choice.bandwidth_mbps:>8g}{tie} {choice.split:<11} {choice.codec:<10} {_bytes(choice.wire_bytes):>9} "
+            f"  {choice.bandwidth_mbps:>8g}{tie} {choice.split:<11} {choice.codec:<18} {_bytes(choice.wire_bytes):>9} "
             f"{choice.latency_ms:>11.2f}   {choice.edge_only_ms:>12.2f} {cloud_ms:>13} "
             f"{'(' + (choice.cloud_only_codec or '-') + ')':<10}{slo}"
         )
@@ -331,7 +331,7 @@ def _codec_row(result: Any) -> str:
     if result.accuracy is not None:
         fallbacks = f"  labelled top-1 {result.accuracy:.3f}" + fallbacks
     return (
-        f"{result.codec:<12} {_bytes(p50):>9} / {_bytes(p95):<9} err {error:<14} "
+        f"{result.codec:<18} {_bytes(p50):>9} / {_bytes(p95):<9} err {error:<14} "
         f"{_fidelity_text(result.fidelity)}{mark}{fallbacks}"
     )
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from tandem.partitioner.graph import ModelGraph
 from tandem.partitioner.search import CutCosts, CutGraph, CutTensor, LinearCosts
-from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor, tensor_codec
+from tandem.transport.codec import CodecSpec, StaticScales, TensorSpec, decode_tensor, encode_tensor, tensor_codec
 
 __all__ = [
     "CodecCosts",
@@ -104,20 +104,24 @@ def measure_codecs(
     progress: bool = True,
     more_samples: Iterable[Mapping[str, np.ndarray]] = (),
     quantile: float = 0.5,
+    scales: Mapping[str, Mapping[str, StaticScales]] | None = None,
 ) -> dict[str, CodecCosts]:
     """Encode and decode every activation with every codec; keep sizes and the fastest times.
 
     ``more_samples``: the same activations on further samples, whose frame sizes are measured too;
-    ``wire_bytes`` is then each tensor's ``quantile`` over all samples.
+    ``wire_bytes`` is then each tensor's ``quantile`` over all samples. ``scales``: the calibrated scales
+    of the ``int8-static`` codecs, by codec text and tensor name.
     """
-    first = _measure_first(activations, codecs, repetitions=repetitions, progress=progress)
+    scales = scales or {}
+    first = _measure_first(activations, codecs, repetitions=repetitions, progress=progress, scales=scales)
     sizes = {codec: {name: [b] for name, b in costs.wire_bytes.items()} for codec, costs in first.items()}
     fallbacks = {codec: dict(costs.fallbacks) for codec, costs in first.items()}
     specs = {codec: CodecSpec.parse(codec) for codec in first}
     for sample in tqdm(more_samples, desc="measuring bytes per sample", unit="sample", disable=not progress):
         for codec, spec in specs.items():
+            static = scales.get(codec, {})
             for name in sizes[codec]:
-                header, _ = encode_tensor(name, sample[name], spec)
+                header, _ = encode_tensor(name, sample[name], spec, static.get(name))
                 sizes[codec][name].append(header.nbytes)
                 reason = _fallback(name, np.asarray(sample[name]), spec, header)
                 if reason is not None:
@@ -137,7 +141,12 @@ def measure_codecs(
 
 
 def _measure_first(
-    activations: Mapping[str, np.ndarray], codecs: Sequence[str], *, repetitions: int, progress: bool
+    activations: Mapping[str, np.ndarray],
+    codecs: Sequence[str],
+    *,
+    repetitions: int,
+    progress: bool,
+    scales: Mapping[str, Mapping[str, StaticScales]],
 ) -> dict[str, CodecCosts]:
     results: dict[str, CodecCosts] = {}
     bar = tqdm(
@@ -145,6 +154,7 @@ def _measure_first(
     )
     for text in codecs:
         spec = CodecSpec.parse(text)
+        static = scales.get(str(spec), {})
         wire: dict[str, int] = {}
         encode_s: dict[str, float] = {}
         decode_s: dict[str, float] = {}
@@ -154,7 +164,7 @@ def _measure_first(
             best_encode = best_decode = float("inf")
             for _ in range(max(1, repetitions)):
                 start = time.perf_counter()
-                header, frame = encode_tensor(name, array, spec)
+                header, frame = encode_tensor(name, array, spec, static.get(name))
                 middle = time.perf_counter()
                 decoded = decode_tensor(header, frame)
                 end = time.perf_counter()
@@ -228,6 +238,7 @@ class CostModel:
         decode_time_scale: float = 1.0,
         downlink_mbps: float | None = None,
         spread: float = 0.0,
+        scales: Mapping[str, Mapping[str, StaticScales]] | None = None,
     ) -> None:
         missing = [n for n in graph.node_names if n not in edge_s or n not in cloud_s]
         if missing:
@@ -246,6 +257,8 @@ class CostModel:
         self.decode_time_scale = decode_time_scale
         self.downlink_mbps = downlink_mbps
         self.spread = spread
+        self.scales = {codec: dict(by_name) for codec, by_name in (scales or {}).items()}
+        """Calibrated scales of the int8-static codecs: codec text -> tensor -> scales."""
         self._crossing: dict[frozenset[str], tuple[str, ...]] = {}
         self._result_bytes: dict[str, int] = {}
         for name in graph.outputs:

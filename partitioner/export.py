@@ -33,11 +33,12 @@ from tandem.partitioner.errors import PartitionError
 from tandem.partitioner.fidelity import score
 from tandem.partitioner.graph import ModelGraph
 from tandem.partitioner.profiling import OrtModel
-from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.transport.codec import CodecSpec, StaticScales, decode_tensor, encode_tensor
 
 __all__ = [
     "FULL_MODEL",
     "CodecCheck",
+    "CodecScales",
     "SplitParts",
     "VerificationError",
     "check_split",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 FULL_MODEL = "model.onnx"
+
+CodecScales = Mapping[str, Mapping[str, StaticScales]]
+"""Calibrated scales of the ``int8-static`` codecs: codec text -> tensor name -> scales."""
 
 
 class VerificationError(PartitionError):
@@ -160,18 +164,27 @@ def relative_error(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]
     return worst
 
 
-def send(tensors: Mapping[str, np.ndarray], names: Sequence[str], codec: str) -> dict[str, np.ndarray]:
-    """The named tensors as the cloud receives them: encoded with ``codec`` and decoded."""
+def send(
+    tensors: Mapping[str, np.ndarray], names: Sequence[str], codec: str, scales: CodecScales | None = None
+) -> dict[str, np.ndarray]:
+    """The named tensors as the cloud receives them: encoded with ``codec`` (``int8-static``: with the
+    tensors' calibrated ``scales[codec]``) and decoded."""
     spec = CodecSpec.parse(codec)
+    static = (scales or {}).get(codec, {})
     received = {}
     for name in names:
-        header, frame = encode_tensor(name, tensors[name], spec)
+        header, frame = encode_tensor(name, tensors[name], spec, static.get(name))
         received[name] = decode_tensor(header, bytes(frame))
     return received
 
 
 def run_split(
-    parts: SplitParts, edge: OrtModel | None, cloud: OrtModel | None, inputs: Mapping[str, np.ndarray], codec: str
+    parts: SplitParts,
+    edge: OrtModel | None,
+    cloud: OrtModel | None,
+    inputs: Mapping[str, np.ndarray],
+    codec: str,
+    scales: CodecScales | None = None,
 ) -> dict[str, np.ndarray]:
     """The graph outputs for ``inputs``: edge part, codec round trip of the crossing tensors, cloud part."""
     available = dict(inputs)
@@ -179,7 +192,7 @@ def run_split(
         available.update(edge.run(available))
     result = {name: available[name] for name in parts.edge_outputs}
     if cloud is not None:
-        result.update(cloud.run(send(available, parts.crossing, codec)))
+        result.update(cloud.run(send(available, parts.crossing, codec, scales)))
     return result
 
 
@@ -191,6 +204,7 @@ def verify_split(
     codecs: Sequence[str],
     raw_tolerance: float,
     threads: int = 1,
+    scales: CodecScales | None = None,
 ) -> dict[str, float]:
     """The relative error of each codec (``raw`` always included) over the samples; raw beyond tolerance raises."""
     edge = OrtModel(out_dir / parts.edge_model, threads=threads) if parts.edge_model else None
@@ -199,7 +213,7 @@ def verify_split(
     for codec in dict.fromkeys(["raw", *codecs]):
         worst = 0.0
         for sample, want in zip(samples, expected, strict=True):
-            worst = max(worst, relative_error(run_split(parts, edge, cloud, sample, codec), want))
+            worst = max(worst, relative_error(run_split(parts, edge, cloud, sample, codec, scales), want))
         errors[codec] = worst
     if errors["raw"] > raw_tolerance:
         raise VerificationError(
@@ -231,6 +245,7 @@ def check_split(
     threads: int = 1,
     output: str | None = None,
     kind: str = "other",
+    scales: CodecScales | None = None,
 ) -> dict[str, CodecCheck]:
     """Every codec (``raw`` included) on every sample: the edge part runs once per sample, the cloud per codec.
 
@@ -249,7 +264,7 @@ def check_split(
         for codec in names:
             result = {name: available[name] for name in parts.edge_outputs}
             if cloud is not None:
-                result.update(cloud.run(send(available, parts.crossing, codec)))
+                result.update(cloud.run(send(available, parts.crossing, codec, scales)))
             error = relative_error(result, want)
             if error > worst[codec][0]:
                 worst[codec] = (error, index)

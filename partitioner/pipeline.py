@@ -30,6 +30,7 @@ from tandem.contracts.plan import (
     ConstraintsInfo,
     DataInfo,
     DeviceInfo,
+    Int8Scales,
     LinkInfo,
     ModelInfo,
     Plan,
@@ -47,6 +48,7 @@ from tandem.partitioner.errors import PartitionError
 from tandem.partitioner.export import (
     FULL_MODEL,
     CodecCheck,
+    CodecScales,
     SplitParts,
     check_split,
     run_split,
@@ -64,7 +66,8 @@ from tandem.partitioner.profiling import (
     spec_times,
 )
 from tandem.partitioner.search import Limits, candidate_splits, choose, choose_with_ties, front
-from tandem.transport.codec import CodecSpec
+from tandem.partitioner.static_scales import calibrate_scales, static_axes
+from tandem.transport.codec import CodecSpec, StaticScales
 
 __all__ = [
     "DeviceTimes",
@@ -377,12 +380,37 @@ def check_codecs(graph: ModelGraph, codecs: Sequence[str], *, source: str = "<co
             )
 
 
+def static_scales(
+    graph: ModelGraph, config: PartitionConfig, *, progress: bool = True
+) -> dict[str, dict[str, StaticScales]]:
+    """Calibrated scales for each ``int8-static`` codec (and its per-channel variant) over the samples.
+
+    Every tensor that may cross a cut is calibrated on up to ``verification.max_samples`` samples, the same
+    ones its bytes and errors are measured on.
+    """
+    codecs = list(config.codecs)
+    if config.verification.per_channel:
+        codecs += [v for v in map(_per_channel, config.codecs) if v is not None]
+    axes = static_axes(codecs)
+    if not axes:
+        return {}
+    count = min(len(graph.samples), config.verification.max_samples)
+    movable = [name for name, t in graph.tensors.items() if t.consumers]
+    samples = tqdm(
+        (sample_activations(graph, i) for i in range(count)),
+        total=count, desc="calibrating int8-static scales", unit="sample", disable=not progress, leave=False,
+    )  # fmt: skip
+    by_axis = calibrate_scales(samples, movable, axes.values())
+    return {codec: by_axis[axis] for codec, axis in axes.items()}
+
+
 def build_cost_model(
     graph: ModelGraph, config: PartitionConfig, edge: DeviceTimes, cloud: DeviceTimes, *, progress: bool = True
 ) -> CostModel:
     """Measure every codec on the samples' activations (bytes on each, times on the first); add node times."""
     count = min(len(graph.samples), config.verification.max_samples)
     movable = _movable(graph)
+    scales = static_scales(graph, config, progress=progress)
     more = (sample_activations(graph, i) for i in range(1, count))  # measure_codecs reads the movable ones
     try:
         codecs = measure_codecs(
@@ -392,6 +420,7 @@ def build_cost_model(
             progress=progress,
             more_samples=more,
             quantile=config.search.bytes_quantile,
+            scales=scales,
         )
     except ValueError as exc:  # tandem.transport.codec refuses a tensor; name the config key
         raise PartitionError(f"codecs {config.codecs}: cannot encode the activations of {graph.name!r}: {exc}") from exc
@@ -404,6 +433,7 @@ def build_cost_model(
         decode_time_scale=config.cloud.decode_time_scale,
         downlink_mbps=config.link.downlink_mbps,
         spread=max(edge.info.spread or 0.0, cloud.info.spread or 0.0),
+        scales=scales,
     )
 
 
@@ -590,6 +620,7 @@ def _top1(
     labels: np.ndarray,
     codecs: Sequence[str],
     threads: int,
+    scales: CodecScales,
 ) -> dict[str, float]:
     """Top-1 accuracy per codec of the graph output ``output`` (the edge merges both sides' outputs first).
 
@@ -602,7 +633,7 @@ def _top1(
     for codec in codecs:
         hits = 0
         for sample, label in zip(samples, labels, strict=True):
-            scores_out = run_split(parts, edge, cloud, sample, codec)[output]
+            scores_out = run_split(parts, edge, cloud, sample, codec, scales)[output]
             hits += int(np.argmax(scores_out.reshape(-1)) == int(label))
         scores[codec] = hits / len(samples)
     return scores
@@ -616,6 +647,7 @@ def _verify(
     samples: Sequence[Mapping[str, np.ndarray]],
     expected: Sequence[Mapping[str, np.ndarray]],
     codecs: Sequence[str] | None = None,
+    scales: CodecScales | None = None,
 ) -> tuple[dict[str, CodecCheck], dict[str, bool], dict[str, str]]:
     """Every codec on every sample: the worst error against its tolerance, fidelity against min_fidelity."""
     codecs = list(config.codecs if codecs is None else codecs)
@@ -623,7 +655,7 @@ def _verify(
     kind = output_kind(output, graph.tensors[output].shape, config.fidelity.kinds)
     checks = check_split(
         item, out_dir, samples, expected, codecs, config.verification.raw,
-        threads=config.profiling.threads, output=output, kind=kind,
+        threads=config.profiling.threads, output=output, kind=kind, scales=scales,
     )  # fmt: skip
     verified, rejected = {}, {}
     minimum = config.fidelity.min_fidelity
@@ -643,7 +675,7 @@ def _per_channel(codec: str) -> str | None:
     spec = CodecSpec.parse(codec)
     if spec.quantiser != "int8" or spec.axis is not None:
         return None
-    return str(CodecSpec("int8", spec.compression, axis=1))
+    return str(CodecSpec("int8", spec.compression, axis=1, static=spec.static))
 
 
 def _ensure_codec(graph: ModelGraph, config: PartitionConfig, costs: CostModel, codec: str) -> None:
@@ -654,7 +686,7 @@ def _ensure_codec(graph: ModelGraph, config: PartitionConfig, costs: CostModel, 
     more = (sample_activations(graph, i) for i in range(1, count))
     measured = measure_codecs(
         _movable(graph), [codec], repetitions=config.profiling.codec_repetitions, progress=False,
-        more_samples=more, quantile=config.search.bytes_quantile,
+        more_samples=more, quantile=config.search.bytes_quantile, scales=costs.scales,
     )  # fmt: skip
     costs.codecs[codec] = measured[codec]
 
@@ -676,7 +708,7 @@ def _try_per_channel(
         if variant is None or verified[codec] or variant in verified or not rejected[codec].startswith("error"):
             continue
         _ensure_codec(graph, config, costs, variant)
-        more = _verify(parts, graph, out_dir, config, samples, expected, [variant])
+        more = _verify(parts, graph, out_dir, config, samples, expected, [variant], costs.scales)
         checks[variant], verified[variant] = more[0][variant], more[1][variant]
         if variant in more[2]:
             rejected[variant] = more[2][variant]
@@ -712,7 +744,7 @@ def export_splits(
     ):
         split_id = ids[split]
         parts = write_split(graph, split_id, split, out_dir, extractor)
-        checks, verified, rejected = _verify(parts, graph, out_dir, config, samples, expected)
+        checks, verified, rejected = _verify(parts, graph, out_dir, config, samples, expected, scales=costs.scales)
         if config.verification.per_channel:
             _try_per_channel(parts, graph, costs, out_dir, config, samples, expected, (checks, verified, rejected))
         errors = {codec: check.max_error for codec, check in checks.items()}
@@ -720,7 +752,7 @@ def export_splits(
         if labelled is not None:
             accuracy = _top1(
                 parts, out_dir, graph.outputs[0], labelled[0], labelled[1], ["raw", *config.codecs],
-                config.profiling.threads,
+                config.profiling.threads, costs.scales,
             )  # fmt: skip
             for codec in config.codecs:
                 if accuracy[codec] < accuracy["raw"] - config.accuracy.max_drop and verified[codec]:
@@ -798,6 +830,19 @@ def _tensor(graph: ModelGraph, name: str) -> TensorDesc:
     return TensorDesc(name=name, dtype=tensor.dtype, shape=list(tensor.shape), declared=declared if open_dims else None)
 
 
+def _recorded_scales(
+    scales: Mapping[str, StaticScales] | None, crossing: Sequence[str]
+) -> dict[str, Int8Scales] | None:
+    """The calibrated scales of the crossing tensors, as plan.yaml records them (None: not a static codec)."""
+    if scales is None:
+        return None
+    return {
+        name: Int8Scales(scale=list(found.scale), zero_point=list(found.zero_point), axis=found.axis)
+        for name in crossing
+        if (found := scales.get(name)) is not None
+    }
+
+
 def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) -> SplitPlan:
     graph, split, parts = costs.graph, item.parts.edge_nodes, item.parts
     kind = "cloud-only" if not split else "edge-only" if split == graph.all_nodes else "split"
@@ -826,6 +871,7 @@ def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) 
                 fidelity=None if check is None else check.fidelity,
                 fallbacks=costs.fallbacks(split, codec),
                 rejected=item.rejected.get(codec),
+                scales=_recorded_scales(costs.scales.get(codec), parts.crossing),
             )
         )
     predicted = [

@@ -5,7 +5,13 @@ A codec is a quantiser followed by an optional lossless compressor:
 - ``raw``: the array's own bytes, any supported dtype, no copy.
 - ``fp16``: floating tensors sent as IEEE half (values clipped to +-65504).
 - ``int8``: affine quantisation ``q = round(x / scale) + zero_point``, with one
-  scale per tensor (``int8``) or one per channel along an axis (``int8@1``).
+  scale per tensor (``int8``) or one per channel along an axis (``int8@1``),
+  taken from each message's own range.
+- ``int8-static``: the same quantisation with scales calibrated once on a
+  calibration set (:class:`StaticScales`, recorded in plan.yaml per crossing
+  tensor); values outside the calibrated range saturate. The wire format is
+  int8's: the header carries the scales as for any int8 tensor, so a receiver
+  cannot tell the two apart and needs no plan to decode.
 
 Then ``+lz4`` or ``+zstd`` compresses the quantised bytes. A codec is written
 as text in configs and benchmarks: ``raw``, ``fp16+lz4``, ``int8@1+zstd``.
@@ -37,6 +43,7 @@ __all__ = [
     "DTYPES",
     "QUANTISERS",
     "CodecSpec",
+    "StaticScales",
     "TensorSpec",
     "decode_tensor",
     "dtype_name",
@@ -50,6 +57,7 @@ DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float3
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 _FP16_MAX = float(np.finfo(np.float16).max)
 _FP32_TINY = float(np.finfo(np.float32).tiny)
+_STATIC = "-static"
 _ZSTD_LEVEL = 1  # on int8 activations as small as level 3 (within 1 %) and 1.5x faster to encode
 _local = threading.local()
 
@@ -61,6 +69,8 @@ class CodecSpec:
     quantiser: str = "raw"
     compression: str = "none"
     axis: int | None = None
+    static: bool = False
+    """int8 with calibrated scales (``int8-static``) rather than each message's own range."""
 
     def __post_init__(self) -> None:
         if self.quantiser not in QUANTISERS:
@@ -69,23 +79,57 @@ class CodecSpec:
             raise ValueError(f"unknown compression {self.compression!r}: expected one of {', '.join(COMPRESSIONS)}")
         if self.axis is not None and self.quantiser != "int8":
             raise ValueError(f"a channel axis only applies to int8, not {self.quantiser!r}")
+        if self.static and self.quantiser != "int8":
+            raise ValueError(f"calibrated (static) scales only apply to int8, not {self.quantiser!r}")
 
     @classmethod
     def parse(cls, text: str) -> CodecSpec:
-        """Read ``raw``, ``fp16+lz4``, ``int8@1+zstd`` and the like."""
+        """Read ``raw``, ``fp16+lz4``, ``int8@1+zstd``, ``int8-static@1+zstd`` and the like."""
         quant, _, compression = text.strip().partition("+")
         name, _, axis_text = quant.partition("@")
+        static = name.endswith(_STATIC)
+        name = name.removesuffix(_STATIC) if static else name
         axis: int | None = None
         if axis_text:
             try:
                 axis = int(axis_text)
             except ValueError:
                 raise ValueError(f"codec {text!r}: channel axis {axis_text!r} is not an integer") from None
-        return cls(quantiser=name, compression=compression or "none", axis=axis)
+        return cls(quantiser=name, compression=compression or "none", axis=axis, static=static)
 
     def __str__(self) -> str:
-        text = self.quantiser if self.axis is None else f"{self.quantiser}@{self.axis}"
+        name = self.quantiser + _STATIC if self.static else self.quantiser
+        text = name if self.axis is None else f"{name}@{self.axis}"
         return text if self.compression == "none" else f"{text}+{self.compression}"
+
+
+@dataclass(frozen=True)
+class StaticScales:
+    """Calibrated int8 scales and zero points of one tensor: one pair, or one per channel along ``axis``."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.scale or len(self.scale) != len(self.zero_point):
+            raise ValueError(f"{len(self.scale)} scales for {len(self.zero_point)} zero points")
+        if not all(math.isfinite(s) and s > 0 for s in self.scale):
+            raise ValueError("every scale must be finite and positive")
+        if not all(-128 <= z <= 127 for z in self.zero_point):
+            raise ValueError("zero points must lie in [-128, 127]")
+
+    @classmethod
+    def from_range(cls, low: np.ndarray, high: np.ndarray, axis: int | None = None) -> StaticScales:
+        """The scales that map ``[min(low, 0), max(high, 0)]`` (per channel: arrays) onto [-128, 127]."""
+        scale, zero = _affine(np.minimum(np.asarray(low, np.float32), 0), np.maximum(np.asarray(high, np.float32), 0))
+        return cls(tuple(float(v) for v in scale.reshape(-1)), tuple(int(v) for v in zero.reshape(-1)), axis)
+
+    def channels_fit(self, shape: tuple[int, ...]) -> bool:
+        """Whether these scales fit a tensor of ``shape`` (the axis exists and holds one entry per scale)."""
+        if self.axis is None:
+            return len(self.scale) == 1
+        return -len(shape) <= self.axis < len(shape) and shape[self.axis] == len(self.scale)
 
 
 @dataclass(frozen=True)
@@ -235,8 +279,14 @@ def tensor_codec(
     return "int8", spec.axis, None
 
 
-def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[TensorSpec, memoryview | bytes]:
-    """Quantise and compress ``array``; return its header entry and its frame (see :func:`tensor_codec`)."""
+def encode_tensor(
+    name: str, array: np.ndarray, spec: CodecSpec, static: StaticScales | None = None
+) -> tuple[TensorSpec, memoryview | bytes]:
+    """Quantise and compress ``array``; return its header entry and its frame (see :func:`tensor_codec`).
+
+    ``static``: the tensor's calibrated scales, required where ``spec`` is ``int8-static`` and the tensor
+    is quantised (a ValueError names the tensor otherwise).
+    """
     array = np.asarray(array)
     dtype = dtype_name(array.dtype)
     if dtype not in DTYPES:
@@ -249,6 +299,8 @@ def encode_tensor(name: str, array: np.ndarray, spec: CodecSpec) -> tuple[Tensor
         wire = array.astype(array.dtype.newbyteorder("<"), copy=False)
     elif quantiser == "fp16":
         wire = to_float16(_within_fp16(array))
+    elif spec.static:
+        wire, scale, zero_point, axis = _quantise_static(name, array, static)
     else:
         wire, scale, zero_point = _quantise_int8(name, array, axis)
     raw = _as_bytes(wire)
@@ -319,18 +371,51 @@ def _quantise_int8(
     else:
         keep = [1] * x.ndim if axis is None else [1 if i != axis % x.ndim else x.shape[i] for i in range(x.ndim)]
         lo = hi = np.zeros(keep, np.float32)
+    scale, zero = _affine(lo, hi)
+    return (
+        _quantise(x, scale, zero),
+        tuple(float(s) for s in scale.reshape(-1)),
+        tuple(int(z) for z in zero.reshape(-1)),
+    )
+
+
+def _affine(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point mapping ``[lo, hi]`` (lo <= 0 <= hi) onto [-128, 127]."""
     scale = np.asarray((hi.astype(np.float64) - lo) / 255.0, np.float32)
     scale = np.where(scale == 0, np.float32(1.0), scale)
     # a subnormal scale (subnormal values, ~1e-41) has too few bits to quantise with; the smallest normal one does
     scale = np.maximum(scale, np.float32(_FP32_TINY))
     zero = np.clip(np.round(-128.0 - lo / scale), -128, 127)
-    # round(x / scale) + zero, clipped: in place in one temporary (each step is a pass at memory speed).
+    return scale, zero
+
+
+def _quantise(x: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """``clip(round(x / scale) + zero, -128, 127)`` as int8, in place in one temporary (each step a pass at
+    memory speed)."""
     t = np.asarray(np.divide(x, scale))  # np.asarray: a 0-d tensor divides to a NumPy scalar, which out= refuses
     np.rint(t, out=t)
     np.add(t, zero, out=t)
     np.clip(t, -128, 127, out=t)
-    q = t.astype(np.int8)
-    return q, tuple(float(s) for s in scale.reshape(-1)), tuple(int(z) for z in zero.reshape(-1))
+    return t.astype(np.int8)
+
+
+def _quantise_static(
+    name: str, array: np.ndarray, static: StaticScales | None
+) -> tuple[np.ndarray, tuple[float, ...], tuple[int, ...], int | None]:
+    if static is None:
+        raise ValueError(f"tensor {name!r}: int8-static needs the tensor's calibrated scales, and none were given")
+    x = array.astype(np.float32, copy=False)
+    if not static.channels_fit(x.shape):
+        raise ValueError(
+            f"tensor {name!r}: calibrated scales ({len(static.scale)} along axis {static.axis}) do not fit its "
+            f"shape {list(x.shape)}"
+        )
+    shape = [1] * x.ndim
+    if static.axis is not None:
+        shape[static.axis] = len(static.scale)
+    scale = np.asarray(static.scale, np.float32).reshape(shape)
+    zero = np.asarray(static.zero_point, np.float32).reshape(shape)
+    return _quantise(x, scale, zero), static.scale, static.zero_point, static.axis
 
 
 def _dequantise_int8(spec: TensorSpec, wire: np.ndarray) -> np.ndarray:

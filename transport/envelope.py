@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from tandem.throttled_log import clip
-from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor
+from tandem.transport.codec import CodecSpec, StaticScales, TensorSpec, decode_tensor, encode_tensor
 from tandem.transport.errors import (
     MalformedHeader,
     MessageTooLarge,
@@ -111,18 +111,28 @@ class Envelope:
         kind: Kind,
         arrays: Mapping[str, np.ndarray],
         codec: CodecSpec | None = None,
+        static: Mapping[str, StaticScales] | None = None,
         **fields: Any,
     ) -> Envelope:
-        """An envelope carrying ``arrays`` encoded with ``codec`` (raw by default)."""
+        """An envelope carrying ``arrays`` encoded with ``codec`` (raw by default; see :meth:`add_arrays`)."""
         envelope = cls(kind=kind, **fields)
-        envelope.add_arrays(arrays, codec)
+        envelope.add_arrays(arrays, codec, static)
         return envelope
 
-    def add_arrays(self, arrays: Mapping[str, np.ndarray], codec: CodecSpec | None = None) -> None:
-        """Encode ``arrays`` with ``codec`` and append them to this envelope."""
+    def add_arrays(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        codec: CodecSpec | None = None,
+        static: Mapping[str, StaticScales] | None = None,
+    ) -> None:
+        """Encode ``arrays`` with ``codec`` and append them to this envelope.
+
+        ``static``: calibrated scales by tensor name, for an ``int8-static`` codec.
+        """
         spec = codec or CodecSpec()
+        static = static or {}
         for name, array in arrays.items():
-            header, frame = encode_tensor(name, array, spec)
+            header, frame = encode_tensor(name, array, spec, static.get(name))
             self.tensors.append(header)
             self.frames.append(frame)
 

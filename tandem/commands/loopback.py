@@ -45,7 +45,8 @@ class LoopbackConfig(StrictModel):
     @classmethod
     def _known_codecs(cls, value: list[str]) -> list[str]:
         for text in value:
-            CodecSpec.parse(text)
+            if CodecSpec.parse(text).static:
+                raise ValueError(f"{text!r}: loopback has no calibration set for static scales; use int8")
         return value
 
 

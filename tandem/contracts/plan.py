@@ -43,6 +43,7 @@ __all__ = [
     "DataInfo",
     "DeviceInfo",
     "Fidelity",
+    "Int8Scales",
     "LinkInfo",
     "ModelInfo",
     "Plan",
@@ -210,6 +211,17 @@ class Fidelity(PlanModel):
     """99th percentile of the same (other)."""
 
 
+class Int8Scales(PlanModel):
+    """Calibrated int8 scales of one crossing tensor (``int8-static`` codecs): ``q = round(x / scale) + zero_point``."""
+
+    scale: list[float]
+    """One scale, or one per channel along ``axis``."""
+    zero_point: list[int]
+    """Zero points, as many as scales, in [-128, 127]."""
+    axis: int | None = None
+    """Channel axis; null for one scale per tensor."""
+
+
 class CodecResult(PlanModel):
     """One codec on one split: bytes, codec times and the verified error."""
 
@@ -243,6 +255,8 @@ class CodecResult(PlanModel):
     """Crossing tensors this codec sends otherwise (raw, per-tensor int8) and why."""
     rejected: str | None = None
     """Why the codec is not verified, when it is not."""
+    scales: dict[str, Int8Scales] | None = None
+    """int8-static codecs: each crossing tensor's calibrated scales (the edge quantises with these)."""
 
 
 class Prediction(PlanModel):
@@ -299,9 +313,7 @@ class SplitPlan(PlanModel):
                 return result
         raise KeyError(f"split {self.id!r} has no figures for codec {codec!r}")
 
-    def predict_ms(
-        self, codec: str, bandwidth_mbps: float, rtt_ms: float, downlink_mbps: float | None = None
-    ) -> float:
+    def predict_ms(self, codec: str, bandwidth_mbps: float, rtt_ms: float, downlink_mbps: float | None = None) -> float:
         """Predicted latency on any link, from the plan's cost terms (results on ``downlink_mbps`` if given)."""
         if self.kind == "edge-only":
             return self.edge_ms
