@@ -245,6 +245,7 @@ class EdgeAgent:
             tensors,
             self.codec,
             split.scales,
+            split.prequantised,
             device_id=self.config.device_id,
             plan_id=self.plan.plan_id,
             plan_version=self.plan.version,

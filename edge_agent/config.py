@@ -106,6 +106,11 @@ class EdgeConfig(StrictModel):
     device_id: str = Field(default_factory=socket.gethostname)
     plan: Path = Field(..., description="plan directory written by `tandem partition` (or synced by the hub)")
     codec: str = "fp16+lz4"
+    codec_in_graph: bool = Field(
+        True,
+        description="where the plan verified the codec inside the parts (fp16, int8-static at a cut), run the edge "
+        "part that ends in the cast / QuantizeLinear and send its output as is",
+    )
     channel: ChannelConfig = Field(default_factory=lambda: ZmqConfig(address="tcp://127.0.0.1:5555"))
     executor: str = Field("auto", description="auto (TensorRT when available, else onnxruntime), onnxruntime, tensorrt")
     executor_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets it decide")

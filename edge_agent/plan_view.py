@@ -35,6 +35,8 @@ class SplitOption:
     edge_outputs: tuple[str, ...] = ()
     scales: Mapping[str, StaticScales] = field(default_factory=dict, hash=False)
     """Calibrated scales of the crossing tensors, for an int8-static codec."""
+    prequantised: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Crossing tensors the edge part itself quantises (the codec in the graph), with the dtype they decode to."""
 
     def predicted_ms(
         self,
@@ -118,11 +120,13 @@ class AgentPlan:
         raise KeyError(f"plan {self.plan_id!r} has no split {split_id!r}")
 
 
-def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
+def load_agent_plan(plan_dir: Path, codec: str, *, in_graph: bool = True) -> AgentPlan:
     """The agent's view of the plan in ``plan_dir`` for ``codec`` (artifacts verified).
 
     Splits on which ``codec`` was not verified against the full model are
     left out, so the agent never sends what the plan could not vouch for.
+    ``in_graph``: where the plan verified the codec inside the parts, the
+    split runs that edge part (its crossing outputs already quantised).
     """
     import logging
 
@@ -139,7 +143,7 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
                     "split %s: codec %s not verified (verified: %s); not used", split.id, codec, verified_here
                 )
                 continue
-        options.append(_option(plan_dir, split, codec))
+        options.append(_option(plan_dir, split, codec, in_graph))
     if not any(not option.edge_only for option in options) and any(s.kind != "edge-only" for s in plan.splits):
         verified = sorted({c.codec for s in plan.splits for c in s.codecs if c.verified})
         raise PlanError(
@@ -159,7 +163,7 @@ def load_agent_plan(plan_dir: Path, codec: str) -> AgentPlan:
     )
 
 
-def _option(plan_dir: Path, split: object, codec: str) -> SplitOption:
+def _option(plan_dir: Path, split: object, codec: str, in_graph: bool) -> SplitOption:
     from tandem.contracts.plan import SplitPlan
 
     if not isinstance(split, SplitPlan):
@@ -167,9 +171,15 @@ def _option(plan_dir: Path, split: object, codec: str) -> SplitOption:
     if split.kind == "edge-only":
         return SplitOption(split.id, None, (), split.edge_ms, 0.0, 0, edge_only=True)
     figures = split.codec(codec)
+    scales = figures.scales or {}
+    edge_model, prequantised = split.edge_model, {}
+    if in_graph and figures.in_graph is not None and figures.in_graph.verified:
+        edge_model, scales = figures.in_graph.edge_model, figures.in_graph.scales or {}
+        dtypes = {t.name: t.dtype for t in split.crossing}
+        prequantised = {name: dtypes[name] for name in figures.in_graph.tensors}
     return SplitOption(
         split_id=split.id,
-        edge_path=plan_dir / split.edge_model if split.edge_model else None,
+        edge_path=plan_dir / edge_model if edge_model else None,
         crossing=tuple(t.name for t in split.crossing),
         edge_ms=split.edge_ms,
         cloud_ms=split.cloud_ms,
@@ -177,8 +187,6 @@ def _option(plan_dir: Path, split: object, codec: str) -> SplitOption:
         codec_ms=figures.encode_ms + figures.decode_ms,
         result_bytes=split.result_bytes,
         edge_outputs=tuple(split.edge_outputs),
-        scales={
-            name: StaticScales(tuple(s.scale), tuple(s.zero_point), s.axis)
-            for name, s in (figures.scales or {}).items()
-        },
+        scales={name: StaticScales(tuple(s.scale), tuple(s.zero_point), s.axis) for name, s in scales.items()},
+        prequantised=prequantised,
     )

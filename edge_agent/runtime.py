@@ -152,9 +152,11 @@ def initial_plan(config: EdgeConfig) -> tuple[AgentPlan, str]:
         current = PlanReleases(config.sync.plans_dir).current()
         if current is not None:
             manifest, folder = current
-            plan = dataclasses.replace(load_agent_plan(folder, config.codec), version=manifest.version)
+            plan = dataclasses.replace(
+                load_agent_plan(folder, config.codec, in_graph=config.codec_in_graph), version=manifest.version
+            )
             return plan, f"synced release {manifest.plan_id} v{manifest.version} in {folder}"
-    return load_agent_plan(config.plan, config.codec), f"plan: {config.plan}"
+    return load_agent_plan(config.plan, config.codec, in_graph=config.codec_in_graph), f"plan: {config.plan}"
 
 
 def start_sync(config: EdgeConfig, agent: EdgeAgent) -> Any:
@@ -177,7 +179,9 @@ def start_sync(config: EdgeConfig, agent: EdgeAgent) -> Any:
     recorder = InferenceRecorder(outbox, config.sync.sampling, device_id=config.device_id, plan_in_use=plan_in_use)
     agent.on_result = recorder
     install = make_installer(
-        lambda folder, manifest: dataclasses.replace(load_agent_plan(folder, config.codec), version=manifest.version),
+        lambda folder, manifest: dataclasses.replace(
+            load_agent_plan(folder, config.codec, in_graph=config.codec_in_graph), version=manifest.version
+        ),
         agent.swap_plan,
         full_model_self_check(lambda: recorder.last_feeds, executor=config.executor),
     )

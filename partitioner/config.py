@@ -168,6 +168,11 @@ class Verification(StrictModel):
     per_channel: bool = Field(
         True, description="where per-tensor int8 misses its tolerance at a split, offer int8@1 there if it passes"
     )
+    in_graph: bool = Field(
+        True,
+        description="for fp16 and int8-static codecs, also export and verify each split's parts with the cast or "
+        "Q/DQ inside the graphs (partitioner/in_graph.py)",
+    )
 
     def tolerance(self, codec: str) -> float:
         """The tolerance for a codec's quantiser."""

@@ -30,6 +30,7 @@ from tandem.contracts.plan import (
     ConstraintsInfo,
     DataInfo,
     DeviceInfo,
+    InGraph,
     Int8Scales,
     LinkInfo,
     ModelInfo,
@@ -57,6 +58,7 @@ from tandem.partitioner.export import (
 )
 from tandem.partitioner.fidelity import output_kind
 from tandem.partitioner.graph import ModelGraph, analyse, sample_activations
+from tandem.partitioner.in_graph import InGraphParts, check_in_graph, in_graph_key, write_in_graph
 from tandem.partitioner.profiling import (
     DeviceProfile,
     OrtModel,
@@ -594,6 +596,7 @@ class ExportedSplit:
     reasons: list[str] = field(default_factory=list)
     checks: dict[str, CodecCheck] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    in_graph: dict[str, InGraph] = field(default_factory=dict)
 
 
 def _split_ids(costs: CostModel, splits: Sequence[frozenset[str]]) -> dict[frozenset[str], str]:
@@ -716,6 +719,74 @@ def _try_per_channel(
             rejected[codec] += f"; {variant} (one scale per channel) passes and is offered instead"
 
 
+def _export_in_graph(
+    parts: SplitParts,
+    graph: ModelGraph,
+    costs: CostModel,
+    out_dir: Path,
+    config: PartitionConfig,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    expected: Sequence[Mapping[str, np.ndarray]],
+    verified: Mapping[str, bool],
+    say: Say,
+) -> dict[str, InGraph]:
+    """Each verified fp16 / int8-static codec at a cut, exported with the codec inside the parts and verified."""
+    if parts.edge_model in (None, FULL_MODEL) or parts.cloud_model in (None, FULL_MODEL):
+        return {}
+    assert parts.edge_model is not None and parts.cloud_model is not None
+    candidates = [
+        name
+        for name in parts.crossing
+        if name in parts.edge_model_outputs
+        and name not in parts.edge_outputs
+        and graph.tensors[name].dtype == "float32"
+    ]
+    output = graph.outputs[0]
+    kind = output_kind(output, graph.tensors[output].shape, config.fidelity.kinds)
+    by_key: dict[str, InGraph | None] = {}
+    found = {}
+    for codec, ok in verified.items():
+        key = in_graph_key(codec)
+        if key is None or not ok:
+            continue
+        if key not in by_key:
+            pair = write_in_graph(
+                out_dir, parts.split_id, parts.edge_model, parts.cloud_model, candidates, codec,
+                costs.scales.get(codec, {}),
+            )  # fmt: skip
+            if isinstance(pair, str):
+                say(f"split {parts.split_id}: no in-graph {key}: {pair}")
+                by_key[key] = None
+                continue
+            check = check_in_graph(
+                parts, pair, out_dir, samples, expected, threads=config.profiling.threads, output=output, kind=kind
+            )
+            by_key[key] = _in_graph_record(pair, check, config, codec)
+        if (record := by_key[key]) is not None:
+            found[codec] = record
+    return found
+
+
+def _in_graph_record(pair: InGraphParts, check: CodecCheck, config: PartitionConfig, codec: str) -> InGraph:
+    tolerance, minimum = config.verification.tolerance(codec), config.fidelity.min_fidelity
+    rejected = None
+    if check.max_error > tolerance:
+        rejected = f"error {check.max_error:.3g} on sample {check.worst_sample} > tolerance {tolerance:g}"
+    elif minimum is not None and check.fidelity is not None and check.fidelity.value < minimum:
+        rejected = f"fidelity {check.fidelity.value:.4g} < min_fidelity {minimum:g}"
+    return InGraph(
+        edge_model=pair.edge_model,
+        cloud_model=pair.cloud_model,
+        tensors=list(pair.tensors),
+        scales=_recorded_scales(pair.scales, pair.tensors) if pair.scales else None,
+        max_error=check.max_error,
+        worst_sample=check.worst_sample,
+        fidelity=check.fidelity,
+        verified=rejected is None,
+        rejected=rejected,
+    )
+
+
 def export_splits(
     graph: ModelGraph,
     costs: CostModel,
@@ -758,8 +829,11 @@ def export_splits(
                 if accuracy[codec] < accuracy["raw"] - config.accuracy.max_drop and verified[codec]:
                     verified[codec] = False
                     rejected[codec] = f"top-1 {accuracy[codec]:.3f} is more than {config.accuracy.max_drop} below raw"
+        in_graph = {}
+        if config.verification.in_graph:
+            in_graph = _export_in_graph(parts, graph, costs, out_dir, config, samples, expected, verified, say)
         exported[split] = ExportedSplit(
-            split_id, parts, errors, verified, accuracy, outcome.kept[split], checks, rejected
+            split_id, parts, errors, verified, accuracy, outcome.kept[split], checks, rejected, in_graph
         )
         passed = [c for c, ok in verified.items() if ok]
         say(
@@ -872,6 +946,7 @@ def _split_plan(costs: CostModel, item: ExportedSplit, config: PartitionConfig) 
                 fallbacks=costs.fallbacks(split, codec),
                 rejected=item.rejected.get(codec),
                 scales=_recorded_scales(costs.scales.get(codec), parts.crossing),
+                in_graph=item.in_graph.get(codec),
             )
         )
     predicted = [
@@ -1100,6 +1175,7 @@ def _profile_to_plan(
     relative = [FULL_MODEL]
     for item in sorted(exported.values(), key=lambda item: item.split_id):
         relative += [p for p in (item.parts.edge_model, item.parts.cloud_model) if p and p != FULL_MODEL]
+        relative += [p for pair in item.in_graph.values() for p in (pair.edge_model, pair.cloud_model)]
     draft = build_plan(source, costs, edge, cloud, outcome, exported, choices, config, [], version=version)
     plot_plan(draft, out / PLOT_FILE)
     relative.append(PLOT_FILE)

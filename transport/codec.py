@@ -280,13 +280,21 @@ def tensor_codec(
 
 
 def encode_tensor(
-    name: str, array: np.ndarray, spec: CodecSpec, static: StaticScales | None = None
+    name: str,
+    array: np.ndarray,
+    spec: CodecSpec,
+    static: StaticScales | None = None,
+    *,
+    prequantised: str | None = None,
 ) -> tuple[TensorSpec, memoryview | bytes]:
     """Quantise and compress ``array``; return its header entry and its frame (see :func:`tensor_codec`).
 
     ``static``: the tensor's calibrated scales, required where ``spec`` is ``int8-static`` and the tensor
-    is quantised (a ValueError names the tensor otherwise).
+    is quantised (a ValueError names the tensor otherwise). ``prequantised``: ``array`` is already on the
+    wire, quantised inside a model (float16, or int8 with ``static``), and decodes to this dtype.
     """
+    if prequantised is not None:
+        return _encode_prequantised(name, np.asarray(array), spec, static, prequantised)
     array = np.asarray(array)
     dtype = dtype_name(array.dtype)
     if dtype not in DTYPES:
@@ -310,6 +318,40 @@ def encode_tensor(
         dtype=dtype,
         shape=array.shape,
         codec=quantiser,
+        compression=spec.compression,
+        nbytes=len(frame),
+        raw_nbytes=len(raw),
+        scale=scale,
+        zero_point=zero_point,
+        axis=axis,
+    )
+    return header, frame
+
+
+def _encode_prequantised(
+    name: str, wire: np.ndarray, spec: CodecSpec, static: StaticScales | None, dtype: str
+) -> tuple[TensorSpec, memoryview | bytes]:
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"tensor {name!r}: a quantised tensor decodes to a floating dtype, not {dtype!r}")
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis: int | None = None
+    if wire.dtype == np.float16:
+        codec = "fp16"
+    elif wire.dtype == np.int8 and static is not None and static.channels_fit(wire.shape):
+        codec, scale, zero_point, axis = "int8", static.scale, static.zero_point, static.axis
+    else:
+        raise ValueError(
+            f"tensor {name!r}: a model-quantised tensor must be float16, or int8 with scales that fit its shape "
+            f"{list(wire.shape)}; got {wire.dtype} with {'no' if static is None else len(static.scale)} scale(s)"
+        )
+    raw = _as_bytes(wire)
+    frame = _compress(raw, spec.compression)
+    header = TensorSpec(
+        name=name,
+        dtype=dtype,
+        shape=wire.shape,
+        codec=codec,
         compression=spec.compression,
         nbytes=len(frame),
         raw_nbytes=len(raw),

@@ -112,11 +112,12 @@ class Envelope:
         arrays: Mapping[str, np.ndarray],
         codec: CodecSpec | None = None,
         static: Mapping[str, StaticScales] | None = None,
+        prequantised: Mapping[str, str] | None = None,
         **fields: Any,
     ) -> Envelope:
         """An envelope carrying ``arrays`` encoded with ``codec`` (raw by default; see :meth:`add_arrays`)."""
         envelope = cls(kind=kind, **fields)
-        envelope.add_arrays(arrays, codec, static)
+        envelope.add_arrays(arrays, codec, static, prequantised)
         return envelope
 
     def add_arrays(
@@ -124,15 +125,19 @@ class Envelope:
         arrays: Mapping[str, np.ndarray],
         codec: CodecSpec | None = None,
         static: Mapping[str, StaticScales] | None = None,
+        prequantised: Mapping[str, str] | None = None,
     ) -> None:
         """Encode ``arrays`` with ``codec`` and append them to this envelope.
 
-        ``static``: calibrated scales by tensor name, for an ``int8-static`` codec.
+        ``static``: calibrated scales by tensor name, for an ``int8-static`` codec; ``prequantised``: tensors
+        a model already quantised (float16, or int8 with their ``static`` scales), by name, with the dtype
+        they decode to.
         """
         spec = codec or CodecSpec()
         static = static or {}
+        prequantised = prequantised or {}
         for name, array in arrays.items():
-            header, frame = encode_tensor(name, array, spec, static.get(name))
+            header, frame = encode_tensor(name, array, spec, static.get(name), prequantised=prequantised.get(name))
             self.tensors.append(header)
             self.frames.append(frame)
 

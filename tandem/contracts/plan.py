@@ -43,6 +43,7 @@ __all__ = [
     "DataInfo",
     "DeviceInfo",
     "Fidelity",
+    "InGraph",
     "Int8Scales",
     "LinkInfo",
     "ModelInfo",
@@ -222,6 +223,30 @@ class Int8Scales(PlanModel):
     """Channel axis; null for one scale per tensor."""
 
 
+class InGraph(PlanModel):
+    """A split's parts with the codec inside: the edge part ends in the cast / QuantizeLinear, the cloud part
+    starts with the matching cast / DequantizeLinear (partitioner/in_graph.py). Verified on the same samples."""
+
+    edge_model: str
+    """Edge part whose crossing outputs are already float16 / int8, in the plan folder."""
+    cloud_model: str
+    """Cloud part that takes them as such."""
+    tensors: list[str]
+    """The crossing tensors quantised in the graphs (the others travel as the codec sends them)."""
+    scales: dict[str, Int8Scales] | None = None
+    """int8: each tensor's symmetric (zero point 0) scales, from the calibrated range."""
+    max_error: float
+    """Worst relative error against the full model over the samples."""
+    worst_sample: int
+    """Sample giving max_error."""
+    fidelity: Fidelity | None = None
+    """Agreement with the unsplit model."""
+    verified: bool
+    """Within the codec's tolerance and min_fidelity: the agent may run it."""
+    rejected: str | None = None
+    """Why not, when not verified."""
+
+
 class CodecResult(PlanModel):
     """One codec on one split: bytes, codec times and the verified error."""
 
@@ -257,6 +282,8 @@ class CodecResult(PlanModel):
     """Why the codec is not verified, when it is not."""
     scales: dict[str, Int8Scales] | None = None
     """int8-static codecs: each crossing tensor's calibrated scales (the edge quantises with these)."""
+    in_graph: InGraph | None = None
+    """The same codec computed inside the parts, where exported (fp16, int8-static at a cut)."""
 
 
 class Prediction(PlanModel):
@@ -409,8 +436,10 @@ class Plan(PlanModel):
 
         An edge never needs them; the hub leaves them out of what it announces to edges.
         """
-        cloud = {split.cloud_model for split in self.splits if split.cloud_model}
+        in_graph = [c.in_graph for split in self.splits for c in split.codecs if c.in_graph is not None]
+        cloud = {split.cloud_model for split in self.splits if split.cloud_model} | {p.cloud_model for p in in_graph}
         edge = {split.edge_model for split in self.splits if split.edge_model} | {FULL_MODEL_FILE}
+        edge |= {p.edge_model for p in in_graph}
         return {path for path in cloud - edge if path is not None}
 
     def split(self, split_id: str) -> SplitPlan:

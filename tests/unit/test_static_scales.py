@@ -118,7 +118,10 @@ def test_a_partition_records_each_crossing_tensors_scales_and_the_agent_sends_wi
             assert recorded.axis == want[name].axis and recorded.zero_point == list(want[name].zero_point)
             assert recorded.scale == pytest.approx(want[name].scale, rel=1e-6)
         assert result.scales["s"].axis is None and len(result.scales["r"].scale) == (3 if axis else 1)
-    agent_plan = load_agent_plan(out, "int8-static@1")
+    in_graph = cut.codec("int8-static@1").in_graph  # the cut's r and s leave the edge part quantised
+    assert in_graph is not None and in_graph.verified and set(in_graph.tensors) == {"r", "s"}
+    assert load_agent_plan(out, "int8-static@1").split(cut.id).prequantised == {"r": "float32", "s": "float32"}
+    agent_plan = load_agent_plan(out, "int8-static@1", in_graph=False)  # the host quantises, with these scales
     option = agent_plan.split(cut.id)
     assert set(option.scales) == {"r", "s"}
     tensors = {"r": relu[0], "s": relu[0].mean(), "shape": np.array([1, 3, 12, 10]), "b": relu[0] > 0.5}
@@ -128,3 +131,18 @@ def test_a_partition_records_each_crossing_tensors_scales_and_the_agent_sends_wi
     assert headers["shape"].codec == "raw" and headers["b"].codec == "raw"
     decoded = envelope.arrays()
     assert np.abs(decoded["r"] - relu[0]).max() <= max(headers["r"].scale) / 2 + 1e-6
+
+
+def test_a_model_quantised_tensor_goes_on_the_wire_as_is_and_a_wrong_one_is_named() -> None:
+    scales = StaticScales((0.5,), (0,))
+    q = np.array([[-3, 0, 4]], np.int8)
+    header, frame = encode_tensor("feat", q, CodecSpec.parse("int8-static+zstd"), scales, prequantised="float32")
+    assert (header.codec, header.dtype, header.scale) == ("int8", "float32", (0.5,))
+    assert np.array_equal(decode_tensor(header, bytes(frame)), np.array([[-1.5, 0.0, 2.0]], np.float32))
+    half = np.array([1.5, -2.25], np.float16)
+    header, frame = encode_tensor("h", half, CodecSpec.parse("fp16+lz4"), prequantised="float32")
+    assert header.codec == "fp16" and np.array_equal(decode_tensor(header, bytes(frame)), half.astype(np.float32))
+    with pytest.raises(ValueError, match=r"tensor 'feat': a model-quantised tensor must be float16, or int8 with"):
+        encode_tensor("feat", q.astype(np.int32), CodecSpec.parse("int8-static"), scales, prequantised="float32")
+    with pytest.raises(ValueError, match=r"tensor 'feat': .* got int8 with no scale\(s\)"):
+        encode_tensor("feat", q, CodecSpec.parse("int8-static"), prequantised="float32")
