@@ -201,7 +201,10 @@ class Hub:
             self._error(channel, envelope, "bad_input", problem, field)
             return
         pending = Pending(envelope, feeds, received=started, decode_s=time.perf_counter() - started, channel=channel)
-        refusal = self._batchers[tail.key].submit(pending)
+        batcher = self._batchers[tail.key]
+        if _nothing_waiting(channel) and batcher.run_inline(pending):
+            return
+        refusal = batcher.submit(pending)
         if refusal is not None:
             self._error(channel, envelope, refusal.code, refusal.message, refusal.field)
 
@@ -304,6 +307,12 @@ class Hub:
                 label = self.metrics.telemetry_name(name)
                 if label is not None:
                     self.metrics.telemetry.labels(device, label).set(value)
+
+
+def _nothing_waiting(channel: Channel) -> bool:
+    """Whether ``channel`` can tell that no message waits to be received (only ZeroMQ's server can)."""
+    waiting = getattr(channel, "waiting", None)
+    return waiting is not None and not waiting()
 
 
 def _stop_when_idle(batcher: Batcher, timeout_s: float) -> None:

@@ -216,6 +216,18 @@ class _ZmqChannel(Channel):
                 if self._receiver_waiting:
                     self._wake_if_readable()
 
+    def waiting(self) -> bool:
+        """Whether a message waits to be received now (the hub runs a request in its receive thread only if not)."""
+        with self._sock_lock:
+            self._check_open()
+            try:
+                readable = bool(cast(int, self._sock.getsockopt(_EVENTS)) & _POLLIN)
+            except zmq.ZMQError:
+                return True  # let the receiver find out what is wrong
+            if readable and self._receiver_waiting:
+                self._wake()  # asking may have consumed the notification fd's edge
+            return readable
+
     def _wake_if_readable(self) -> None:
         """After a socket call made while the receiver sleeps: wake it if a message is waiting.
 
