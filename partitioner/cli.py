@@ -330,6 +330,10 @@ def _codec_row(result: Any) -> str:
     fallbacks = f"  ({len(result.fallbacks)} tensor(s) fall back)" if result.fallbacks else ""
     if result.accuracy is not None:
         fallbacks = f"  labelled top-1 {result.accuracy:.3f}" + fallbacks
+    pair = getattr(result, "in_graph", None)
+    if pair is not None:
+        verdict = "" if pair.verified else f" ! {pair.rejected}"
+        fallbacks += f"  [in the graph: err {pair.max_error:.2g}, {_fidelity_text(pair.fidelity).strip()}{verdict}]"
     return (
         f"{result.codec:<18} {_bytes(p50):>9} / {_bytes(p95):<9} err {error:<14} "
         f"{_fidelity_text(result.fidelity)}{mark}{fallbacks}"

@@ -91,7 +91,9 @@ def test_missing_or_misfit_scales_name_the_tensor() -> None:
         HubConfig.model_validate({"plans": [], "reply_codec": "int8-static"})
 
 
-def test_a_partition_records_each_crossing_tensors_scales_and_the_agent_sends_with_them(tmp_path: Path) -> None:
+def test_a_partition_records_each_crossing_tensors_scales_and_the_agent_sends_with_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = onnx.parser.parse_model(MODEL)
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
@@ -106,6 +108,8 @@ def test_a_partition_records_each_crossing_tensors_scales_and_the_agent_sends_wi
     for tensor in ("r", "s", "shape", "b"):
         args += ["--cut", tensor]
     assert main(args) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("int8-static")]
+    assert sum("[in the graph: err " in line for line in printed) == 2, printed  # the cut's two codecs
     cut = next(split for split in load_plan(out).splits if split.kind == "split")
     relu = np.maximum(images, 0)
     for codec, axis in (("int8-static+zstd", None), ("int8-static@1", 1)):
