@@ -10,6 +10,15 @@
 A maintenance thread sends heartbeats (RTT), bandwidth probes when no
 activation has gone up lately, telemetry, and, while the hub is down, retries
 with exponential backoff; the first answer marks the hub up again.
+
+Given ``reopen``, it also bounds how long a returned link goes unnoticed: when
+something sent has waited for an answer longer than the silence allowance
+(:data:`_SILENCE_S` plus the time its bytes need at the estimated rate), it
+opens a fresh connection, giving each attempt :data:`_REOPEN_WAIT_S` to
+connect, until one does or the hub speaks. A connection that crossed an
+outage waits for TCP's own retransmission, whose backoff doubles (1.6 s after
+a 1.5 s cut, seconds after longer ones); a fresh handshake goes through as soon
+as the link is back (docs/link-estimation.md).
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ logger = logging.getLogger("tandem.edge")
 _RETRY_UNSENT_S = 0.1  # the next beat after one that could not leave at all
 _MAX_PROBE_BYTES = 512 << 10  # 50 ms at 80 Mbit/s; past that the gap stands well above noise anyway
 _TRAIN_EVERY = 2  # while activations go up, a probe train every this many probe intervals
+_SILENCE_S = 0.5  # an answer this much later than its bytes need: try a fresh connection
+_REOPEN_WAIT_S = 0.25  # how long each fresh connection may take to connect before the next attempt
 
 
 @dataclass
@@ -94,7 +105,10 @@ class EdgeAgent:
 
     ``on_result(result, feeds)``, if set, is called after every answer (the sync
     outbox's recorder); its failures are logged and never reach the caller.
-    ``swap_plan`` changes the plan between requests.
+    ``swap_plan`` changes the plan between requests. ``reopen(connect_s)``, if
+    set, opens a fresh channel to the hub that is connected within
+    ``connect_s`` seconds or raises ``ChannelError``; the agent calls it when
+    the hub has gone silent (see the module docstring).
     """
 
     def __init__(
@@ -104,9 +118,11 @@ class EdgeAgent:
         channel: Channel,
         *,
         on_result: Callable[[InferenceResult, dict[str, np.ndarray]], None] | None = None,
+        reopen: Callable[[float], Channel] | None = None,
     ) -> None:
         self.config = config
         self.on_result = on_result
+        self._reopen = reopen
         self._gate = PlanGate()
         self.plan = plan
         self.channel = channel
@@ -126,6 +142,7 @@ class EdgeAgent:
         self._recovered = threading.Event()  # the hub answered after an outage: beat and probe at once
         self.recovered_at: float | None = None  # when the hub's first message after the latest outage came
         self._silent_since: float | None = None  # a request timed out and the hub has said nothing since
+        self._awaiting: tuple[float, int] | None = None  # (since, bytes): sent since the hub last spoke, unanswered
         self._probes: dict[str, tuple[str, int, int]] = {}  # probes in flight: id -> (train, 0 or 1, bytes)
         self._train_first: dict[str, float] = {}  # train id -> when its first probe was answered
         self._train_open_until = 0.0  # a train may still hold the uplink until then (perf_counter)
@@ -274,14 +291,16 @@ class EdgeAgent:
             self._mark_down(f"send failed: {exc}")
             return None, f"hub unreachable: {exc}"
         self._last_upload = time.monotonic()
+        self._await_answer(request.wire_bytes)
         if request.split_id:
             self.wire.observe(request.split_id, request.wire_bytes)
         arrived = waiter.wait(max(0.0, request.deadline - time.time()) if request.deadline else None)
         self._forget(request.request_id)
         if not arrived or waiter.reply is None:
+            # The bound first: the failure that marks the hub down forgets it (an outage says nothing of the rate).
+            self.estimator.observe_timeout(request.wire_bytes, 1000 * (time.perf_counter() - sent))
             self._count_failure()
             self._silent_since = self._silent_since or time.monotonic()
-            self.estimator.observe_timeout(request.wire_bytes, 1000 * (time.perf_counter() - sent))
             self._remember_overdue(request.request_id, sent, request.wire_bytes)
             return None, f"no hub answer within {self.config.deadline_ms:.0f} ms"
         reply = waiter.reply
@@ -468,17 +487,21 @@ class EdgeAgent:
             self.estimator.observe_transfer(overdue[1], round_trip, _hub_ms(envelope), reply_bytes=envelope.wire_bytes)
 
     def _receive(self) -> None:
-        receive_forever(
-            self.channel,
-            self._stop,
-            on_message=self._dispatch,
-            on_rejected=lambda exc: logger.warning("dropped a message from the hub: %s", exc),
-            logger=logger,
-        )
+        while not self._stop.is_set():
+            channel = self.channel
+            receive_forever(
+                channel,
+                self._stop,
+                on_message=self._dispatch,
+                on_rejected=lambda exc: logger.warning("dropped a message from the hub: %s", exc),
+                logger=logger,
+            )
+            if channel is self.channel:  # closed, not replaced by a fresh connection: nothing more to hear
+                return
 
     def _dispatch(self, envelope: Envelope) -> None:
         self._mark_up()  # any message from the hub means it is reachable
-        self._silent_since = None
+        self._silent_since = self._awaiting = None
         if envelope.kind is Kind.HEARTBEAT:
             self._on_heartbeat(envelope)
             return
@@ -519,6 +542,8 @@ class EdgeAgent:
         next_probe: float | None = None
         while not self._stop.wait(0.02):
             now = time.monotonic()
+            if self._silent_too_long(now) and self._reconnect():
+                backoff, next_beat, now = self.config.retry.initial_s, time.monotonic(), time.monotonic()
             if self._recovered.is_set():  # the hub is back: measure the link now, not a backoff later
                 self._recovered.clear()
                 backoff, next_beat = self.config.retry.initial_s, now
@@ -548,6 +573,39 @@ class EdgeAgent:
             else:
                 next_beat = now + backoff
                 backoff = min(backoff * 2, self.config.retry.max_s)
+
+    def _await_answer(self, nbytes: int) -> None:
+        """Something the hub answers has left: the silence allowance runs from the first such since it spoke."""
+        since, pending = self._awaiting or (time.monotonic(), 0)
+        self._awaiting = (since, pending + nbytes)
+
+    def _silent_too_long(self, now: float) -> bool:
+        """Whether what was sent has waited longer than its bytes need at the estimated rate, plus _SILENCE_S."""
+        awaiting = self._awaiting
+        if self._reopen is None or awaiting is None or now - awaiting[0] <= _SILENCE_S:
+            return False
+        rate = self.estimator.measured_mbps() or self.config.initial_bandwidth_mbps
+        return now - awaiting[0] > _SILENCE_S + awaiting[1] * 8 / (rate * 1e6)
+
+    def _reconnect(self) -> bool:
+        """One attempt at a fresh connection to the hub; True when it is up and in use (the old one closed)."""
+        if self._reopen is None:
+            return False
+        try:
+            fresh = self._reopen(_REOPEN_WAIT_S)
+        except ChannelError:
+            return False
+        except Exception:  # the maintenance thread must outlive a broken factory
+            logger.exception("opening a fresh connection to the hub failed")
+            return False
+        if self._stop.is_set():
+            fresh.close()
+            return False
+        old, self.channel = self.channel, fresh
+        self._awaiting = None  # the heartbeat sent next on the fresh connection starts the allowance again
+        old.close()
+        logger.info("the hub was silent: a fresh connection is up and in use, the old one closed")
+        return True
 
     def _heartbeat(self) -> Envelope:
         return Envelope(kind=Kind.HEARTBEAT, device_id=self.config.device_id, timestamps={"edge_sent": time.time()})
@@ -597,6 +655,8 @@ class EdgeAgent:
         except ChannelError as exc:
             self._mark_down(f"send failed: {exc}")
             return False
+        if envelope.kind is Kind.HEARTBEAT:  # telemetry goes unanswered
+            self._await_answer(envelope.wire_bytes)
         return True
 
 

@@ -222,6 +222,15 @@ class LinkEstimator:
             candidates = ([rate] if rate is not None else []) + recent + bound
             return min(candidates) if candidates else None
 
+    def measured_mbps(self) -> float | None:
+        """The uplink rate trains and activations measured, without the bound of a timeout.
+
+        What the link carried while it carried anything: the rate to expect
+        answers by when it may have gone silent.
+        """
+        with self._lock:
+            return self._uplink()[0]
+
     def predicted_up_ms(self, nbytes: int) -> float | None:
         """The uplink time the current fit predicts for ``nbytes`` (None without a rate)."""
         with self._lock:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from tandem.config_paths import resolve_relative_paths
 from tandem.edge_agent.agent import EdgeAgent, InferenceResult
 from tandem.edge_agent.config import EdgeConfig
 from tandem.edge_agent.plan_view import AgentPlan, load_agent_plan
+from tandem.transport.channel import Channel
 
-__all__ = ["Edge", "follow_schedule", "initial_plan", "start_sync", "sync_model"]
+__all__ = ["Edge", "follow_schedule", "fresh_connections", "initial_plan", "start_sync", "sync_model"]
 
 logger = logging.getLogger("tandem.edge")
 
@@ -75,7 +77,7 @@ class Edge:
         channel = open_client(config.channel, device_id=config.device_id, limits=config.limits.to_limits(), wait=False)
         if config.emulation.link is not None:
             channel = self.link = EmulatedLink.from_config(channel, config.emulation.link)
-        self.agent = EdgeAgent(config, self.plan, channel)
+        self.agent = EdgeAgent(config, self.plan, channel, reopen=fresh_connections(config))
         self.agent.start()
         self.sync = start_sync(config, self.agent)
         if config.endpoint.address:
@@ -139,6 +141,27 @@ class Edge:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def fresh_connections(config: EdgeConfig) -> Callable[[float], Channel] | None:
+    """How the agent opens a fresh ZeroMQ connection when the hub goes silent (see ``EdgeAgent``).
+
+    None for MQTT (paho reconnects to the broker itself) and under an emulated
+    link (its schedule holds the channel it wraps).
+    """
+    from tandem.transport.config import ZmqConfig
+
+    channel = config.channel
+    if not isinstance(channel, ZmqConfig) or config.emulation.link is not None:
+        return None
+
+    def reopen(connect_s: float) -> Channel:
+        from tandem.transport.zmq_channel import ZmqClient
+
+        limits = config.limits.to_limits()
+        return ZmqClient.from_config(channel, device_id=config.device_id, limits=limits, connect_timeout_s=connect_s)
+
+    return reopen
 
 
 def initial_plan(config: EdgeConfig) -> tuple[AgentPlan, str]:

@@ -1,4 +1,4 @@
-"""The edge agent over a kernel-shaped link: estimates against the tbf rate, recovery after a cut."""
+"""The edge agent over a kernel-shaped link: estimates against the tbf rate, recovery after a cut and a fade."""
 
 from __future__ import annotations
 
@@ -31,34 +31,75 @@ def test_the_bandwidth_estimate_is_within_15_percent_of_the_tbf_rate(bed: Bed, r
     assert estimate.bandwidth_mbps == pytest.approx(rate_mbit, rel=0.15), (estimate, [r.split_id for _, r in results])
 
 
-def test_split_inference_is_back_half_a_second_after_the_hub_is_heard(netns_link: NetnsLink, tmp_path: Path) -> None:
-    """The agent's part of recovery: one RTT, a probe train, the next request.
+def test_split_inference_is_back_within_a_second_of_the_links_return(netns_link: NetnsLink, tmp_path: Path) -> None:
+    """The issue's requirement, for each cut: the link's return to the first answer the hub served.
 
-    The hub's first message itself comes when TCP retransmits (or reconnects)
-    after the cut, on the kernel's backoff: measured 0.1 to 1.1 s after the
-    link's return on this bed (benchmarks/bench_link.py), bounded here by 2 s.
+    The cut drops packets in the middle of the path, so TCP backs off for real.
+    1.5 s is shorter than ZeroMQ's heartbeat timeout: the connection survives
+    and waits for its doubling retransmission timer (1.6 s after the return,
+    here, without the agent's fresh connections). 5 s is longer: ZeroMQ
+    reconnects, and its SYNs back off too (1, 2, 4 s...).
     """
     bed = Bed(netns_link, tmp_path, deadline_ms=300)
+    ids: list[str] = []
     try:
         netns_link.shape(10.0)
         bed.wait_for_estimate()
-        assert all(r.source == "hub" for _, r in bed.requests(1.0, rate_hz=10))
-        netns_link.cut()
-        during = bed.requests(5.0, rate_hz=10)  # past ZeroMQ's 3 s heartbeat timeout
-        netns_link.restore()
-        restored = time.monotonic()
-        after = bed.requests(3.0, rate_hz=10)
+        for cut_s in (1.5, 5.0):
+            before = bed.requests(1.0, rate_hz=10)
+            assert before[-1][1].source == "hub", [(r.source, r.reason) for _, r in before]
+            netns_link.cut()
+            during = bed.requests(cut_s, rate_hz=10)
+            netns_link.restore()
+            restored = time.monotonic()
+            after = bed.requests(1.5, rate_hz=10)
+            timeline = [(round(t - restored, 2), r.source) for t, r in after]
+            back = next((t for t, r in after if r.source == "hub"), None)
+            assert back is not None and back - restored <= 1.0, (cut_s, timeline)
+            assert all(r.source != "hub" for _, r in during)  # nothing got through the cut
+            ids += [r.request_id for _, r in before + during + after]
     finally:
         bed.close()
-    timeline = [(round(t - restored, 2), r.source) for t, r in after]
-    assert all(r.source in ("fallback", "edge") for _, r in during)  # answered here, nothing from the hub
-    back = next((t for t, r in after if r.source == "hub"), None)
-    heard = bed.agent.recovered_at
-    assert back is not None and heard is not None and heard >= restored, timeline
-    assert back - heard <= 0.5, (round(heard - restored, 2), timeline)
-    assert back - restored <= 2.0, (round(heard - restored, 2), timeline)
-    ids = [r.request_id for _, r in during + after]
     assert len(ids) == len(set(ids))  # one answer per request, never a second
+
+
+def test_after_a_fade_split_inference_is_back_within_a_second_and_stale_beats_leave_the_rtt_alone(
+    bed: Bed,
+) -> None:
+    """5 s at 50 kbit/s: the 64 kB queue holds heartbeats for seconds; then 10 Mbit/s again."""
+    bed.link.shape(10.0)
+    bed.wait_for_estimate()
+    before = bed.requests(1.0, rate_hz=10)
+    bed.link.shape(0.05)
+    during = bed.requests(5.0, rate_hz=5)
+    bed.link.shape(10.0)
+    back = time.monotonic()
+    after = bed.requests(2.0, rate_hz=10)
+    rtt = bed.agent.estimator.snapshot().rtt_ms
+    timeline = [(round(t - back, 2), r.source) for t, r in after]
+    first = next((t - back for t, r in after if r.source == "hub"), None)
+    assert first is not None and first <= 1.0, timeline
+    everything = before + during + after
+    ids = [r.request_id for _, r in everything]
+    assert len(ids) == len(set(ids)) and all(r.outputs["logits"].shape == (1, 10) for _, r in everything)
+    # The veth's RTT is well under a millisecond; a beat that waited in the stalled queue took 100s of ms.
+    assert rtt is not None and rtt < 20.0, (rtt, timeline)
+
+
+def test_the_downlink_estimate_is_within_15_percent_of_its_own_tbf_rate(netns_link: NetnsLink, tmp_path: Path) -> None:
+    """Uplink 50 Mbit/s, downlink 10: answers of 200 kB (many times the bucket's 16 kB burst) measure it."""
+    bed = Bed(netns_link, tmp_path, echo_floats=50_000)
+    try:
+        netns_link.shape(50.0, down=Shape.for_rate(10.0, limit_bytes=400_000))
+        bed.wait_for_estimate()
+        results = bed.requests(4.0, rate_hz=5)
+        estimate = bed.agent.estimator.snapshot()
+    finally:
+        bed.close()
+    assert all(r.outputs["echo"].shape == (1, 50_000) for _, r in results)
+    sources = [r.split_id for _, r in results]
+    assert estimate.downlink_mbps == pytest.approx(10.0, rel=0.15), (estimate, sources)
+    assert estimate.bandwidth_mbps == pytest.approx(50.0, rel=0.15), (estimate, sources)
 
 
 def test_after_each_rate_step_the_choice_is_within_10_percent_of_the_best_measured_split(bed: Bed) -> None:
