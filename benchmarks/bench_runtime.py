@@ -9,9 +9,9 @@
    For scale, the same tail's throughput in ONNX Runtime alone, in this
    process, at batch 1 and at the hub's maximum batch: batching cannot gain
    more end to end than it gains there.
-2. Round trip: ``EdgeAgent.infer`` of a 1 MiB fp32 input through a cloud-only
-   split to a hub whose tail is an Identity, against raw pyzmq REQ/REP echoing
-   the same 1 MiB, both against a separate server process. A third series, the
+2. Round trip: ``EdgeAgent.infer`` of a 1 MiB (and a 16 KB) fp32 input through
+   a cloud-only split to a hub whose tail is an Identity, against raw pyzmq
+   REQ/REP echoing the same bytes, both against a separate server process. A third series, the
    floor, has no Tandem code: a raw DEALER sends the bytes, a raw ROUTER in
    another process runs the same Identity in ONNX Runtime and sends its output
    back; it is what the wire plus the model cost without any runtime around them.
@@ -33,6 +33,8 @@ import numpy as np
 EDGE_COUNTS = (1, 4, 16, 64)
 MAX_BATCH = 32
 ONE_MIB = 1 << 20
+SIXTEEN_KB = 16 << 10
+TARGET_VS_FLOOR = 1.25  # agent round trip / the no-runtime floor (issue #18)
 
 
 def _free_port() -> int:
@@ -65,16 +67,16 @@ def export_tail(path: Path) -> Path:
     return path
 
 
-def export_identity(path: Path) -> Path:
-    """A tail that returns its 1 MiB input: the transport cost alone."""
+def export_identity(path: Path, nbytes: int = ONE_MIB) -> Path:
+    """A tail that returns its ``nbytes`` fp32 input: the transport cost alone."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", ONE_MIB // 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", ONE_MIB // 4])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", nbytes // 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", nbytes // 4])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
@@ -207,10 +209,12 @@ def _serve_raw(port: int, ready: Any, stop: Any) -> None:
 class _RawPeer:
     """A raw pyzmq socket here, its server (``serve(*args, port, ready, stop)``) in another process.
 
-    ``round_trip`` sends the 1 MiB payload and copies the reply out.
+    ``round_trip`` sends the ``nbytes`` payload and copies the reply out.
     """
 
-    def __init__(self, serve: Callable[..., None], args: tuple[Any, ...], socket_type: int, what: str) -> None:
+    def __init__(
+        self, serve: Callable[..., None], args: tuple[Any, ...], socket_type: int, what: str, nbytes: int
+    ) -> None:
         import zmq
 
         ctx = mp.get_context("spawn")
@@ -222,7 +226,7 @@ class _RawPeer:
         self.context = zmq.Context()
         self.sock = self.context.socket(socket_type)
         self.sock.connect(f"tcp://127.0.0.1:{self.port}")
-        self.payload = np.random.default_rng(0).normal(size=ONE_MIB // 4).astype(np.float32)
+        self.payload = np.random.default_rng(0).normal(size=nbytes // 4).astype(np.float32)
 
     def round_trip(self) -> None:
         self.sock.send(self.payload.data, copy=False)
@@ -235,11 +239,11 @@ class _RawPeer:
         self.process.join(10)
 
 
-def _raw_echo() -> _RawPeer:
-    """The baseline: raw pyzmq REQ here, REP echo in another process, 1 MiB each way, result copied out."""
+def _raw_echo(nbytes: int) -> _RawPeer:
+    """The baseline: raw pyzmq REQ here, REP echo in another process, ``nbytes`` each way, result copied out."""
     import zmq
 
-    return _RawPeer(_serve_raw, (), zmq.REQ, "raw echo")
+    return _RawPeer(_serve_raw, (), zmq.REQ, "raw echo", nbytes)
 
 
 def _serve_floor(identity: str, port: int, ready: Any, stop: Any) -> None:
@@ -261,14 +265,16 @@ def _serve_floor(identity: str, port: int, ready: Any, stop: Any) -> None:
     context.term()
 
 
-def _floor(identity: Path) -> _RawPeer:
+def _floor(identity: Path, nbytes: int) -> _RawPeer:
     """No Tandem code: raw DEALER here, raw ROUTER running the Identity in ONNX Runtime in another process."""
     import zmq
 
-    return _RawPeer(_serve_floor, (str(identity),), zmq.DEALER, "floor server")
+    return _RawPeer(_serve_floor, (str(identity),), zmq.DEALER, "floor server", nbytes)
 
 
-def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[float], list[float], list[float]]:
+def round_trips(
+    identity: Path, iterations: int, batch: int = 50, *, nbytes: int = ONE_MIB
+) -> tuple[list[float], list[float], list[float]]:
     """``EdgeAgent.infer`` through a cloud-only split to an Identity tail (batching off), and raw REQ/REP.
 
     Batches of the three alternate, so that drift in machine load hits them alike.
@@ -281,7 +287,7 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
     from tandem.transport.zmq_channel import ZmqClient
 
     with _HubProcess(identity, max_batch=1, delay_ms=0.0) as hub:
-        split = SplitOption("s1", None, ("x",), edge_ms=0, cloud_ms=0, wire_bytes=ONE_MIB)
+        split = SplitOption("s1", None, ("x",), edge_ms=0, cloud_ms=0, wire_bytes=nbytes)
         plan = AgentPlan("bench", 1, ("x",), ("y",), identity, (split,))
         hub_channel = ZmqConfig(address=f"tcp://127.0.0.1:{hub.port}")
         config = EdgeConfig(
@@ -295,8 +301,8 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
             endpoint={"address": None},
         )
         channel = ZmqClient(address=hub_channel.address, device_id=config.device_id)
-        x = np.random.default_rng(0).normal(size=(1, ONE_MIB // 4)).astype(np.float32)
-        raw, floor = _raw_echo(), _floor(identity)
+        x = np.random.default_rng(0).normal(size=(1, nbytes // 4)).astype(np.float32)
+        raw, floor = _raw_echo(nbytes), _floor(identity, nbytes)
         agent_s: list[float] = []
         raw_s: list[float] = []
         floor_s: list[float] = []
@@ -325,11 +331,37 @@ def round_trips(identity: Path, iterations: int, batch: int = 50) -> tuple[list[
     return agent_s, raw_s, floor_s
 
 
+def round_trip_row(work: Path, nbytes: int, iterations: int) -> dict[str, Any]:
+    """Agent, raw REQ/REP and the floor at ``nbytes``, alternated in one run; p50s and the ratios."""
+    identity = export_identity(work / f"identity-{nbytes}.onnx", nbytes)
+    agent, raw, floor = round_trips(identity, iterations, nbytes=nbytes)
+    raw_ms, agent_ms = 1000 * statistics.median(raw), 1000 * statistics.median(agent)
+    floor_ms = 1000 * statistics.median(floor)
+    print(f"   {_size(nbytes)} round trip: agent {agent_ms:.3f} ms vs raw REQ/REP {raw_ms:.3f} ms = "
+          f"{agent_ms / raw_ms:.2f}x; floor (raw sockets + Identity in ONNX Runtime) {floor_ms:.3f} ms; "
+          f"agent / floor = {agent_ms / floor_ms:.2f}x")  # fmt: skip
+    return {
+        "bytes": nbytes,
+        "agent_p50_ms": round(agent_ms, 3),
+        "agent_p99_ms": round(1000 * sorted(agent)[int(0.99 * len(agent))], 3),
+        "raw_reqrep_p50_ms": round(raw_ms, 3),
+        "ratio": round(agent_ms / raw_ms, 3),
+        "floor_p50_ms": round(floor_ms, 3),
+        "floor_ratio": round(floor_ms / raw_ms, 3),
+        "agent_vs_floor": round(agent_ms / floor_ms, 3),
+        "target_agent_vs_floor": TARGET_VS_FLOOR,
+    }
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes >= ONE_MIB else f"{nbytes >> 10} KB"
+
+
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Both measurements, side by side with their baselines."""
     work = out_dir / "runtime-models"
     work.mkdir(parents=True, exist_ok=True)
-    tail, identity = export_tail(work / "tail.onnx"), export_identity(work / "identity.onnx")
+    tail = export_tail(work / "tail.onnx")
     seconds = 3.0 if quick else 10.0
     rows = []
     gains = []  # at the most edges, off/on pairs repeat: the gain is their median
@@ -351,11 +383,6 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     print(f"   the tail in ONNX Runtime alone: {alone['batch_1_per_s']}/s at batch 1, "
           f"{alone[f'batch_{MAX_BATCH}_per_s']}/s at batch {MAX_BATCH} ({alone['gain']}x)")  # fmt: skip
     iterations = 200 if quick else 2000
-    agent, raw, floor = round_trips(identity, iterations)
-    raw_ms, agent_ms = 1000 * statistics.median(raw), 1000 * statistics.median(agent)
-    floor_ms = 1000 * statistics.median(floor)
-    print(f"   1 MiB round trip: agent {agent_ms:.3f} ms vs raw REQ/REP {raw_ms:.3f} ms = {agent_ms / raw_ms:.2f}x; "
-          f"floor (raw sockets + Identity in ONNX Runtime) {floor_ms:.3f} ms = {floor_ms / raw_ms:.2f}x")  # fmt: skip
     _plot(rows, out_dir / "runtime_throughput.png")
     return {
         "throughput": rows,
@@ -363,15 +390,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         "batching_gain_at_64_edges_per_pair": [round(g, 2) for g in gains],
         "target_batching_gain": 1.3,
         "tail_in_onnxruntime_alone": alone,
-        "round_trip_1mib": {
-            "agent_p50_ms": round(agent_ms, 3),
-            "agent_p99_ms": round(1000 * sorted(agent)[int(0.99 * len(agent))], 3),
-            "raw_reqrep_p50_ms": round(raw_ms, 3),
-            "ratio": round(agent_ms / raw_ms, 3),
-            "floor_p50_ms": round(floor_ms, 3),
-            "floor_ratio": round(floor_ms / raw_ms, 3),
-            "target_ratio": 1.2,
-        },
+        "round_trip_1mib": round_trip_row(work, ONE_MIB, iterations),
+        "round_trip_16kb": round_trip_row(work, SIXTEEN_KB, iterations),
     }
 
 
@@ -397,6 +417,16 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
     import json
 
-    print(json.dumps(run(Path("benchmarks/results"), quick=True), indent=2))
+    parser = argparse.ArgumentParser(description="hub throughput and the agent round trip against the floor")
+    parser.add_argument("--round-trip", action="store_true", help="only the round trips (1 MiB and 16 KB)")
+    parser.add_argument("--iterations", type=int, default=400)
+    args = parser.parse_args()
+    if args.round_trip:
+        out = Path("build/bench_runtime")
+        out.mkdir(parents=True, exist_ok=True)
+        print(json.dumps([round_trip_row(out, n, args.iterations) for n in (ONE_MIB, SIXTEEN_KB)], indent=2))
+    else:
+        print(json.dumps(run(Path("benchmarks/results"), quick=True), indent=2))
