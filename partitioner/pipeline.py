@@ -68,7 +68,7 @@ from tandem.partitioner.profiling import (
     spec_times,
 )
 from tandem.partitioner.search import Limits, candidate_splits, choose, choose_with_ties, front
-from tandem.partitioner.static_scales import calibrate_scales, static_axes
+from tandem.partitioner.static_scales import calibrate_scales, saturating_bounds, static_axes
 from tandem.transport.codec import CodecSpec, StaticScales
 
 __all__ = [
@@ -388,7 +388,8 @@ def static_scales(
     """Calibrated scales for each ``int8-static`` codec (and its per-channel variant) over the samples.
 
     Every tensor that may cross a cut is calibrated on up to ``verification.max_samples`` samples, the same
-    ones its bytes and errors are measured on.
+    ones its bytes and errors are measured on; a tensor whose readers all saturate (Relu, Clip) is calibrated
+    only over what they let through.
     """
     codecs = list(config.codecs)
     if config.verification.per_channel:
@@ -402,7 +403,7 @@ def static_scales(
         (sample_activations(graph, i) for i in range(count)),
         total=count, desc="calibrating int8-static scales", unit="sample", disable=not progress, leave=False,
     )  # fmt: skip
-    by_axis = calibrate_scales(samples, movable, axes.values())
+    by_axis = calibrate_scales(samples, movable, axes.values(), saturating_bounds(graph, movable))
     return {codec: by_axis[axis] for codec, axis in axes.items()}
 
 

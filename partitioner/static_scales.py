@@ -9,6 +9,13 @@ exported edge part end in ``QuantizeLinear`` (see
 grid (an image's pixels) reproduce that grid exactly. Values beyond the
 calibrated range saturate: that cost is what verification on the same samples
 measures and records.
+
+Where every reader of a tensor saturates it anyway (``Relu``, ``Clip`` with
+constant bounds: a conv output before its ReLU6), the range is cut to what
+the readers let through (:func:`saturating_bounds`): values beyond it give
+the same result after the reader, so the levels go where they matter. A
+pre-activation tensor spanning [-30, 40] ahead of a ReLU6 is quantised over
+[0, 6], a step 12x finer.
 """
 
 from __future__ import annotations
@@ -16,10 +23,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
+from tandem.partitioner.graph import ModelGraph
 from tandem.transport.codec import CodecSpec, StaticScales
 
-__all__ = ["calibrate_scales", "static_axes"]
+__all__ = ["Bounds", "calibrate_scales", "saturating_bounds", "static_axes"]
+
+Bounds = tuple[float | None, float | None]
+"""The values a tensor's readers let through: (low, high), None for unbounded."""
 
 
 def static_axes(codecs: Sequence[str]) -> dict[str, int | None]:
@@ -32,15 +45,69 @@ def static_axes(codecs: Sequence[str]) -> dict[str, int | None]:
     return found
 
 
+def saturating_bounds(graph: ModelGraph, names: Iterable[str]) -> dict[str, Bounds]:
+    """For each tensor in ``names`` whose every reader is a ``Relu`` or a ``Clip`` with constant bounds (and
+    which is not a graph output): the widest range those readers let through."""
+    nodes = {node.name: node for node in graph.model.graph.node}
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.model.graph.initializer}
+    found = {}
+    for name in names:
+        tensor = graph.tensors.get(name)
+        if tensor is None or not tensor.consumers or name in graph.outputs:
+            continue
+        bounds = [_reader_bounds(nodes.get(reader), graph, constants) for reader in tensor.consumers]
+        if any(b is None for b in bounds):
+            continue
+        lows = [b[0] for b in bounds if b is not None]
+        highs = [b[1] for b in bounds if b is not None]
+        low = None if any(v is None for v in lows) else min(v for v in lows if v is not None)
+        high = None if any(v is None for v in highs) else max(v for v in highs if v is not None)
+        if low is not None or high is not None:
+            found[name] = (low, high)
+    return found
+
+
+def _reader_bounds(
+    node: onnx.NodeProto | None, graph: ModelGraph, constants: Mapping[str, np.ndarray]
+) -> Bounds | None:
+    if node is None:
+        return None
+    if node.op_type == "Relu":
+        return (0.0, None)
+    if node.op_type != "Clip":
+        return None
+    if graph.opset < 11:  # bounds are attributes
+        attrs = {a.name: a.f for a in node.attribute}
+        return (attrs.get("min"), attrs.get("max"))
+    values: list[float | None] = []
+    for index in (1, 2):
+        source = node.input[index] if len(node.input) > index else ""
+        if not source:
+            values.append(None)
+            continue
+        value = constants.get(source)
+        if value is None and source in graph.constants:
+            value = graph.activations.get(source)
+        if value is None or np.asarray(value).size != 1:
+            return None  # a bound computed at run time: nothing to rely on
+        values.append(float(np.asarray(value).reshape(())))
+    return (values[0], values[1])
+
+
 def calibrate_scales(
-    samples: Iterable[Mapping[str, np.ndarray]], names: Sequence[str], axes: Iterable[int | None]
+    samples: Iterable[Mapping[str, np.ndarray]],
+    names: Sequence[str],
+    axes: Iterable[int | None],
+    bounds: Mapping[str, Bounds] | None = None,
 ) -> dict[int | None, dict[str, StaticScales]]:
     """Per channel axis asked for, the scales of every floating tensor in ``names`` over all ``samples``.
 
     A tensor without the axis (0-d, 1-d) gets one scale, as the per-message codec gives it; a tensor that is
     not floating or never finite gets none (it travels raw). Non-finite samples of a tensor are left out of its
-    range (that message falls back to raw when sent).
+    range (that message falls back to raw when sent). ``bounds``: ranges a tensor's readers saturate to
+    (:func:`saturating_bounds`); its calibrated range is cut to them.
     """
+    bounds = bounds or {}
     wanted = list(dict.fromkeys(axes))
     low: dict[tuple[int | None, str], np.ndarray] = {}
     high: dict[tuple[int | None, str], np.ndarray] = {}
@@ -58,7 +125,13 @@ def calibrate_scales(
                 high[key] = hi if key not in high else np.maximum(high[key], hi)
     found: dict[int | None, dict[str, StaticScales]] = {axis: {} for axis in wanted}
     for (axis, name), lo in low.items():
-        found[axis][name] = StaticScales.from_range(lo, high[(axis, name)], resolved[(axis, name)])
+        hi = high[(axis, name)]
+        floor, ceiling = bounds.get(name, (None, None))
+        if floor is not None:
+            lo = np.maximum(lo, np.float32(floor))
+        if ceiling is not None:
+            hi = np.minimum(hi, np.float32(ceiling))
+        found[axis][name] = StaticScales.from_range(lo, hi, resolved[(axis, name)])
     return found
 
 

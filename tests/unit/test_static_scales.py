@@ -150,3 +150,37 @@ def test_a_model_quantised_tensor_goes_on_the_wire_as_is_and_a_wrong_one_is_name
         encode_tensor("feat", q.astype(np.int32), CodecSpec.parse("int8-static"), scales, prequantised="float32")
     with pytest.raises(ValueError, match=r"tensor 'feat': .* got int8 with no scale\(s\)"):
         encode_tensor("feat", q, CodecSpec.parse("int8-static"), prequantised="float32")
+
+
+# p (values in about [-40, 40]) feeds only a ReLU6 (Clip 0..6); q also feeds an Add, which sees all of it.
+SATURATED = """
+<ir_version: 8, opset_import: ["" : 17]>
+sat (float[1, 8, 16] x) => (float[1, 8, 16] y, float[1, 8, 16] z)
+    <float w = {20.0}, float lo = {0.0}, float hi = {6.0}> {
+    p = Mul(x, w)
+    y = Clip(p, lo, hi)
+    q = Mul(x, w)
+    r = Relu(q)
+    z = Add(r, q)
+}
+"""
+
+
+def test_a_tensor_its_readers_saturate_is_calibrated_over_what_they_let_through(tmp_path: Path) -> None:
+    path = tmp_path / "sat.onnx"
+    onnx.save(onnx.parser.parse_model(SATURATED), str(path))
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (8, 1, 8, 16)).astype(np.float32))
+    config = tmp_path / "p.yaml"
+    config.write_text(SPEC_ONLY + "codecs: [raw, int8, int8-static]\n")
+    out = tmp_path / "plan"
+    args = ["partition", str(path), "--out", str(out), "--config", str(config), "--no-progress"]
+    assert main([*args, "--calibration", str(tmp_path / "cal.npz"), "--cut", "p", "--cut", "q"]) == 0
+    cut = next(split for split in load_plan(out).splits if split.kind == "split")
+    static = cut.codec("int8-static")
+    assert static.scales is not None
+    assert static.scales["p"].scale[0] == pytest.approx(6.0 / 255, rel=1e-6)  # [0, 6], not the observed range
+    assert static.scales["q"].scale[0] > 0.15  # the Add reads q whole: its observed range, about [-60, 60]
+    dynamic = cut.codec("int8")
+    assert static.max_error is not None and dynamic.max_error is not None
+    assert static.max_error < dynamic.max_error
