@@ -662,16 +662,22 @@ def _verify(
         threads=config.profiling.threads, output=output, kind=kind, scales=scales,
     )  # fmt: skip
     verified, rejected = {}, {}
-    minimum = config.fidelity.min_fidelity
     for codec in codecs:
-        check, tolerance = checks[codec], config.verification.tolerance(codec)
-        verified[codec] = check.max_error <= tolerance
-        if not verified[codec]:
-            rejected[codec] = f"error {check.max_error:.3g} on sample {check.worst_sample} > tolerance {tolerance:g}"
-        elif minimum is not None and check.fidelity is not None and check.fidelity.value < minimum:
-            verified[codec] = False
-            rejected[codec] = f"fidelity {check.fidelity.value:.4g} < min_fidelity {minimum:g}"
+        why = _rejection(checks[codec], config, codec)
+        verified[codec] = why is None
+        if why is not None:
+            rejected[codec] = why
     return checks, verified, rejected
+
+
+def _rejection(check: CodecCheck, config: PartitionConfig, codec: str) -> str | None:
+    """Why ``codec`` may not be offered after ``check``: over its tolerance, or under min_fidelity; None if fine."""
+    tolerance, minimum = config.verification.tolerance(codec), config.fidelity.min_fidelity
+    if check.max_error > tolerance:
+        return f"error {check.max_error:.3g} on sample {check.worst_sample} > tolerance {tolerance:g}"
+    if minimum is not None and check.fidelity is not None and check.fidelity.value < minimum:
+        return f"fidelity {check.fidelity.value:.4g} < min_fidelity {minimum:g}"
+    return None
 
 
 def _per_channel(codec: str) -> str | None:
@@ -769,12 +775,7 @@ def _export_in_graph(
 
 
 def _in_graph_record(pair: InGraphParts, check: CodecCheck, config: PartitionConfig, codec: str) -> InGraph:
-    tolerance, minimum = config.verification.tolerance(codec), config.fidelity.min_fidelity
-    rejected = None
-    if check.max_error > tolerance:
-        rejected = f"error {check.max_error:.3g} on sample {check.worst_sample} > tolerance {tolerance:g}"
-    elif minimum is not None and check.fidelity is not None and check.fidelity.value < minimum:
-        rejected = f"fidelity {check.fidelity.value:.4g} < min_fidelity {minimum:g}"
+    rejected = _rejection(check, config, codec)
     return InGraph(
         edge_model=pair.edge_model,
         cloud_model=pair.cloud_model,

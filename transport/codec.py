@@ -311,21 +311,7 @@ def encode_tensor(
         wire, scale, zero_point, axis = _quantise_static(name, array, static)
     else:
         wire, scale, zero_point = _quantise_int8(name, array, axis)
-    raw = _as_bytes(wire)
-    frame = _compress(raw, spec.compression)
-    header = TensorSpec(
-        name=name,
-        dtype=dtype,
-        shape=array.shape,
-        codec=quantiser,
-        compression=spec.compression,
-        nbytes=len(frame),
-        raw_nbytes=len(raw),
-        scale=scale,
-        zero_point=zero_point,
-        axis=axis,
-    )
-    return header, frame
+    return _framed(name, dtype, quantiser, wire, spec.compression, scale, zero_point, axis)
 
 
 def _encode_prequantised(
@@ -345,14 +331,28 @@ def _encode_prequantised(
             f"tensor {name!r}: a model-quantised tensor must be float16, or int8 with scales that fit its shape "
             f"{list(wire.shape)}; got {wire.dtype} with {'no' if static is None else len(static.scale)} scale(s)"
         )
+    return _framed(name, dtype, codec, wire, spec.compression, scale, zero_point, axis)
+
+
+def _framed(
+    name: str,
+    dtype: str,
+    codec: str,
+    wire: np.ndarray,
+    compression: str,
+    scale: tuple[float, ...],
+    zero_point: tuple[int, ...],
+    axis: int | None,
+) -> tuple[TensorSpec, memoryview | bytes]:
+    """The header and frame of a tensor already in its wire dtype: compress, and describe what was done."""
     raw = _as_bytes(wire)
-    frame = _compress(raw, spec.compression)
+    frame = _compress(raw, compression)
     header = TensorSpec(
         name=name,
         dtype=dtype,
         shape=wire.shape,
         codec=codec,
-        compression=spec.compression,
+        compression=compression,
         nbytes=len(frame),
         raw_nbytes=len(raw),
         scale=scale,
