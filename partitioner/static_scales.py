@@ -50,6 +50,11 @@ def saturating_bounds(graph: ModelGraph, names: Iterable[str]) -> dict[str, Boun
     which is not a graph output): the widest range those readers let through."""
     nodes = {node.name: node for node in graph.model.graph.node}
     constants = {init.name: numpy_helper.to_array(init) for init in graph.model.graph.initializer}
+    for node in graph.model.graph.node:  # exporters write Clip bounds as Constant nodes
+        if node.op_type == "Constant" and node.output:
+            value = _constant_value(node)
+            if value is not None:
+                constants[node.output[0]] = value
     found = {}
     for name in names:
         tensor = graph.tensors.get(name)
@@ -65,6 +70,15 @@ def saturating_bounds(graph: ModelGraph, names: Iterable[str]) -> dict[str, Boun
         if low is not None or high is not None:
             found[name] = (low, high)
     return found
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attribute in node.attribute:
+        if attribute.name == "value":
+            return numpy_helper.to_array(attribute.t)
+        if attribute.name in ("value_float", "value_floats", "value_int", "value_ints"):
+            return np.asarray(onnx.helper.get_attribute_value(attribute))
+    return None
 
 
 def _reader_bounds(

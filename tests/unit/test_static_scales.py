@@ -152,11 +152,13 @@ def test_a_model_quantised_tensor_goes_on_the_wire_as_is_and_a_wrong_one_is_name
         encode_tensor("feat", q, CodecSpec.parse("int8-static"), prequantised="float32")
 
 
-# p (values in about [-40, 40]) feeds only a ReLU6 (Clip 0..6); q also feeds an Add, which sees all of it.
+# p (values in about [-40, 40]) feeds only a ReLU6 (Clip 0..6, bounds from Constant nodes as exporters write them);
+# q also feeds an Add, which sees all of it.
 SATURATED = """
 <ir_version: 8, opset_import: ["" : 17]>
-sat (float[1, 8, 16] x) => (float[1, 8, 16] y, float[1, 8, 16] z)
-    <float w = {20.0}, float lo = {0.0}, float hi = {6.0}> {
+sat (float[1, 8, 16] x) => (float[1, 8, 16] y, float[1, 8, 16] z) <float w = {20.0}> {
+    lo = Constant <value = float {0.0}> ()
+    hi = Constant <value = float {6.0}> ()
     p = Mul(x, w)
     y = Clip(p, lo, hi)
     q = Mul(x, w)
