@@ -297,10 +297,9 @@ class EdgeAgent:
         arrived = self._await_reply(waiter, max(0.0, request.deadline - time.time()) if request.deadline else None)
         self._forget(request.request_id)
         if not arrived or waiter.reply is None:
-            # The bound first: the failure that marks the hub down forgets it (an outage says nothing of the rate).
-            self.estimator.observe_timeout(request.wire_bytes, 1000 * (time.perf_counter() - sent))
             self._count_failure()
             self._silent_since = self._silent_since or time.monotonic()
+            self.estimator.observe_timeout(request.wire_bytes, 1000 * (time.perf_counter() - sent))
             self._remember_overdue(request.request_id, sent, request.wire_bytes)
             return None, f"no hub answer within {self.config.deadline_ms:.0f} ms"
         reply = waiter.reply
