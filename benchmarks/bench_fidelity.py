@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from tandem.contracts.plan import Plan
+from tandem.edge_agent.plan_view import static_scales
 from tandem.models import corpus
 from tandem.models.photos import photo_crops, write_crops
 from tandem.partitioner.calibration import preprocess_image
 from tandem.partitioner.config import ImagePreprocess, PartitionConfig
 from tandem.partitioner.pipeline import partition
 from tandem.partitioner.profiling import OrtModel
-from tandem.transport.codec import CodecSpec, StaticScales, decode_tensor, encode_tensor
+from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
 
 CODECS = ["raw", "fp16", "int8", "int8+zstd", "int8-static+zstd"]
 JUDGED = ["int8-static+zstd", "int8-static@1+zstd", "int8+zstd", "int8@1+zstd"]
@@ -52,10 +53,6 @@ def _top5(scores: np.ndarray) -> set[int]:
     return set(np.argsort(-scores.reshape(-1), kind="stable")[:5].tolist())
 
 
-def _scales(recorded: dict | None) -> dict[str, StaticScales]:
-    return {n: StaticScales(tuple(s.scale), tuple(s.zero_point), s.axis) for n, s in (recorded or {}).items()}
-
-
 def _split_row(plan: Plan, folder: Path, split_id: str, inputs: list[dict[str, np.ndarray]], full: list) -> dict:
     split = plan.split(split_id)
     edge = OrtModel(folder / split.edge_model) if split.kind == "split" and split.edge_model else None
@@ -64,7 +61,7 @@ def _split_row(plan: Plan, folder: Path, split_id: str, inputs: list[dict[str, n
         raise RuntimeError(f"split {split_id} has no cloud part")
     # the configured codecs, and any per-channel variant the plan offers where per-tensor int8 missed
     names = CODECS + [r.codec for r in split.codecs if r.codec not in CODECS]
-    static = {r.codec: _scales(r.scales) for r in split.codecs}
+    static = {r.codec: static_scales(r.scales) for r in split.codecs}
     # the same codecs computed inside the parts (fp16, int8-static at a cut), scored and timed alongside
     in_graph = {f"{r.codec} in-graph": r for r in split.codecs if r.in_graph is not None and r.in_graph.verified}
     in_graph_edge = {name: OrtModel(folder / r.in_graph.edge_model) for name, r in in_graph.items() if r.in_graph}
@@ -88,7 +85,7 @@ def _split_row(plan: Plan, folder: Path, split_id: str, inputs: list[dict[str, n
             if result is not None and result.in_graph is not None:
                 feeds = {**sample, **in_graph_edge[codec].run(sample)}
                 moved = {name: "float32" for name in result.in_graph.tensors}
-                scales = _scales(result.in_graph.scales)
+                scales = static_scales(result.in_graph.scales)
             frames = []
             for tensor in split.crossing:
                 header, frame = encode_tensor(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tandem.edge_agent.plan_view import static_scales
 from tandem.models.photos import photo_crops, write_crops
 from tandem.partitioner.calibration import preprocess_image
 from tandem.partitioner.config import ImagePreprocess, PartitionConfig
@@ -50,10 +51,6 @@ CONFIG = {
     "calibration": {"max_samples": 16, "preprocess": PREPROCESS.model_dump()},
     "verification": {"max_samples": 16},
 }
-
-
-def _scales(recorded: dict | None) -> dict[str, StaticScales]:
-    return {n: StaticScales(tuple(s.scale), tuple(s.zero_point), s.axis) for n, s in (recorded or {}).items()}
 
 
 @dataclass
@@ -119,12 +116,12 @@ def _cut_rows(folder: Path, cut: str, calibration: Path, inputs: list[dict[str, 
     variants: dict[tuple[str, str], _Variant] = {}
     for result in split.codecs:
         spec = CodecSpec.parse(result.codec)
-        variants[(result.codec, "message")] = _Variant(plain_edge, spec, _scales(result.scales), {})
+        variants[(result.codec, "message")] = _Variant(plain_edge, spec, static_scales(result.scales), {})
         if result.in_graph is not None:
             pair = result.in_graph
             edge = OrtModel(out / pair.edge_model)
             variants[(result.codec, "in_graph")] = _Variant(
-                edge, spec, _scales(pair.scales), dict.fromkeys(pair.tensors, "float32")
+                edge, spec, static_scales(pair.scales), dict.fromkeys(pair.tensors, "float32")
             )
     _serve(list(variants.values()), cloud, crossing, inputs, full)
     rows: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tandem.transport.codec import StaticScales
 
-__all__ = ["AgentPlan", "SplitOption", "WireBytes"]
+__all__ = ["AgentPlan", "SplitOption", "WireBytes", "static_scales"]
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,22 @@ class SplitOption:
         downlink_mbps: float | None = None,
         wire_bytes: int | None = None,
         burst_bytes: int = 0,
+        cloud_ms: float | None = None,
     ) -> float:
         """End-to-end latency: edge + codec + bytes up / uplink + RTT + cloud + result down / downlink.
 
         ``downlink_mbps`` defaults to the uplink's rate (a symmetric link);
-        ``wire_bytes`` to the plan's figure (the agent passes what it measured);
-        the first ``burst_bytes`` of the upload leave before the rate applies.
+        ``wire_bytes`` and ``cloud_ms`` to the plan's figures (the agent passes
+        what it measured); the first ``burst_bytes`` of the upload leave before
+        the rate applies.
         """
         if self.edge_only:
             return self.edge_ms
         up = self.wire_bytes if wire_bytes is None else wire_bytes
         up_ms = max(0, up - burst_bytes) * 8 / (bandwidth_mbps * 1000)
         down_ms = self.result_bytes * 8 / ((downlink_mbps or bandwidth_mbps) * 1000)
-        return self.edge_ms + self.codec_ms + up_ms + rtt_ms + self.cloud_ms + down_ms
+        cloud = self.cloud_ms if cloud_ms is None else cloud_ms
+        return self.edge_ms + self.codec_ms + up_ms + rtt_ms + cloud + down_ms
 
 
 class WireBytes:
@@ -67,12 +70,16 @@ class WireBytes:
     Inputs compress differently (a photo's int8+zstd activation can be 15 %
     off the plan's figure), so the agent's cost model uses the median of the
     last ``window`` requests, starting from the plan's figure until one is seen.
+    The hub's time per split (its queue and compute, as it reports them) is
+    kept the same way: a hub busier or slower than the plan profiled (on the
+    bed, MobileNetV2 took 20 % longer end to end than predicted) shows there.
     """
 
     def __init__(self, codec: str, window: int = 32) -> None:
         self.codec = codec
         self.window = window
         self._seen: dict[tuple[str, str], deque[int]] = {}
+        self._hub: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def observe(self, split_id: str, nbytes: int) -> None:
@@ -85,6 +92,17 @@ class WireBytes:
         with self._lock:
             seen = self._seen.get((split.split_id, self.codec))
             return int(statistics.median(seen)) if seen else split.wire_bytes
+
+    def observe_hub(self, split_id: str, ms: float) -> None:
+        """A request on ``split_id`` spent ``ms`` in the hub's queue and compute."""
+        with self._lock:
+            self._hub.setdefault(split_id, deque(maxlen=self.window)).append(ms)
+
+    def cloud_ms_of(self, split: SplitOption) -> float:
+        """The hub time to expect for ``split``: the recent median, else the plan's ``cloud_ms``."""
+        with self._lock:
+            seen = self._hub.get(split.split_id)
+            return statistics.median(seen) if seen else split.cloud_ms
 
 
 @dataclass(frozen=True)
@@ -187,6 +205,18 @@ def _option(plan_dir: Path, split: object, codec: str, in_graph: bool) -> SplitO
         codec_ms=figures.encode_ms + figures.decode_ms,
         result_bytes=split.result_bytes,
         edge_outputs=tuple(split.edge_outputs),
-        scales={name: StaticScales(tuple(s.scale), tuple(s.zero_point), s.axis) for name, s in scales.items()},
+        scales=static_scales(scales),
         prequantised=prequantised,
     )
+
+
+def static_scales(recorded: Mapping[str, object] | None) -> dict[str, StaticScales]:
+    """Calibrated scales as plan.yaml records them (``CodecResult.scales``, ``InGraph.scales``), for the encoder."""
+    from tandem.contracts.plan import Int8Scales
+
+    found = {}
+    for name, entry in (recorded or {}).items():
+        if not isinstance(entry, Int8Scales):
+            raise TypeError(entry)
+        found[name] = StaticScales(tuple(entry.scale), tuple(entry.zero_point), entry.axis, entry.limits)
+    return found

@@ -72,7 +72,7 @@ def symmetric(scales: StaticScales) -> StaticScales:
     zero = np.asarray(scales.zero_point, np.float64)
     reach = np.maximum(np.abs((-128 - zero) * scale), np.abs((127 - zero) * scale))
     sym = np.maximum(reach / 127.0, np.finfo(np.float32).tiny).astype(np.float32)
-    return StaticScales(tuple(float(s) for s in sym), (0,) * len(sym), scales.axis)
+    return StaticScales(tuple(float(s) for s in sym), (0,) * len(sym), scales.axis, scales.limits)
 
 
 def write_in_graph(

@@ -913,7 +913,9 @@ def _recorded_scales(
     if scales is None:
         return None
     return {
-        name: Int8Scales(scale=list(found.scale), zero_point=list(found.zero_point), axis=found.axis)
+        name: Int8Scales(
+            scale=list(found.scale), zero_point=list(found.zero_point), axis=found.axis, limits=found.limits
+        )
         for name in crossing
         if (found := scales.get(name)) is not None
     }

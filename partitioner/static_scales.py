@@ -6,9 +6,11 @@ split and crossing tensor (``CodecResult.scales``). Where the set covers the
 inputs the edge will see, static scales cost nothing per message, let an
 exported edge part end in ``QuantizeLinear`` (see
 :mod:`tandem.partitioner.in_graph`), and for a tensor whose values lie on a
-grid (an image's pixels) reproduce that grid exactly. Values beyond the
-calibrated range saturate: that cost is what verification on the same samples
-measures and records.
+grid (an image's pixels) reproduce that grid exactly. A message reaching
+beyond the calibrated range gets scales widened to cover it, for that message
+(:func:`tandem.transport.codec.encode_tensor`): drift costs resolution, never
+saturation. Only the codec inside the parts (a ``QuantizeLinear`` with fixed
+scales) saturates there.
 
 Where every reader of a tensor saturates it anyway (``Relu``, ``Clip`` with
 constant bounds: a conv output before its ReLU6), the range is cut to what
@@ -27,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from tandem.partitioner.graph import ModelGraph
-from tandem.transport.codec import CodecSpec, StaticScales
+from tandem.transport.codec import CodecSpec, StaticScales, channel_axis
 
 __all__ = ["Bounds", "calibrate_scales", "saturating_bounds", "static_axes"]
 
@@ -116,7 +118,8 @@ def calibrate_scales(
 ) -> dict[int | None, dict[str, StaticScales]]:
     """Per channel axis asked for, the scales of every floating tensor in ``names`` over all ``samples``.
 
-    A tensor without the axis (0-d, 1-d) gets one scale, as the per-message codec gives it; a tensor that is
+    A tensor without the axis (0-d, 1-d) or with too few values per channel gets one scale, as the per-message
+    codec gives it (:func:`tandem.transport.codec.channel_axis`); a tensor that is
     not floating or never finite gets none (it travels raw). Non-finite samples of a tensor are left out of its
     range (that message falls back to raw when sent). ``bounds``: ranges a tensor's readers saturate to
     (:func:`saturating_bounds`); its calibrated range is cut to them.
@@ -133,7 +136,7 @@ def calibrate_scales(
                 continue
             for axis in wanted:
                 key = (axis, name)
-                resolved[key] = _axis_for(axis, array.ndim)
+                resolved[key] = channel_axis(array.shape, axis)[0]
                 lo, hi = _range(array, resolved[key])
                 low[key] = lo if key not in low else np.minimum(low[key], lo)
                 high[key] = hi if key not in high else np.maximum(high[key], hi)
@@ -145,12 +148,8 @@ def calibrate_scales(
             lo = np.maximum(lo, np.float32(floor))
         if ceiling is not None:
             hi = np.minimum(hi, np.float32(ceiling))
-        found[axis][name] = StaticScales.from_range(lo, hi, resolved[(axis, name)])
+        found[axis][name] = StaticScales.from_range(lo, hi, resolved[(axis, name)], (floor, ceiling))
     return found
-
-
-def _axis_for(axis: int | None, ndim: int) -> int | None:
-    return axis if axis is not None and -ndim <= axis < ndim else None
 
 
 def _range(array: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:

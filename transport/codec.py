@@ -18,9 +18,9 @@ as text in configs and benchmarks: ``raw``, ``fp16+lz4``, ``int8@1+zstd``.
 Quantising codecs apply to floating tensors only; integer and boolean tensors
 (token ids, attention masks) always travel ``raw``. Where a codec cannot apply
 to one tensor it falls back for that tensor alone (:func:`tensor_codec` says to
-what and why): ``int8@AXIS`` on a tensor without that axis (a 0-d or 1-d one)
-uses one scale per tensor, and ``int8`` on a tensor holding NaN or infinities
-sends it ``raw``. The header names the codec each tensor really has.
+what and why): ``int8@AXIS`` on a tensor without that axis (a 0-d or 1-d one),
+or with fewer than 8 values per channel along it, uses one scale per tensor,
+and ``int8`` on a tensor holding NaN or infinities sends it ``raw``. The header names the codec each tensor really has.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ __all__ = [
     "CodecSpec",
     "StaticScales",
     "TensorSpec",
+    "channel_axis",
     "decode_tensor",
     "dtype_name",
     "encode_tensor",
@@ -58,6 +59,7 @@ _FLOAT_DTYPES = ("float16", "float32", "float64")
 _FP16_MAX = float(np.finfo(np.float16).max)
 _FP32_TINY = float(np.finfo(np.float32).tiny)
 _STATIC = "-static"
+MIN_PER_CHANNEL = 8  # values per channel below which int8@AXIS scales the whole tensor at once
 _ZSTD_LEVEL = 1  # on int8 activations as small as level 3 (within 1 %) and 1.5x faster to encode
 _local = threading.local()
 
@@ -110,6 +112,8 @@ class StaticScales:
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     axis: int | None = None
+    limits: tuple[float | None, float | None] = (None, None)
+    """What the tensor's readers let through (a ReLU6: 0 and 6; None: unbounded); values beyond need no levels."""
 
     def __post_init__(self) -> None:
         if not self.scale or len(self.scale) != len(self.zero_point):
@@ -120,10 +124,16 @@ class StaticScales:
             raise ValueError("zero points must lie in [-128, 127]")
 
     @classmethod
-    def from_range(cls, low: np.ndarray, high: np.ndarray, axis: int | None = None) -> StaticScales:
+    def from_range(
+        cls,
+        low: np.ndarray,
+        high: np.ndarray,
+        axis: int | None = None,
+        limits: tuple[float | None, float | None] = (None, None),
+    ) -> StaticScales:
         """The scales that map ``[min(low, 0), max(high, 0)]`` (per channel: arrays) onto [-128, 127]."""
         scale, zero = _affine(np.minimum(np.asarray(low, np.float32), 0), np.maximum(np.asarray(high, np.float32), 0))
-        return cls(tuple(float(v) for v in scale.reshape(-1)), tuple(int(v) for v in zero.reshape(-1)), axis)
+        return cls(tuple(float(v) for v in scale.reshape(-1)), tuple(int(v) for v in zero.reshape(-1)), axis, limits)
 
     def channels_fit(self, shape: tuple[int, ...]) -> bool:
         """Whether these scales fit a tensor of ``shape`` (the axis exists and holds one entry per scale)."""
@@ -274,9 +284,27 @@ def tensor_codec(
         return "fp16", None, None
     if not finite:
         return "raw", None, "holds NaN or infinite values, which int8 cannot carry; sent raw"
-    if spec.axis is not None and not -len(shape) <= spec.axis < len(shape):
-        return "int8", None, f"has no axis {spec.axis} (shape {list(shape)}); one int8 scale for the tensor"
-    return "int8", spec.axis, None
+    axis, why = channel_axis(shape, spec.axis)
+    return "int8", axis, why
+
+
+def channel_axis(shape: tuple[int, ...], axis: int | None) -> tuple[int | None, str | None]:
+    """The axis int8 scales a tensor of ``shape`` along when asked for ``axis``, and why not, if not.
+
+    A tensor without the axis (0-d, 1-d), or with fewer than MIN_PER_CHANNEL values per channel along it (an
+    audio frame's time axis), gets one scale for the whole tensor: a scale per value or two is no quantiser.
+    """
+    if axis is None:
+        return None, None
+    if not -len(shape) <= axis < len(shape):
+        return None, f"has no axis {axis} (shape {list(shape)}); one int8 scale for the tensor"
+    per_channel = math.prod(shape) // max(1, shape[axis])
+    if shape[axis] > 1 and per_channel < MIN_PER_CHANNEL:
+        return None, (
+            f"has {per_channel} value(s) per channel along axis {axis} (shape {list(shape)}), under "
+            f"{MIN_PER_CHANNEL}; one int8 scale for the tensor"
+        )
+    return axis, None
 
 
 def encode_tensor(
@@ -457,7 +485,32 @@ def _quantise_static(
         shape[static.axis] = len(static.scale)
     scale = np.asarray(static.scale, np.float32).reshape(shape)
     zero = np.asarray(static.zero_point, np.float32).reshape(shape)
-    return _quantise(x, scale, zero), static.scale, static.zero_point, static.axis
+    if x.size:
+        scale, zero = _widened(x, scale, zero, static)
+    q = _quantise(x, scale, zero)
+    return q, tuple(float(v) for v in scale.reshape(-1)), tuple(int(v) for v in zero.reshape(-1)), static.axis
+
+
+def _widened(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, static: StaticScales) -> tuple[np.ndarray, np.ndarray]:
+    """The calibrated scale and zero point, or, where this message reaches beyond the calibrated range (and
+    beyond what the readers would clip anyway), ones widened to cover it: a drifted input costs resolution
+    for that message, never saturation. Two reductions at memory speed decide (encode_tensor sent a
+    tensor holding NaN or infinities raw before it got here)."""
+    reduce_axes = tuple(i for i in range(x.ndim) if static.axis is None or i != static.axis % x.ndim)
+    low = x.min(axis=reduce_axes, keepdims=True)
+    high = x.max(axis=reduce_axes, keepdims=True)
+    floor, ceiling = static.limits
+    if floor is not None:
+        low = np.maximum(low, np.float32(floor))
+    if ceiling is not None:
+        high = np.minimum(high, np.float32(ceiling))
+    calibrated_low = (-128.0 - zero) * scale
+    calibrated_high = (127.0 - zero) * scale
+    if not ((low < calibrated_low - scale / 2).any() or (high > calibrated_high + scale / 2).any()):
+        return scale, zero
+    low = np.minimum(np.minimum(low, calibrated_low), 0).astype(np.float32)
+    high = np.maximum(np.maximum(high, calibrated_high), 0).astype(np.float32)
+    return _affine(low, high)
 
 
 def _dequantise_int8(spec: TensorSpec, wire: np.ndarray) -> np.ndarray:

@@ -221,6 +221,9 @@ class Int8Scales(PlanModel):
     """Zero points, as many as scales, in [-128, 127]."""
     axis: int | None = None
     """Channel axis; null for one scale per tensor."""
+    limits: tuple[float | None, float | None] = (None, None)
+    """What the tensor's readers let through (a ReLU6: [0, 6]); a message beyond the calibrated range but
+    within these gets its scales widened, values beyond them are clipped (the readers clip them anyway)."""
 
 
 class InGraph(PlanModel):

@@ -4,7 +4,9 @@ The corpus (tandem.models.corpus): EfficientNet-Lite2 with its real weights, a Y
 torchvision's DeepLabV3-MobileNetV3 with open height/width, and the silero-vad package's recurrent ONNX file.
 Each is partitioned with a calibration set of 32 real inputs (crops of the bundled photos; synthesised tones
 for the VAD); then every kept split is run again, outside the partitioner, on 32 *other* real inputs with
-every codec the plan offers, and must match the unsplit model within the plan's tolerance.
+every codec the plan offers (int8-static with the plan's calibrated scales; at a cut also the parts with the
+codec inside, whose edge output goes on the wire as is), and must match the unsplit model within the plan's
+tolerance.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tandem.contracts.plan import Plan, load_plan
+from tandem.contracts.plan import Plan, SplitPlan, load_plan
+from tandem.edge_agent.plan_view import static_scales
 from tandem.models import corpus
 from tandem.models.photos import photo_crops, write_crops
 from tandem.partitioner.calibration import preprocess_image
 from tandem.partitioner.config import ImagePreprocess, PartitionConfig
 from tandem.partitioner.pipeline import partition
 from tandem.partitioner.shapes import MissingInputShape
-from tandem.transport.codec import CodecSpec, decode_tensor, encode_tensor
+from tandem.transport.codec import CodecSpec, StaticScales, decode_tensor, encode_tensor
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +35,7 @@ BASE = {
     "edge": {"emulation_factor": 20},  # a slow edge, so cuts compete with both ends
     "link": {"bandwidths_mbps": [1, 10, 100, 1000], "rtt_ms": 5},
     "profiling": {"repetitions": 5, "max_repetitions": 15},
-    "codecs": ["raw", "fp16", "int8", "int8+zstd"],
+    "codecs": ["raw", "fp16", "int8", "int8+zstd", "int8-static+zstd"],
     "calibration": {"max_samples": SAMPLES},
     "verification": {"max_samples": SAMPLES},
 }
@@ -53,7 +56,8 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def _compose_back(plan: Plan, folder: Path, inputs: list[dict[str, np.ndarray]]) -> int:
-    """Run every split and offered codec on ``inputs``; assert each within tolerance; count the checks."""
+    """Run every split and offered codec on ``inputs``, and the codec inside the parts where the plan offers it;
+    assert each within tolerance; count the checks."""
     full = _session(folder / plan.model.path)
     expected = [dict(zip([o.name for o in full.get_outputs()], full.run(None, x), strict=True)) for x in inputs]
     checks = 0
@@ -66,26 +70,49 @@ def _compose_back(plan: Plan, folder: Path, inputs: list[dict[str, np.ndarray]])
         for result in split.codecs:
             if not result.verified:
                 continue
-            spec = CodecSpec.parse(result.codec)
-            worst = 0.0
-            for sample, want in zip(inputs, expected, strict=True):
-                available = dict(sample)
-                if edge is not None:
-                    names = [o.name for o in edge.get_outputs()]
-                    feed = {i.name: sample[i.name] for i in edge.get_inputs()}
-                    available.update(zip(names, edge.run(None, feed), strict=True))
-                received = {}
-                for tensor in split.crossing:
-                    header, frame = encode_tensor(tensor.name, available[tensor.name], spec)
-                    received[tensor.name] = decode_tensor(header, bytes(frame))
-                got = dict(zip([o.name for o in cloud.get_outputs()], cloud.run(None, received), strict=True))
-                got.update({name: available[name] for name in split.edge_outputs})
-                for name, value in want.items():
-                    scale = float(np.max(np.abs(value))) or 1.0
-                    worst = max(worst, float(np.max(np.abs(got[name].astype(np.float64) - value))) / scale)
-            assert worst <= result.tolerance, (plan.model.name, split.id, result.codec, worst, result.max_error)
-            checks += 1
+            ways = [(edge, static_scales(result.scales), {})]
+            if result.in_graph is not None and result.in_graph.verified:
+                moved = dict.fromkeys(result.in_graph.tensors, "float32")
+                ways.append(
+                    (_session(folder / result.in_graph.edge_model), static_scales(result.in_graph.scales), moved)
+                )
+            for edge_part, scales, moved in ways:
+                worst = _worst(split, edge_part, cloud, CodecSpec.parse(result.codec), scales, moved, inputs, expected)
+                assert worst <= result.tolerance, (plan.model.name, split.id, result.codec, bool(moved), worst)
+                checks += 1
     return checks
+
+
+def _worst(
+    split: SplitPlan,
+    edge: ort.InferenceSession | None,
+    cloud: ort.InferenceSession,
+    spec: CodecSpec,
+    scales: dict[str, StaticScales],
+    moved: dict[str, str],
+    inputs: list[dict[str, np.ndarray]],
+    expected: list[dict[str, np.ndarray]],
+) -> float:
+    """The worst relative error of edge part -> wire -> float cloud part (as the hub runs it) over ``inputs``."""
+    worst = 0.0
+    for sample, want in zip(inputs, expected, strict=True):
+        available = dict(sample)
+        if edge is not None:
+            names = [o.name for o in edge.get_outputs()]
+            feed = {i.name: sample[i.name] for i in edge.get_inputs()}
+            available.update(zip(names, edge.run(None, feed), strict=True))
+        received = {}
+        for tensor in split.crossing:
+            header, frame = encode_tensor(
+                tensor.name, available[tensor.name], spec, scales.get(tensor.name), prequantised=moved.get(tensor.name)
+            )
+            received[tensor.name] = decode_tensor(header, bytes(frame))
+        got = dict(zip([o.name for o in cloud.get_outputs()], cloud.run(None, received), strict=True))
+        got.update({name: available[name] for name in split.edge_outputs})
+        for name, value in want.items():
+            scale = float(np.max(np.abs(value))) or 1.0
+            worst = max(worst, float(np.max(np.abs(got[name].astype(np.float64) - value))) / scale)
+    return worst
 
 
 def _images(name: str, height: int, width: int, pre: ImagePreprocess) -> list[dict[str, np.ndarray]]:
@@ -140,6 +167,8 @@ def test_a_dynamic_vision_model_partitions_and_composes_back_on_real_photos(
             edge_input = _session(tmp_path / "plan" / split.edge_model).get_inputs()[0]
             assert edge_input.shape[2:] == ["height", "width"], edge_input.shape
     assert _compose_back(load_plan(tmp_path / "plan"), tmp_path / "plan", _images(input_name, side, side, pre)) > 4
+    in_graph = [c.in_graph for s in plan.splits for c in s.codecs if c.in_graph is not None]
+    assert any(pair.verified for pair in in_graph), "no cut offers the codec inside its parts"
     if name == "efficientnet_lite2":  # real weights: class agreement is a real figure, and fp16 keeps every class
         for split in (s for s in plan.splits if s.kind != "edge-only"):
             fidelity = split.codec("fp16").fidelity

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tandem.transport.codec import CodecSpec, TensorSpec, decode_tensor, encode_tensor, tensor_codec
+from tandem.transport.codec import CodecSpec, TensorSpec, channel_axis, decode_tensor, encode_tensor, tensor_codec
 from tandem.transport.errors import MessageTooLarge, TensorSpecError, TruncatedMessage, UnknownCodec
 
 COMPRESSIONS = ["none", "lz4", "zstd"]
@@ -69,12 +69,23 @@ def test_int8_error_is_within_half_a_step(array: np.ndarray, per_channel: bool, 
     codec = CodecSpec(quantiser="int8", compression=compression, axis=axis)
     spec, frame = encode_tensor("x", array, codec)
     out = decode_tensor(spec, bytes(frame))
+    assert spec.axis == channel_axis(array.shape, axis)[0]  # too few values per channel: one scale
     shape = [1] * array.ndim
-    if axis is not None:
-        shape[axis] = array.shape[axis]
+    if spec.axis is not None:
+        shape[spec.axis] = array.shape[spec.axis]
     scale = np.asarray(spec.scale, np.float32).reshape(shape)
     assert np.all(np.abs(out - array) <= 0.5 * scale * 1.001 + np.abs(array) * 1e-6)
-    assert len(spec.scale) == (array.shape[axis] if axis is not None else 1)
+    assert len(spec.scale) == (array.shape[spec.axis] if spec.axis is not None else 1)
+
+
+def test_per_channel_int8_needs_enough_values_per_channel_and_says_so() -> None:
+    frame = np.linspace(-1, 1, 512, dtype=np.float32).reshape(1, 512)  # an audio frame: axis 1 is time
+    spec, _ = roundtrip(frame, "int8@1")
+    assert spec.axis is None and len(spec.scale) == 1
+    reason = tensor_codec("float32", (1, 512), CodecSpec.parse("int8@1"))[2]
+    assert reason == "has 1 value(s) per channel along axis 1 (shape [1, 512]), under 8; one int8 scale for the tensor"
+    spec, _ = roundtrip(np.ones((1, 4, 8), np.float32), "int8@1")
+    assert spec.axis == 1 and len(spec.scale) == 4
 
 
 def test_int8_keeps_zeros_exact_so_relu_sparsity_compresses() -> None:
@@ -160,7 +171,7 @@ def test_truncated_frame_is_rejected() -> None:
 
 
 def test_int8_scale_count_must_match_channels() -> None:
-    spec, frame = encode_tensor("q", np.ones((2, 3), np.float32), CodecSpec(quantiser="int8", axis=1))
+    spec, frame = encode_tensor("q", np.ones((8, 3), np.float32), CodecSpec(quantiser="int8", axis=1))
     bad = dataclasses.replace(spec, scale=spec.scale[:2])
     with pytest.raises(TensorSpecError, match=r"expected 3 scale and zero_point values, got 2 and 3"):
         decode_tensor(bad, bytes(frame))

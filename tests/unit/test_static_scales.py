@@ -70,14 +70,24 @@ def test_static_scales_reproduce_a_photo_pixel_grid_that_per_message_scales_blur
     assert blurred > 0  # a crop whose own range is narrower than 0..255 gets a grid off the pixels'
 
 
-def test_values_beyond_the_calibrated_range_saturate() -> None:
+def test_a_message_beyond_the_calibrated_range_widens_its_scales_instead_of_saturating() -> None:
     scales = StaticScales.from_range(np.float32(-1.0), np.float32(1.0))
-    x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 7.0], np.float32)
-    header, frame = encode_tensor("x", x, CodecSpec.parse("int8-static"), scales)
+    inside = np.array([-1.0, 0.0, 0.5, 1.0], np.float32)
+    header, frame = encode_tensor("x", inside, CodecSpec.parse("int8-static"), scales)
+    assert header.scale == scales.scale  # the calibrated scales, as they are
+    beyond = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 7.0], np.float32)
+    header, frame = encode_tensor("x", beyond, CodecSpec.parse("int8-static"), scales)
+    assert header.scale[0] > scales.scale[0]  # this message's own, wider scales
+    assert np.abs(decode_tensor(header, bytes(frame)) - beyond).max() <= header.scale[0] / 2 + 1e-6
+
+
+def test_values_the_readers_clip_anyway_do_not_widen_the_scales() -> None:
+    relu6 = StaticScales.from_range(np.float32(0.0), np.float32(6.0), limits=(0.0, 6.0))
+    x = np.array([-30.0, 0.0, 3.0, 6.0, 40.0], np.float32)  # a conv output before its ReLU6
+    header, frame = encode_tensor("x", x, CodecSpec.parse("int8-static"), relu6)
+    assert header.scale == relu6.scale
     got = decode_tensor(header, bytes(frame))
-    step = scales.scale[0]
-    assert np.allclose(got[1:5], x[1:5], atol=step / 2 + 1e-7)
-    assert got[0] == pytest.approx(-1.0, abs=step) and got[-1] == pytest.approx(1.0, abs=step)
+    assert np.allclose(np.clip(got, 0, 6), np.clip(x, 0, 6), atol=relu6.scale[0] / 2 + 1e-6)  # after the ReLU6
 
 
 def test_missing_or_misfit_scales_name_the_tensor() -> None:
@@ -183,6 +193,7 @@ def test_a_tensor_its_readers_saturate_is_calibrated_over_what_they_let_through(
     assert static.scales is not None
     assert static.scales["p"].scale[0] == pytest.approx(6.0 / 255, rel=1e-6)  # [0, 6], not the observed range
     assert static.scales["q"].scale[0] > 0.15  # the Add reads q whole: its observed range, about [-60, 60]
+    assert static.scales["p"].limits == (0.0, 6.0) and static.scales["q"].limits == (None, None)
     dynamic = cut.codec("int8")
     assert static.max_error is not None and dynamic.max_error is not None
     assert static.max_error < dynamic.max_error
