@@ -206,22 +206,12 @@ def verify_split(
     threads: int = 1,
     scales: CodecScales | None = None,
 ) -> dict[str, float]:
-    """The relative error of each codec (``raw`` always included) over the samples; raw beyond tolerance raises."""
-    edge = OrtModel(out_dir / parts.edge_model, threads=threads) if parts.edge_model else None
-    cloud = OrtModel(out_dir / parts.cloud_model, threads=threads) if parts.cloud_model else None
-    errors: dict[str, float] = {}
-    for codec in dict.fromkeys(["raw", *codecs]):
-        worst = 0.0
-        for sample, want in zip(samples, expected, strict=True):
-            worst = max(worst, relative_error(run_split(parts, edge, cloud, sample, codec, scales), want))
-        errors[codec] = worst
-    if errors["raw"] > raw_tolerance:
-        raise VerificationError(
-            f"split {parts.split_id!r}: cloud(edge(x)) differs from the full model by {errors['raw']:.3g} "
-            f"(relative) with the raw codec, over the tolerance {raw_tolerance:g}; crossing tensors: "
-            f"{list(parts.crossing)}"
-        )
-    return errors
+    """The relative error of each codec (``raw`` always included) over the samples; raw beyond tolerance raises.
+
+    :func:`check_split` without fidelity: the worst error per codec only.
+    """
+    checks = check_split(parts, out_dir, samples, expected, codecs, raw_tolerance, threads=threads, scales=scales)
+    return {codec: check.max_error for codec, check in checks.items()}
 
 
 @dataclass(frozen=True)
