@@ -194,7 +194,7 @@ class _ZmqChannel(Channel):
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while True:
-            if self._ahead and not ahead:
+            if not ahead:
                 self._wait_behind_ahead(deadline, timeout)
             if not self._recv_lock.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0)):
                 raise ChannelTimeout(f"nothing received in {timeout} s")
