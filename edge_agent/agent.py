@@ -44,7 +44,7 @@ from tandem.executors import Executor, open_executor
 from tandem.transport.channel import Channel
 from tandem.transport.codec import CodecSpec
 from tandem.transport.envelope import Envelope, Kind
-from tandem.transport.errors import ChannelError, ChannelTimeout, ProtocolError
+from tandem.transport.errors import ChannelError
 from tandem.transport.serve import receive_forever
 
 __all__ = ["EdgeAgent", "InferenceResult"]
@@ -294,7 +294,7 @@ class EdgeAgent:
         self._await_answer(request.wire_bytes)
         if request.split_id:
             self.wire.observe(request.split_id, request.wire_bytes)
-        arrived = self._await_reply(waiter, max(0.0, request.deadline - time.time()) if request.deadline else None)
+        arrived = waiter.wait(max(0.0, request.deadline - time.time()) if request.deadline else None)
         self._forget(request.request_id)
         if not arrived or waiter.reply is None:
             self._count_failure()
@@ -313,38 +313,6 @@ class EdgeAgent:
             return reply, f"hub error {reply.meta.get('code')}: {reply.meta.get('message')}"
         return reply, ""
 
-    def _await_reply(self, waiter: _Waiter, timeout: float | None) -> bool:
-        """Wait up to ``timeout`` for ``waiter``'s reply; True if it came.
-
-        Alone in flight on a channel that allows it (ZeroMQ's ``recv_ahead``),
-        this thread receives, dispatching whatever comes until its reply does:
-        the receive thread steps aside, and waking this thread from it, which
-        cost 0.1-0.2 ms of a 16 KB round trip on a busy 2-core host, is not
-        needed. Otherwise, or once the channel fails, the receive thread delivers.
-        """
-        recv_ahead = getattr(self.channel, "recv_ahead", None)
-        if recv_ahead is None or len(self._waiters) > 1:
-            return waiter.wait(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not waiter.wait(0):
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            try:
-                envelope = recv_ahead(remaining)
-            except ProtocolError as exc:
-                logger.warning("dropped a message from the hub: %s", exc)
-                continue
-            except ChannelTimeout:
-                return waiter.wait(0)
-            except ChannelError:  # closed (a fresh connection replaced it) or broken: the receive thread delivers
-                return waiter.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            try:
-                self._dispatch(envelope)
-            except Exception:  # as the receive thread does: a bad message must not cost this request
-                logger.exception("failed on a %s message from the hub", envelope.kind.value)
-        return True
-
     def _from_hub(
         self,
         request: Envelope,
@@ -359,6 +327,7 @@ class EdgeAgent:
         timing["decode_ms"] = 1000 * (time.perf_counter() - t0)
         hub = reply.meta.get("timing", {})
         hub_ms = _hub_ms(reply)
+        self.wire.observe_hub(split.split_id, float(hub.get("queue_ms", 0.0)) + float(hub.get("compute_ms", 0.0)))
         round_trip = reply.timestamps["edge_round_trip_ms"]
         with self._waiters_lock:
             behind_train = request.request_id in self._behind_train

@@ -30,8 +30,8 @@ class SplitSelector:
     better by more than :meth:`margin`: twice the relative standard error of
     the bandwidth estimate, never less than ``min_gain``.
 
-    Costs use the bytes each split really sent (``wire``) and the link's
-    downlink estimate for the result. For ``latency_slo``, a split whose
+    Costs use the bytes each split really sent and the hub time it really took
+    (``wire``), and the link's downlink estimate for the result. For ``latency_slo``, a split whose
     measured p50 over its last answers (``observe``) exceeds the SLO breaks it,
     whatever its prediction says.
     """
@@ -82,8 +82,9 @@ class SplitSelector:
         bandwidth, rtt = link.bandwidth_mbps or 1e-3, link.rtt_ms or 0.0
         wire = self.wire.of(split)
         return split.predicted_ms(
-            bandwidth, rtt, downlink_mbps=link.downlink_mbps, wire_bytes=wire, burst_bytes=link.burst_bytes
-        )
+            bandwidth, rtt, downlink_mbps=link.downlink_mbps, wire_bytes=wire, burst_bytes=link.burst_bytes,
+            cloud_ms=self.wire.cloud_ms_of(split),
+        )  # fmt: skip
 
     def ideal(self, link: LinkEstimate, request_rate_hz: float | None = None) -> SplitOption:
         """The objective's best split for this link, ignoring hysteresis."""

@@ -16,11 +16,6 @@ short-held lock, in the calling thread:
 - ``recv`` (one caller at a time) checks ``ZMQ_EVENTS`` under the lock and
   receives if a message is waiting; otherwise it releases the lock and sleeps in
   ``poll`` on the socket's notification fd plus a private wake-up socket.
-  ``recv_ahead`` asks a ``recv`` sleeping in another thread to step aside (it
-  raises ``ChannelTimeout`` before it takes a message) and receives in the
-  calling thread: the edge agent's caller takes its reply itself instead of
-  being woken by the receive thread, a hand-off that cost 0.1-0.2 ms of a
-  16 KB round trip on a busy 2-core host.
   That fd is edge-triggered and any socket call may consume its edge, so a
   ``send`` made while a receiver sleeps asks ``ZMQ_EVENTS`` afterwards (which
   re-arms the fd) and pokes the wake-up socket when a message is waiting; the
@@ -154,8 +149,6 @@ class _ZmqChannel(Channel):
         self._close_lock = threading.Lock()
         self._closed = False
         self._receiver_waiting = False
-        self._ahead = 0  # recv_ahead calls in progress, under _ahead_done: other receivers wait behind them
-        self._ahead_done = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -171,40 +164,15 @@ class _ZmqChannel(Channel):
         return self._address
 
     def recv(self, timeout: float | None = None) -> Envelope:
-        """The next envelope, with ``sender`` set; ``ChannelTimeout`` after ``timeout`` s (or when a
-        :meth:`recv_ahead` in another thread asks this one to step aside)."""
-        return self._recv(timeout, ahead=False)
-
-    def recv_ahead(self, timeout: float | None = None) -> Envelope:
-        """As :meth:`recv`, but a ``recv`` in another thread steps aside and waits: this thread gets the next one."""
-        with self._ahead_done:
-            self._ahead += 1
-        with self._sock_lock:
-            if self._receiver_waiting:
-                self._wake()
-        try:
-            return self._recv(timeout, ahead=True)
-        finally:
-            with self._ahead_done:
-                self._ahead -= 1
-                if not self._ahead:
-                    self._ahead_done.notify_all()
-
-    def _recv(self, timeout: float | None, *, ahead: bool) -> Envelope:
+        """The next envelope, with ``sender`` set; ``ChannelTimeout`` after ``timeout`` s."""
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        while True:
-            if not ahead:
-                self._wait_behind_ahead(deadline, timeout)
-            if not self._recv_lock.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0)):
-                raise ChannelTimeout(f"nothing received in {timeout} s")
-            try:
-                frames = self._wait_for_message(deadline, timeout, ahead)
-                break
-            except _SteppedAside:
-                continue
-            finally:
-                self._recv_lock.release()
+        if not self._recv_lock.acquire(timeout=-1 if deadline is None else max(timeout or 0.0, 0.0)):
+            raise ChannelTimeout(f"nothing received in {timeout} s")
+        try:
+            frames = self._wait_for_message(deadline, timeout)
+        finally:
+            self._recv_lock.release()
         sender, body = self._split(frames)
         try:
             envelope = decode(body, self._limits)
@@ -274,14 +242,11 @@ class _ZmqChannel(Channel):
         if readable:
             self._wake()
 
-    def _wait_for_message(self, deadline: float | None, timeout: float | None, ahead: bool) -> list[zmq.Frame]:
+    def _wait_for_message(self, deadline: float | None, timeout: float | None) -> list[zmq.Frame]:
         sock, lock, poll, wake_fd = self._sock, self._sock_lock, self._poller.poll, self._wake_fd
         while True:
             with lock:
                 self._check_open()
-                if self._ahead and not ahead:
-                    self._receiver_waiting = False
-                    raise _SteppedAside
                 try:
                     if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                         self._receiver_waiting = False
@@ -307,16 +272,6 @@ class _ZmqChannel(Channel):
                 if fd == wake_fd:
                     self._drain_wake()
 
-    def _wait_behind_ahead(self, deadline: float | None, timeout: float | None) -> None:
-        """Wait while a :meth:`recv_ahead` is in progress (woken when the last one ends); ChannelTimeout at deadline."""
-        with self._ahead_done:
-            while self._ahead:
-                self._check_open()
-                remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                if remaining <= 0:
-                    raise ChannelTimeout(f"nothing received in {timeout} s")
-                self._ahead_done.wait(remaining)
-
     def _wake(self) -> None:
         # A full buffer already holds a wake-up; a closed one means we are shutting down.
         with contextlib.suppress(OSError):
@@ -338,10 +293,6 @@ class _ZmqChannel(Channel):
     @abstractmethod
     def _send_error(self, exc: zmq.ZMQError, to: str | None) -> ChannelError:
         """The Tandem error for a failed send to ``to``."""
-
-
-class _SteppedAside(Exception):
-    """A receiver saw a recv_ahead waiting and let go of the receive lock before taking a message."""
 
 
 class _RefusalsAsWarnings(logging.LoggerAdapter):  # not subscripted: Python 3.10 cannot
