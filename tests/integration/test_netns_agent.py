@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,9 @@ def test_the_bandwidth_estimate_is_within_15_percent_of_the_tbf_rate(bed: Bed, r
     assert estimate.bandwidth_mbps == pytest.approx(rate_mbit, rel=0.15), (estimate, [r.split_id for _, r in results])
 
 
-def test_split_inference_is_back_within_a_second_of_the_links_return(netns_link: NetnsLink, tmp_path: Path) -> None:
+def test_split_inference_is_back_within_a_second_of_the_links_return(
+    netns_link: NetnsLink, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     """The issue's requirement, for each cut: the link's return to the first answer the hub served.
 
     The cut drops packets in the middle of the path, so TCP backs off for real.
@@ -56,6 +58,7 @@ def test_split_inference_is_back_within_a_second_of_the_links_return(netns_link:
             timeline = [(round(t - restored, 2), r.source) for t, r in after]
             back = next((t for t, r in after if r.source == "hub"), None)
             assert back is not None and back - restored <= 1.0, (cut_s, timeline)
+            record_property(f"split_back_after_{cut_s:g}s_cut_s", round(back - restored, 3))
             assert all(r.source != "hub" for _, r in during)  # nothing got through the cut
             ids += [r.request_id for _, r in before + during + after]
     finally:
@@ -64,7 +67,7 @@ def test_split_inference_is_back_within_a_second_of_the_links_return(netns_link:
 
 
 def test_after_a_fade_split_inference_is_back_within_a_second_and_stale_beats_leave_the_rtt_alone(
-    bed: Bed,
+    bed: Bed, record_property: Callable[[str, object], None]
 ) -> None:
     """5 s at 50 kbit/s: the 64 kB queue holds heartbeats for seconds; then 10 Mbit/s again."""
     bed.link.shape(10.0)
@@ -78,6 +81,8 @@ def test_after_a_fade_split_inference_is_back_within_a_second_and_stale_beats_le
     rtt = bed.agent.estimator.snapshot().rtt_ms
     timeline = [(round(t - back, 2), r.source) for t, r in after]
     first = next((t - back for t, r in after if r.source == "hub"), None)
+    record_property("first_hub_answer_after_fade_s", first)
+    record_property("rtt_after_fade_ms", rtt)
     assert first is not None and first <= 1.0, timeline
     everything = before + during + after
     ids = [r.request_id for _, r in everything]
@@ -86,7 +91,9 @@ def test_after_a_fade_split_inference_is_back_within_a_second_and_stale_beats_le
     assert rtt is not None and rtt < 20.0, (rtt, timeline)
 
 
-def test_the_downlink_estimate_is_within_15_percent_of_its_own_tbf_rate(netns_link: NetnsLink, tmp_path: Path) -> None:
+def test_the_downlink_estimate_is_within_15_percent_of_its_own_tbf_rate(
+    netns_link: NetnsLink, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     """Uplink 50 Mbit/s, downlink 10: answers of 200 kB (many times the bucket's 16 kB burst) measure it.
 
     The agent is held on s1: answers are the only downlink samples (it would
@@ -101,6 +108,7 @@ def test_the_downlink_estimate_is_within_15_percent_of_its_own_tbf_rate(netns_li
         result = bed.agent.infer(bed.inputs)
     finally:
         bed.close()
+    record_property("downlink_estimate_mbit", estimate.downlink_mbps)
     assert result.outputs["echo"].shape == (1, 50_000)
     assert estimate.downlink_mbps == pytest.approx(10.0, rel=0.15), estimate
     assert estimate.bandwidth_mbps == pytest.approx(50.0, rel=0.15), estimate
