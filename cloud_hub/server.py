@@ -202,7 +202,7 @@ class Hub:
             return
         pending = Pending(envelope, feeds, received=started, decode_s=time.perf_counter() - started, channel=channel)
         batcher = self._batchers[tail.key]
-        if _nothing_waiting(channel) and batcher.run_inline(pending):
+        if batcher.max_batch_size == 1 and _nothing_waiting(channel) and batcher.run_inline(pending):
             return
         refusal = batcher.submit(pending)
         if refusal is not None:
