@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from tandem.cloud_hub.batcher import Batcher, Pending, Tail
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.metrics import HubMetrics
@@ -172,6 +174,8 @@ class Hub:
             self._route(channel, envelope)
         elif envelope.kind is Kind.HEARTBEAT:
             reply = envelope.reply(Kind.HEARTBEAT, meta={"hub_time": time.time(), "probe_bytes": envelope.wire_bytes})
+            if pad := reply_padding(envelope):  # a downlink probe: the answer carries the bytes
+                reply.add_arrays({"probe": _PADDING[:pad]})
             self._send(channel, envelope.sender, reply)
         elif envelope.kind is Kind.HELLO:
             self._send(channel, envelope.sender, envelope.reply(Kind.ACK, meta={"serving": self._serving()}))
@@ -339,3 +343,17 @@ def _check_feeds(tail: Tail, feeds: dict[str, Any]) -> tuple[str, str]:
     if len(rows) != 1:
         return "input tensors disagree on the batch size", "tensors"
     return "", ""
+
+
+MAX_REPLY_PADDING = 256 << 10
+"""The most a heartbeat may ask its answer to carry (``meta.reply_bytes``); a larger ask gets this much."""
+_PADDING = np.zeros(MAX_REPLY_PADDING, np.uint8)
+
+
+def reply_padding(heartbeat: Envelope) -> int:
+    """The bytes a heartbeat's answer carries: its ``meta.reply_bytes`` when a positive integer, at most
+    :data:`MAX_REPLY_PADDING`; 0 for anything else (a probe is a courtesy, not worth an error)."""
+    asked = heartbeat.meta.get("reply_bytes")
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked <= 0:
+        return 0
+    return min(asked, MAX_REPLY_PADDING)

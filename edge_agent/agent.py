@@ -54,6 +54,8 @@ logger = logging.getLogger("tandem.edge")
 _RETRY_UNSENT_S = 0.1  # the next beat after one that could not leave at all
 _MAX_PROBE_BYTES = 512 << 10  # 50 ms at 80 Mbit/s; past that the gap stands well above noise anyway
 _TRAIN_EVERY = 2  # while activations go up, a probe train every this many probe intervals
+_DOWN_TRAIN = "down-"  # id prefix of a probe pair that measures the downlink
+_MAX_REPLY_PROBE_BYTES = 64 << 10  # a downlink probe answer: 100 ms at 5 Mbit/s (a hub pads at most 256 kB)
 _SILENCE_S = 0.5  # an answer this much later than its bytes need: try a fresh connection
 _REOPEN_WAIT_S = 0.25  # how long each fresh connection may take to connect before the next attempt
 
@@ -519,22 +521,27 @@ class EdgeAgent:
             with self._waiters_lock:
                 probe = self._probes.pop(envelope.request_id, None)
             if probe is not None:
-                self._on_probe(*probe)
+                self._on_probe(*probe, reply_bytes=envelope.wire_bytes)
             else:
                 self.estimator.observe_rtt(round_trip_ms)
                 self._beat_answered.set()
 
-    def _on_probe(self, train: str, seq: int, nbytes: int) -> None:
-        """A probe's answer: the first of a train marks the time, the second measures the rate."""
+    def _on_probe(self, train: str, seq: int, nbytes: int, *, reply_bytes: int = 0) -> None:
+        """A probe's answer: the first of a train marks the time, the second measures the rate (of the uplink,
+        or of the downlink for a pair whose answers carry the bytes)."""
         now = time.perf_counter()
+        down = train.startswith(_DOWN_TRAIN)
         if seq == 0:
             self._train_first[train] = now
             while len(self._train_first) > 8:
                 self._train_first.pop(next(iter(self._train_first)))
-        else:
+        elif not down:
             self._train_open_until = 0.0
         if seq == 1 and (first := self._train_first.pop(train, None)) is not None:
-            self.estimator.observe_train(nbytes, 1000 * (now - first))
+            if down:
+                self.estimator.observe_down_train(reply_bytes, 1000 * (now - first))
+            else:
+                self.estimator.observe_train(nbytes, 1000 * (now - first))
 
     def _maintain(self) -> None:
         next_beat = next_telemetry = time.monotonic()
@@ -629,6 +636,24 @@ class EdgeAgent:
             beat = self._heartbeat()
             beat.add_arrays({"probe": np.zeros(nbytes, np.uint8)})
             beat.meta["probe_bytes"] = nbytes
+            with self._waiters_lock:
+                self._probes[beat.request_id] = (train, seq, beat.wire_bytes)
+                while len(self._probes) > 16:
+                    self._probes.pop(next(iter(self._probes)))
+            if not self._send_quietly(beat):
+                return
+        if self.estimator.wants_down_probe():
+            self._send_down_pair(nbytes)
+
+    def _send_down_pair(self, nbytes: int) -> None:
+        """Two small probes whose answers each carry ``nbytes`` (``meta.reply_bytes``): the gap between the answers
+        is the second's time on the downlink. Answers to requests are the other downlink samples, but only those
+        of 16 kB and more say anything, so a plan with small results would leave the downlink unmeasured and
+        priced at the uplink's rate."""
+        train = f"{_DOWN_TRAIN}{time.monotonic_ns()}"
+        for seq in (0, 1):
+            beat = self._heartbeat()
+            beat.meta["reply_bytes"] = min(nbytes, _MAX_REPLY_PROBE_BYTES)
             with self._waiters_lock:
                 self._probes[beat.request_id] = (train, seq, beat.wire_bytes)
                 while len(self._probes) > 16:

@@ -171,6 +171,18 @@ class LinkEstimator:
                 self._train_due = False
                 self._forget_older_trains()
 
+    def observe_down_train(self, nbytes: int, dispersion_ms: float) -> None:
+        """The hub answered two probes back to back with ``nbytes`` each; the second came ``dispersion_ms`` after
+        the first: its time on the downlink."""
+        with self._lock:
+            if dispersion_ms >= self.min_transfer_ms and nbytes > 0:
+                self._down.append(_Transfer(self._clock(), nbytes, dispersion_ms))
+
+    def wants_down_probe(self) -> bool:
+        """Whether the downlink has no recent sample (answers under 16 kB give none): time for a probe pair."""
+        with self._lock:
+            return not self._recent(self._down)
+
     def observe_timeout(self, nbytes: int, waited_ms: float) -> None:
         """``nbytes`` went up and no answer came within ``waited_ms``: the uplink is at most that fast."""
         with self._lock:

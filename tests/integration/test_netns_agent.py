@@ -114,6 +114,27 @@ def test_the_downlink_estimate_is_within_15_percent_of_its_own_tbf_rate(
     assert estimate.bandwidth_mbps == pytest.approx(50.0, rel=0.15), estimate
 
 
+def test_with_small_answers_a_probe_pair_measures_the_downlink(
+    netns_link: NetnsLink, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Uplink 50 Mbit/s, downlink 5: the toy's answers are a few hundred bytes, too small to measure anything,
+    so the agent asks the hub for padded probe answers (meta.reply_bytes) and times the gap between them."""
+    bed = Bed(netns_link, tmp_path)
+    try:
+        netns_link.shape(50.0, down=Shape.for_rate(5.0, limit_bytes=200_000))
+        bed.wait_for_estimate()
+        deadline = time.monotonic() + 8.0
+        while bed.agent.estimator.snapshot().downlink_mbps is None and time.monotonic() < deadline:
+            bed.requests(0.5)
+        bed.requests(1.0)
+        estimate = bed.agent.estimator.snapshot()
+    finally:
+        bed.close()
+    record_property("downlink_estimate_mbit", estimate.downlink_mbps)
+    assert estimate.downlink_mbps == pytest.approx(5.0, rel=0.15), estimate
+    assert estimate.bandwidth_mbps == pytest.approx(50.0, rel=0.15), estimate
+
+
 def test_after_each_rate_step_the_choice_is_within_10_percent_of_the_best_measured_split(bed: Bed) -> None:
     bed.link.shape(50.0)
     bed.wait_for_estimate()
