@@ -173,10 +173,15 @@ class LinkEstimator:
 
     def observe_down_train(self, nbytes: int, dispersion_ms: float) -> None:
         """The hub answered two probes back to back with ``nbytes`` each; the second came ``dispersion_ms`` after
-        the first: its time on the downlink."""
+        the first: its time on the downlink.
+
+        A gap under ``min_transfer_ms`` is the host's noise, but it still says the downlink is at least that
+        fast: it counts as ``min_transfer_ms`` (32 kB: at least 524 Mbit/s), a lower bound, where the uplink's
+        rate would otherwise stand in for a downlink far faster than it.
+        """
         with self._lock:
-            if dispersion_ms >= self.min_transfer_ms and nbytes > 0:
-                self._down.append(_Transfer(self._clock(), nbytes, dispersion_ms))
+            if nbytes > 0 and dispersion_ms >= 0:
+                self._down.append(_Transfer(self._clock(), nbytes, max(dispersion_ms, self.min_transfer_ms)))
 
     def wants_down_probe(self) -> bool:
         """Whether the downlink has no recent sample (answers under 16 kB give none): time for a probe pair."""

@@ -259,3 +259,14 @@ def test_trains_are_sized_by_the_slowest_recent_evidence() -> None:
     feed(estimator, clock, [100_000], 5.0, burst=16_000)  # the link just dropped: one activation says so
     rate = estimator.probe_rate()
     assert rate is not None and rate < 7  # a 50 Mbit/s train would flood a 5 Mbit/s queue for a second
+
+
+def test_a_downlink_probe_pair_measures_the_downlink_and_a_too_short_gap_is_a_lower_bound() -> None:
+    estimator = LinkEstimator()
+    assert estimator.wants_down_probe() and estimator.snapshot().downlink_mbps is None
+    estimator.observe_down_train(65_536, 52.4)  # 64 kB in 52.4 ms: 10 Mbit/s
+    assert estimator.snapshot().downlink_mbps == pytest.approx(10.0, rel=0.01)
+    assert not estimator.wants_down_probe()
+    fast = LinkEstimator()
+    fast.observe_down_train(32_768, 0.05)  # under the host's noise: at least 32 kB per 0.5 ms
+    assert fast.snapshot().downlink_mbps == pytest.approx(32_768 * 8 / 500, rel=0.01)
