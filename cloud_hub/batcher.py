@@ -32,16 +32,17 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tandem.executors import Executor, ExecutorError
+from tandem.transport.codec import TensorSpec
 from tandem.transport.envelope import Envelope
 
-__all__ = ["INLINE_MAX_S", "Batcher", "Pending", "Refusal", "Tail"]
+__all__ = ["INLINE_MAX_S", "Batcher", "Pending", "Refusal", "Tail", "WireForm"]
 
 logger = logging.getLogger("tandem.hub.batcher")
 
@@ -50,18 +51,52 @@ INLINE_MAX_S = 0.001
 
 
 @dataclass(frozen=True)
+class WireForm:
+    """How one input of a cloud part with the codec inside must arrive: float16, or int8 with exactly these scales."""
+
+    codec: str
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis: int | None = None
+
+    def matches(self, spec: TensorSpec) -> bool:
+        """Whether a tensor sent as ``spec`` can go into the part as it is."""
+        if spec.codec != self.codec:
+            return False
+        sent = (spec.scale, spec.zero_point, spec.axis)
+        return self.codec != "int8" or sent == (self.scale, self.zero_point, self.axis)
+
+
+@dataclass(frozen=True)
 class Tail:
-    """A loaded cloud part: which plan version and split it serves, and its executor."""
+    """A loaded cloud part: which plan version and split it serves, and its executor.
+
+    A split's cloud part with the codec inside (partitioner/in_graph.py) is a tail of its own, ``variant`` set
+    and ``as_sent`` naming the inputs it takes in their wire form; the hub routes a request to it when every
+    such input arrived in exactly that form, to the plain part otherwise.
+    """
 
     plan_id: str
     plan_version: int
     split_id: str
     executor: Executor
+    variant: str = ""
+    as_sent: Mapping[str, WireForm] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def key(self) -> tuple[str, int, str]:
         """The (plan, version, split) an activation must name to reach this tail."""
         return (self.plan_id, self.plan_version, self.split_id)
+
+    @property
+    def batch_key(self) -> tuple[str, int, str, str]:
+        """The key of the batcher serving this tail: the plain part and each variant batch apart."""
+        return (*self.key, self.variant)
+
+    def takes(self, envelope: Envelope) -> bool:
+        """Whether every input this variant takes as sent arrived in its wire form."""
+        specs = {spec.name: spec for spec in envelope.tensors}
+        return all(name in specs and form.matches(specs[name]) for name, form in self.as_sent.items())
 
 
 @dataclass

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     runtime = HubRuntime.from_file(args.config, probes_first=True)
     config = runtime.config
     for tail in runtime.tails:
-        log.info("loaded plan %s v%d split %s: %s", tail.plan_id, tail.plan_version, tail.split_id,
+        variant = f" ({tail.variant}: takes {', '.join(sorted(tail.as_sent))} as sent)" if tail.variant else ""
+        log.info("loaded plan %s v%d split %s%s: %s", tail.plan_id, tail.plan_version, tail.split_id, variant,
                  tail.executor.describe())  # fmt: skip
     runtime.start()
     if config.sync is not None and runtime.store is not None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.cloud_hub.batcher import Tail
+from tandem.cloud_hub.batcher import Tail, WireForm
 from tandem.cloud_hub.config import ExecutorConfig
 from tandem.executors import Executor, ExecutorError, open_executor
+from tandem.transport.codec import CodecSpec
 
 __all__ = ["load_tails"]
 
@@ -18,7 +19,8 @@ logger = logging.getLogger("tandem.hub.plans")
 
 
 def load_tails(plan_dir: Path, executor: ExecutorConfig) -> list[Tail]:
-    """One :class:`Tail` per split of the plan in ``plan_dir`` that has a cloud part.
+    """One :class:`Tail` per split of the plan in ``plan_dir`` that has a cloud part, and one per cloud part with
+    the codec inside it (``CodecResult.in_graph``, verified), which takes its inputs as sent (int8, float16).
 
     Artifacts are verified (size and sha256) before anything is loaded. A cloud
     part exported with a fixed batch of 1 is given a dynamic batch dimension
@@ -32,12 +34,32 @@ def load_tails(plan_dir: Path, executor: ExecutorConfig) -> list[Tail]:
     for split in plan.splits:
         if split.cloud_model is None:
             continue
-        path = plan_dir / split.cloud_model
-        loaded = _open(executor, path)
-        if not loaded.batchable:
-            loaded = _batchable_variant(executor, path, loaded)
-        tails.append(Tail(plan.plan_id, plan.version, split.id, loaded))
+        tails.append(Tail(plan.plan_id, plan.version, split.id, _load(executor, plan_dir / split.cloud_model)))
+        variants: dict[str, Tail] = {}
+        for result in split.codecs:
+            pair = result.in_graph
+            if pair is None or not pair.verified or pair.cloud_model in variants:
+                continue
+            quantiser = CodecSpec.parse(result.codec).quantiser
+            as_sent = {}
+            for name in pair.tensors:
+                scales = (pair.scales or {}).get(name)
+                if quantiser == "fp16":
+                    as_sent[name] = WireForm("fp16")
+                elif scales is not None:
+                    as_sent[name] = WireForm("int8", tuple(scales.scale), tuple(scales.zero_point), scales.axis)
+            if not as_sent:
+                continue
+            loaded = _load(executor, plan_dir / pair.cloud_model)
+            variant = Path(pair.cloud_model).parent.name
+            variants[pair.cloud_model] = Tail(plan.plan_id, plan.version, split.id, loaded, variant, as_sent)
+        tails.extend(variants.values())
     return tails
+
+
+def _load(config: ExecutorConfig, path: Path) -> Executor:
+    loaded = _open(config, path)
+    return loaded if loaded.batchable else _batchable_variant(config, path, loaded)
 
 
 def _open(config: ExecutorConfig, path: Path) -> Executor:

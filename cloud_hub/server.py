@@ -49,7 +49,8 @@ class Hub:
         self._state = "starting"  # then "serving", "draining", "stopped"
         # Both dicts are replaced whole, never changed in place: the receive threads read them without a lock.
         self.tails: dict[tuple[str, int, str], Tail] = {}
-        self._batchers: dict[tuple[str, int, str], Batcher] = {}
+        self._variants: dict[tuple[str, int, str], list[Tail]] = {}  # cloud parts with the codec inside, per split
+        self._batchers: dict[tuple[str, int, str, str], Batcher] = {}
         self._swap(list(tails), removed=[])
         self.channels: list[Channel] = []
         self._threads: list[threading.Thread] = []
@@ -69,12 +70,17 @@ class Hub:
 
     def _swap(self, added: list[Tail], removed: list[tuple[str, int, str]]) -> None:
         """Serve ``added`` and stop routing to ``removed`` (one assignment each: readers see old or new)."""
-        new = {tail.key: self._batcher_for(tail) for tail in added}
+        new = {tail.batch_key: self._batcher_for(tail) for tail in added}
         if self._state == "serving":
             for batcher in new.values():
                 batcher.start()
-        self._batchers = {**{k: b for k, b in self._batchers.items() if k not in removed}, **new}
-        self.tails = {key: batcher.tail for key, batcher in self._batchers.items()}
+        self._batchers = {**{k: b for k, b in self._batchers.items() if k[:3] not in removed}, **new}
+        variants: dict[tuple[str, int, str], list[Tail]] = {}
+        for batcher in self._batchers.values():
+            if batcher.tail.variant:
+                variants.setdefault(batcher.tail.key, []).append(batcher.tail)
+        self._variants = variants
+        self.tails = {key[:3]: batcher.tail for key, batcher in self._batchers.items() if not key[3]}
         self.metrics.set_served((plan_id, split_id) for plan_id, _, split_id in self.tails)
 
     def update_plans(self, added: list[Tail], removed: list[tuple[str, int, str]]) -> None:
@@ -83,7 +89,7 @@ class Hub:
         A removed tail's queued requests are still answered: its batcher stops
         once it is idle (on a thread of its own).
         """
-        retired = [self._batchers[key] for key in removed if key in self._batchers]
+        retired = [batcher for key, batcher in self._batchers.items() if key[:3] in removed]
         self._swap(added, removed)
         for batcher in retired:
             threading.Thread(target=_stop_when_idle, args=(batcher, 30.0), name="hub-retire", daemon=True).start()
@@ -194,9 +200,10 @@ class Hub:
         tail = self._find_tail(channel, envelope)
         if tail is None:
             return
+        tail = next((v for v in self._variants.get(tail.key, ()) if v.takes(envelope)), tail)
         started = time.perf_counter()
         try:
-            feeds = envelope.arrays(max_bytes=self.config.limits.max_message_bytes)
+            feeds = envelope.arrays(max_bytes=self.config.limits.max_message_bytes, as_sent=frozenset(tail.as_sent))
         except ProtocolError as exc:
             self._error(channel, envelope, exc.code, str(exc), exc.field)
             return
@@ -205,7 +212,7 @@ class Hub:
             self._error(channel, envelope, "bad_input", problem, field)
             return
         pending = Pending(envelope, feeds, received=started, decode_s=time.perf_counter() - started, channel=channel)
-        batcher = self._batchers[tail.key]
+        batcher = self._batchers[tail.batch_key]
         if batcher.max_batch_size == 1 and _nothing_waiting(channel) and batcher.run_inline(pending):
             return
         refusal = batcher.submit(pending)

@@ -8,9 +8,11 @@ Clip to float16's range, as the host codec clips) or as int8 from a
 ``QuantizeLinear`` with the calibrated scales, and the cloud part takes them
 as such. On a Jetson, TensorRT then computes the cast on the GPU and copies
 2-4x fewer bytes to the host, and the agent puts those bytes on the wire with
-no host codec pass (``encode_tensor(..., wire_dtype=...)``). The wire format
-does not change: the header carries dtype float32, codec int8 and the scales,
-so a hub decodes it as any int8 tensor.
+no host codec pass (``encode_tensor(..., prequantised=...)``). The wire format
+does not change: the header carries dtype float32, codec int8 and the scales.
+The hub serves the in-graph cloud part as a variant of the split
+(cloud_hub/plans.py) and takes a request into it as sent when its tensors
+carry exactly those scales (or float16); any other form goes to the plain part.
 
 int8 in the graph is *symmetric* (zero point 0, ``scale = max|range| / 127``,
 from the same calibrated range): TensorRT's explicit quantization accepts

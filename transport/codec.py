@@ -390,14 +390,20 @@ def _framed(
     return header, frame
 
 
-def decode_tensor(spec: TensorSpec, frame: memoryview | bytes | bytearray, *, max_bytes: int = 1 << 31) -> np.ndarray:
-    """Validate ``spec`` against ``frame`` and rebuild the array (zero-copy for ``raw``)."""
+def decode_tensor(
+    spec: TensorSpec, frame: memoryview | bytes | bytearray, *, max_bytes: int = 1 << 31, dequantise: bool = True
+) -> np.ndarray:
+    """Validate ``spec`` against ``frame`` and rebuild the array (zero-copy for ``raw``).
+
+    ``dequantise=False``: an fp16 or int8 tensor comes back as its wire array (float16, int8), for a model that
+    starts with the matching cast or DequantizeLinear.
+    """
     spec.validate(max_bytes=max_bytes)
     if len(frame) != spec.nbytes:
         raise _truncated(spec, len(frame))
     raw = frame if spec.compression == "none" else _decompress(spec, frame)
     wire = np.ndarray(spec.shape, spec.wire_dtype, raw)  # a view of raw; validate() made the sizes agree
-    if spec.codec == "raw":
+    if spec.codec == "raw" or not dequantise:
         return wire if wire.dtype.isnative else wire.astype(wire.dtype.newbyteorder("="))
     if spec.codec == "fp16":
         return from_float16(wire, spec.dtype)
@@ -485,15 +491,19 @@ def _quantise_static(
         shape[static.axis] = len(static.scale)
     scale = np.asarray(static.scale, np.float32).reshape(shape)
     zero = np.asarray(static.zero_point, np.float32).reshape(shape)
-    if x.size:
-        scale, zero = _widened(x, scale, zero, static)
+    wider = _widened(x, scale, zero, static) if x.size else None
+    if wider is None:  # the header then carries the calibrated scales exactly as given
+        return _quantise(x, scale, zero), static.scale, static.zero_point, static.axis
+    scale, zero = wider
     q = _quantise(x, scale, zero)
     return q, tuple(float(v) for v in scale.reshape(-1)), tuple(int(v) for v in zero.reshape(-1)), static.axis
 
 
-def _widened(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, static: StaticScales) -> tuple[np.ndarray, np.ndarray]:
-    """The calibrated scale and zero point, or, where this message reaches beyond the calibrated range (and
-    beyond what the readers would clip anyway), ones widened to cover it: a drifted input costs resolution
+def _widened(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray, static: StaticScales
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """None (keep the calibrated scale and zero point), or, where this message reaches beyond the calibrated
+    range (and beyond what the readers would clip anyway), ones widened to cover it: a drifted input costs resolution
     for that message, never saturation. Two reductions at memory speed decide (encode_tensor sent a
     tensor holding NaN or infinities raw before it got here)."""
     reduce_axes = tuple(i for i in range(x.ndim) if static.axis is None or i != static.axis % x.ndim)
@@ -507,7 +517,7 @@ def _widened(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, static: StaticS
     calibrated_low = (-128.0 - zero) * scale
     calibrated_high = (127.0 - zero) * scale
     if not ((low < calibrated_low - scale / 2).any() or (high > calibrated_high + scale / 2).any()):
-        return scale, zero
+        return None
     low = np.minimum(np.minimum(low, calibrated_low), 0).astype(np.float32)
     high = np.maximum(np.maximum(high, calibrated_high), 0).astype(np.float32)
     return _affine(low, high)

@@ -141,11 +141,16 @@ class Envelope:
             self.tensors.append(header)
             self.frames.append(frame)
 
-    def arrays(self, *, max_bytes: int = Limits.max_message_bytes) -> dict[str, np.ndarray]:
-        """Decode every tensor; raw tensors are zero-copy views of the frames."""
+    def arrays(
+        self, *, max_bytes: int = Limits.max_message_bytes, as_sent: frozenset[str] = frozenset()
+    ) -> dict[str, np.ndarray]:
+        """Decode every tensor; raw tensors are zero-copy views of the frames.
+
+        ``as_sent``: tensors to keep in their wire dtype (float16, int8), not dequantised.
+        """
         try:
             return {
-                spec.name: decode_tensor(spec, frame, max_bytes=max_bytes)
+                spec.name: decode_tensor(spec, frame, max_bytes=max_bytes, dequantise=spec.name not in as_sent)
                 for spec, frame in zip(self.tensors, self.frames, strict=True)
             }
         except ProtocolError as exc:

@@ -125,7 +125,7 @@ def test_requests_from_many_edges_are_batched_and_each_gets_its_own_result(tmp_p
         metrics=MetricsConfig(port=0),
     )
     hub = Hub(config, [Tail("toy", 1, "s1", executor)])  # type: ignore[arg-type]
-    batcher = hub._batchers[("toy", 1, "s1")]
+    batcher = hub._batchers[("toy", 1, "s1", "")]
     received, submit = [0], batcher.submit
 
     def counting(pending: Any) -> None:

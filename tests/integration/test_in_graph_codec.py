@@ -83,6 +83,20 @@ def plan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+class _Counting:
+    """An executor that counts its runs (the hub's variant choice, seen from outside)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.runs = inner, 0
+
+    def run(self, feeds: dict) -> dict:
+        self.runs += 1
+        return self.inner.run(feeds)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
 def _cut(plan: Plan) -> object:
     return next(split for split in plan.splits if split.kind == "split")
 
@@ -127,10 +141,9 @@ def test_the_agent_sends_what_the_in_graph_edge_part_computed_and_the_hub_answer
     hub_config = HubConfig(
         plans=[plan_dir], channels=[ZmqConfig(address=f"tcp://127.0.0.1:{port}")], metrics=MetricsConfig(port=None)
     )
-    hub = Hub(
-        hub_config,
-        [t for t in load_tails(plan_dir, ExecutorConfig(name="onnxruntime")) if t.split_id == option.split_id],
-    )
+    tails = [t for t in load_tails(plan_dir, ExecutorConfig(name="onnxruntime")) if t.split_id == option.split_id]
+    counted = [dataclasses.replace(t, executor=_Counting(t.executor)) for t in tails]
+    hub = Hub(hub_config, counted)
     hub.start()
     config = EdgeConfig(
         device_id="cam-1", plan=plan_dir, codec=codec, codec_in_graph=in_graph,
@@ -154,6 +167,11 @@ def test_the_agent_sends_what_the_in_graph_edge_part_computed_and_the_hub_answer
     finally:
         agent.stop()
         hub.stop()
+    # The hub took the int8 tensor straight into the part that starts with DequantizeLinear, or (host scales, which
+    # that part was not built for) dequantised it for the plain part.
+    runs = {t.variant: t.executor.runs for t in counted}  # type: ignore[attr-defined]
+    variant = Path(figures.in_graph.cloud_model).parent.name
+    assert runs[variant if in_graph else ""] >= 6 and runs["" if in_graph else variant] == 0, runs
     want = figures.in_graph.scales if in_graph else figures.scales
     assert want is not None
     activations = [e for e in sent if e.split_id == option.split_id]
