@@ -632,16 +632,9 @@ class EdgeAgent:
         # Until the second answer (or, if it never comes, four times the train's expected time and a second).
         expected_s = 2 * nbytes * 8 / (rate * 1e6) if rate else 1.0
         self._train_open_until = time.perf_counter() + 4 * expected_s + 1.0
-        for seq in (0, 1):
-            beat = self._heartbeat()
-            beat.add_arrays({"probe": np.zeros(nbytes, np.uint8)})
-            beat.meta["probe_bytes"] = nbytes
-            with self._waiters_lock:
-                self._probes[beat.request_id] = (train, seq, beat.wire_bytes)
-                while len(self._probes) > 16:
-                    self._probes.pop(next(iter(self._probes)))
-            if not self._send_quietly(beat):
-                return
+        probe = np.zeros(nbytes, np.uint8)
+        if not self._send_pair(train, lambda beat: beat.add_arrays({"probe": probe}), probe_bytes=nbytes):
+            return
         if self.estimator.wants_down_probe():
             self._send_down_pair(nbytes)
 
@@ -650,16 +643,23 @@ class EdgeAgent:
         is the second's time on the downlink. Answers to requests are the other downlink samples, but only those
         of 16 kB and more say anything, so a plan with small results would leave the downlink unmeasured and
         priced at the uplink's rate."""
-        train = f"{_DOWN_TRAIN}{time.monotonic_ns()}"
+        self._send_pair(f"{_DOWN_TRAIN}{time.monotonic_ns()}", lambda beat: None,
+                        reply_bytes=min(nbytes, _MAX_REPLY_PROBE_BYTES))  # fmt: skip
+
+    def _send_pair(self, train: str, fill: Callable[[Envelope], None], **meta: int) -> bool:
+        """Two heartbeats back to back, each ``fill``-ed and carrying ``meta``, remembered as probes of ``train``;
+        False if one could not be sent."""
         for seq in (0, 1):
             beat = self._heartbeat()
-            beat.meta["reply_bytes"] = min(nbytes, _MAX_REPLY_PROBE_BYTES)
+            fill(beat)
+            beat.meta.update(meta)
             with self._waiters_lock:
                 self._probes[beat.request_id] = (train, seq, beat.wire_bytes)
                 while len(self._probes) > 16:
                     self._probes.pop(next(iter(self._probes)))
             if not self._send_quietly(beat):
-                return
+                return False
+        return True
 
     def _telemetry(self) -> Envelope:
         latencies = sorted(latency for _, latency in self._recent)
